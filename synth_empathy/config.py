@@ -1,0 +1,245 @@
+"""The one configuration schema: every option, its default and its documentation.
+
+The schema is a tree of OmegaConf structured dataclasses. A run's configuration is
+built as ``schema defaults <- preset YAML <- key=value overrides``; every layer is
+checked against the schema, so a misspelt key fails with the nearest valid names
+before anything heavy starts. ``synth-empathy config --docs`` prints this file's
+documentation as a table.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported in one line before any model loads."""
+
+
+def opt(default: Any, doc: str) -> Any:
+    """A schema field with its documentation attached (read by ``config --docs``)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+def sub(cls: type, doc: str, **overrides: Any) -> Any:
+    """A nested section, optionally with defaults that differ from the class's own."""
+    return field(default_factory=lambda: cls(**overrides), metadata={"doc": doc})
+
+
+@dataclass
+class EngineConfig:
+    """A vLLM engine run by ``ray.data.llm`` in a pool of actors (one engine each)."""
+
+    model: str = opt("packaged:smollm2", "model: a local folder, a hub id, or packaged:<name>")
+    replicas: int = opt(1, "engine replicas (Ray actors) working in parallel")
+    gpus_per_replica: int = opt(0, "GPUs per replica; 0 runs vLLM's CPU backend")
+    cpus_per_replica: float = opt(1.0, "CPUs reserved per replica when it has no GPU")
+    tensor_parallel_size: int = opt(1, "tensor parallel degree inside one replica")
+    pipeline_parallel_size: int = opt(1, "pipeline parallel degree inside one replica")
+    accelerator_type: Optional[str] = opt(None, "Ray accelerator type to ask for (e.g. H100)")
+    batch_size: int = opt(16, "rows per batch sent to an engine")
+    max_model_len: int = opt(2048, "context length the engine reserves per sequence")
+    dtype: str = opt("bfloat16", "weight and activation dtype")
+    memory_utilization: float = opt(
+        0.3, "vLLM gpu_memory_utilization; on the CPU backend the share of RAM for KV cache"
+    )
+    enforce_eager: bool = opt(True, "skip graph capture/compilation (faster start, CPU-safe)")
+    max_num_seqs: Optional[int] = opt(None, "most sequences an engine runs at once (vLLM default)")
+    extra: Dict[str, Any] = opt({}, "further vLLM engine keyword arguments, passed as given")
+
+
+@dataclass
+class SamplingConfig:
+    """vLLM sampling parameters."""
+
+    temperature: float = opt(0.8, "sampling temperature")
+    top_p: float = opt(0.9, "nucleus sampling mass")
+    max_tokens: int = opt(300, "most new tokens per answer")
+
+
+@dataclass
+class SeedsConfig:
+    path: str = opt("", "seed file or URL; empty = the seed file shipped in the package")
+    layout: str = opt(
+        "auto", "auto | shipped | ed_original | ed_turns | ed_parquet | pairs"
+    )
+    limit: Optional[int] = opt(None, "use only the first N seed pairs")
+
+
+@dataclass
+class GenerationConfig:
+    """Method step 1: an LLM writes new multi-round empathetic dialogues from each seed."""
+
+    engine: EngineConfig = sub(EngineConfig, "the generator engine")
+    sampling: SamplingConfig = sub(SamplingConfig, "generator sampling (paper: 0.8 / 0.9 / 300)")
+    samples_per_seed: int = opt(1, "generations per seed (the paper: 5)")
+    min_rounds: int = opt(3, "rounds the prompt asks for at least")
+
+
+@dataclass
+class TurnSamplingConfig:
+    """Method step 2: history of k rounds, target = the response of round k+1."""
+
+    min_history: int = opt(1, "fewest history rounds (dialogues with fewer+1 rounds are dropped)")
+    max_history: int = opt(3, "most history rounds")
+
+
+@dataclass
+class DiscriminatorConfig:
+    """Method step 3a: the discriminator answers each sampled history itself."""
+
+    engine: EngineConfig = sub(EngineConfig, "the discriminator engine (paper: ED-tuned LLM)")
+    sampling: SamplingConfig = sub(
+        SamplingConfig, "discriminator sampling (paper: 0.8, 128 tokens)", top_p=1.0, max_tokens=128
+    )
+    system_prompt: str = opt("you are a helpful assistant", "system prompt of the discriminator")
+
+
+@dataclass
+class QualityConfig:
+    """Method step 3b: quality score = 100 x cosine(target, discriminator answer)."""
+
+    embedder: str = opt("packaged:all-minilm-l6-v2", "sentence-transformers model for scores")
+    threshold: float = opt(60.0, "keep rows whose quality score is >= this (paper: 50 or 60)")
+    batch_size: int = opt(64, "texts per embedding batch")
+    replicas: int = opt(1, "embedding actors")
+    gpus_per_replica: float = opt(0.0, "GPUs per embedding actor")
+
+
+@dataclass
+class DiversityConfig:
+    """Method step 4: greedy k-center over instruction+output embeddings."""
+
+    keep_ratio: Optional[float] = opt(0.9, "share of kept rows to select (paper: 0.9)")
+    k: Optional[int] = opt(None, "select exactly k rows instead of keep_ratio")
+    method: str = opt("auto", "auto | exact | fast | sharded")
+    shards: int = opt(1, "shards for the sharded two-round method")
+    device: str = opt("auto", "auto | cpu | cuda")
+
+
+@dataclass
+class RayConfig:
+    address: str = opt("", "Ray address; empty = RAY_ADDRESS or a local Ray started here")
+    num_cpus: Optional[int] = opt(None, "CPUs for a local Ray (default: all)")
+
+
+@dataclass
+class PipelineConfig:
+    """The whole Synth-Empathy job."""
+
+    run_id: str = opt("", "name of the run folder; empty = a new timestamped id")
+    output: str = opt("./runs", "folder or URL under which <run_id>/ is written")
+    seed: int = opt(0, "seed for turn sampling, selection start and subsets")
+    seeds: SeedsConfig = sub(SeedsConfig, "where the seed dialogues come from")
+    generation: GenerationConfig = sub(GenerationConfig, "step 1")
+    turns: TurnSamplingConfig = sub(TurnSamplingConfig, "step 2")
+    discriminator: DiscriminatorConfig = sub(DiscriminatorConfig, "step 3a")
+    quality: QualityConfig = sub(QualityConfig, "step 3b")
+    diversity: DiversityConfig = sub(DiversityConfig, "step 4")
+    ray: RayConfig = sub(RayConfig, "where the job runs")
+
+
+# --------------------------------------------------------------------------- loading
+
+def preset_names() -> List[str]:
+    folder = importlib.resources.files("synth_empathy") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def all_keys(cls: type = PipelineConfig, prefix: str = "") -> Iterator[Tuple[str, Any, str]]:
+    """(dotted key, default, doc) for every leaf option of the schema."""
+    for f in fields(cls):
+        key = prefix + f.name
+        default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            yield from all_keys(type(default), key + ".")
+        else:
+            yield key, default, f.metadata.get("doc", "")
+
+
+def _unknown_key_error(key: str, where: str) -> ConfigError:
+    keys = [k for k, _, _ in all_keys()]
+    sections = sorted({k.rsplit(".", 1)[0] for k in keys if "." in k})
+    near = difflib.get_close_matches(key, keys + sections, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(near)}?" if near else ""
+    return ConfigError(f"unknown config key {key!r} in {where}{hint}")
+
+
+def _merge(base: DictConfig, layer: Any, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)  # type: ignore[return-value]
+    except ConfigKeyError as e:
+        raise _unknown_key_error(str(e.full_key or e.key), where) from None
+    except OmegaConfBaseException as e:
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"bad value for {e.full_key!r} in {where}: {msg}") from None
+
+
+def load_config(preset: str = "default", overrides: List[str] | None = None) -> DictConfig:
+    """Schema defaults, then the named preset, then ``key=value`` overrides."""
+    if preset not in preset_names():
+        raise ConfigError(f"unknown preset {preset!r}; known presets: {', '.join(preset_names())}")
+    cfg = OmegaConf.structured(PipelineConfig)
+    text = (importlib.resources.files("synth_empathy") / "presets" / f"{preset}.yaml").read_text()
+    cfg = _merge(cfg, OmegaConf.create(text), f"preset {preset!r}")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key = item.split("=", 1)[0].strip()
+        if key not in {k for k, _, _ in all_keys()} and not any(
+            key.startswith(k + ".") for k, d, _ in all_keys() if isinstance(d, dict)
+        ):
+            raise _unknown_key_error(key, "the command line")
+        try:
+            layer = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"cannot parse override {item!r}: {str(e).splitlines()[0]}") from None
+        cfg = _merge(cfg, layer, "the command line")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks across fields that the types alone cannot express."""
+    d = cfg.diversity
+    if (d.k is None) == (d.keep_ratio is None):
+        raise ConfigError("set exactly one of diversity.k and diversity.keep_ratio (the other to null)")
+    if d.keep_ratio is not None and not 0 < d.keep_ratio <= 1:
+        raise ConfigError(f"diversity.keep_ratio must be in (0, 1], got {d.keep_ratio}")
+    if d.k is not None and d.k < 1:
+        raise ConfigError(f"diversity.k must be >= 1, got {d.k}")
+    if d.method not in ("auto", "exact", "fast", "sharded"):
+        raise ConfigError(f"diversity.method must be auto, exact, fast or sharded, got {d.method!r}")
+    if not 0 <= cfg.quality.threshold <= 100:
+        raise ConfigError(f"quality.threshold must be in [0, 100], got {cfg.quality.threshold}")
+    if cfg.generation.samples_per_seed < 1:
+        raise ConfigError("generation.samples_per_seed must be >= 1")
+    t = cfg.turns
+    if not 0 <= t.min_history <= t.max_history:
+        raise ConfigError("need 0 <= turns.min_history <= turns.max_history")
+    for name in ("generation", "discriminator"):
+        e = cfg[name].engine
+        if e.replicas < 1:
+            raise ConfigError(f"{name}.engine.replicas must be >= 1")
+        if e.gpus_per_replica and e.gpus_per_replica < e.tensor_parallel_size * e.pipeline_parallel_size:
+            raise ConfigError(
+                f"{name}.engine.gpus_per_replica ({e.gpus_per_replica}) is less than "
+                f"tensor_parallel_size x pipeline_parallel_size"
+            )
+
+
+def docs_table() -> str:
+    """Markdown table of every option: the README's configuration reference."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, default, doc in all_keys():
+        shown = "`" + (repr(default) if isinstance(default, str) else str(default)) + "`"
+        rows.append(f"| `{key}` | {shown} | {doc.replace('|', '\\|')} |")
+    return "\n".join(rows)
