@@ -241,5 +241,6 @@ def docs_table() -> str:
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for key, default, doc in all_keys():
         shown = "`" + (repr(default) if isinstance(default, str) else str(default)) + "`"
-        rows.append(f"| `{key}` | {shown} | {doc.replace('|', '\\|')} |")
+        escaped = doc.replace("|", "\\|")  # a bare | would split the table cell
+        rows.append(f"| `{key}` | {shown} | {escaped} |")
     return "\n".join(rows)
