@@ -129,8 +129,8 @@ _ENUMERATION = re.compile(r"^\d{1,2}[.)](?: |$)")
 # "my user: ..." inside a sentence is not cut.
 _INLINE_MARKER = re.compile(
     rf"(?<= )(?:(?P<round>round \d{{1,3}} ?:)"
-    rf"|(?P<ctx>{_CONTEXT_LABEL})(?: ?\d{{1,2}})? ?:"
-    rf"|(?P<resp>{_RESPONSE_LABEL})(?: ?\d{{1,2}})? ?:)",
+    rf"|(?P<ctx>{_CONTEXT_LABEL})(?: ?\d{{1,2}})?(?: ?:| [-–—] )"
+    rf"|(?P<resp>{_RESPONSE_LABEL})(?: ?\d{{1,2}})?(?: ?:| [-–—] ))",
     re.IGNORECASE,
 )
 

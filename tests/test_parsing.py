@@ -124,6 +124,11 @@ def test_both_labels_on_one_line() -> None:
     assert parse_rounds(text).rounds == EXPECTED
 
 
+def test_both_labels_on_one_line_with_dashes() -> None:
+    text = "Round 1: Context - I feel sad. Response - I'm sorry you feel that way."
+    assert parse_rounds(text).rounds == [Round("I feel sad.", "I'm sorry you feel that way.")]
+
+
 def test_table_like_pipe_separator() -> None:
     text = "Context: I feel alone. | Response: You are not alone; I'm here with you."
     assert parse_rounds(text).rounds == [
@@ -215,7 +220,10 @@ def test_duplicate_rounds_removed() -> None:
 
 
 def test_same_context_with_other_response_is_not_a_duplicate() -> None:
-    text = "Context: I'm tired.\nResponse: Rest helps.\nContext: I'm tired.\nResponse: Be kind to you."
+    text = (
+        "Context: I'm tired.\nResponse: Rest helps.\n"
+        "Context: I'm tired.\nResponse: Be kind to you."
+    )
     assert len(parse_rounds(text).rounds) == 2
 
 
@@ -248,7 +256,8 @@ def test_overlong_response_is_kept_and_counted() -> None:
     result = parse_rounds(f"Context: Sad.\nResponse: {long_reply}\nContext: Ok.\nResponse: Fine.")
     assert len(result.rounds) == 2
     assert result.overlong_responses == 1
-    assert parse_rounds(f"Context: Sad.\nResponse: {long_reply}", max_response_words=40).overlong_responses == 0
+    relaxed = parse_rounds(f"Context: Sad.\nResponse: {long_reply}", max_response_words=40)
+    assert relaxed.overlong_responses == 0
 
 
 def test_count_words() -> None:
@@ -263,7 +272,7 @@ def test_count_words() -> None:
         ("", REASON_EMPTY_OUTPUT),
         ("   \n\t\n   ", REASON_EMPTY_OUTPUT),
         ("---\n***\n```", REASON_EMPTY_OUTPUT),
-        ("I am a language model and I think empathy is important. It helps people.", REASON_NO_ROUNDS),
+        ("I am a language model and I think empathy is important. It helps.", REASON_NO_ROUNDS),
         ("Round 1:\nRound 2:\n", REASON_NO_ROUNDS),
         ("Context:", REASON_NO_COMPLETE_ROUND),
         ("Response:", REASON_NO_COMPLETE_ROUND),
