@@ -74,6 +74,8 @@ class ParseResult:
     duplicate_rounds: int = 0
     #: kept rounds whose response is longer than the word limit (kept, only counted)
     overlong_responses: int = 0
+    #: the text started a second dialogue ("Round 1" again); what followed was ignored
+    restarted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -199,7 +201,8 @@ def _lex_line(raw: str) -> list[_Event]:
     events: list[_Event] = []
     header = _ROUND_HEADER.match(line)
     if header:
-        events.append(("round", ""))
+        # The number lets the builder see a restart ("Round 1" again after Round 3).
+        events.append(("round", "".join(ch for ch in header.group() if ch.isdigit())))
         line = line[header.end() :]
     else:
         enum = _ENUMERATION.match(line)
@@ -261,6 +264,10 @@ class _Builder:
         self.resp: list[str] | None = None
         # The field that unlabelled lines continue; None when closed.
         self.open: list[str] | None = None
+        # Small models often finish a dialogue and start another at "Round 1": the
+        # second one does not continue the first, so everything after it is ignored.
+        self.last_round: int | None = None
+        self.restarted = False
 
     def _has(self, parts: list[str] | None, *, is_response: bool) -> bool:
         return parts is not None and _clean(parts, is_response=is_response) != ""
@@ -278,7 +285,15 @@ class _Builder:
         self.ctx = self.resp = self.open = None
 
     def feed(self, kind: str, text: str) -> None:
+        if self.restarted:
+            return
         if kind == "round":
+            number = int(text) if text.isdigit() else None
+            if number is not None and self.last_round is not None and number <= self.last_round:
+                self.flush()
+                self.restarted = True
+                return
+            self.last_round = number if number is not None else self.last_round
             self.flush()
         elif kind == "break":
             # A blank line ends a field that already has text; an empty field waits
@@ -338,7 +353,7 @@ def parse_rounds(
         builder.resp = None
     builder.flush()
 
-    result = ParseResult(incomplete_rounds=builder.incomplete)
+    result = ParseResult(incomplete_rounds=builder.incomplete, restarted=builder.restarted)
     seen: set[tuple[str, str]] = set()
     for pair in builder.pairs:
         if pair in seen:

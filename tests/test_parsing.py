@@ -345,3 +345,23 @@ def _check_invariants(result: ParseResult) -> None:
         assert r.context == r.context.strip() and r.response == r.response.strip()
         assert "\n" not in r.context and "\n" not in r.response
     assert min(result.incomplete_rounds, result.duplicate_rounds, result.overlong_responses) >= 0
+
+
+def test_a_second_dialogue_starting_again_at_round_one_is_ignored():
+    # Seen in SmolLM2 output: three rounds, chatter, then "Round 1" of a new dialogue
+    # which does not continue the first and must not be appended to it.
+    text = (
+        "Round 1:\nContext: I lost my way.\nResponse: I'm sorry to hear that.\n\n"
+        "Round 2:\nContext: I feel lonely.\nResponse: I understand.\n\n"
+        "Here's the new conversation.\n\n"
+        "Round 1:\nContext: I'm trying to eat healthier.\nResponse: That is hard.\n"
+    )
+    result = parse_rounds(text)
+    assert [r.context for r in result.rounds] == ["I lost my way.", "I feel lonely."]
+    assert result.restarted
+
+
+def test_rounds_numbered_upwards_are_not_a_restart():
+    text = "Round 2:\nContext: a\nResponse: b\nRound 3:\nContext: c\nResponse: d\n"
+    result = parse_rounds(text)
+    assert len(result.rounds) == 2 and not result.restarted
