@@ -1,0 +1,99 @@
+"""Method step 3b - the quality score and the threshold.
+
+An embedding model embeds the generated target (``output``) and the discriminator's
+answer (``disc_response``); the quality score is 100 x their cosine similarity. Rows
+scoring below the threshold T are dropped (kept in the table, marked with a reason).
+The same pass embeds ``instruction + output`` of the rows it keeps: the vectors that
+diversity selection (step 4) works on, so no row is embedded twice.
+
+in:  discriminated samples ``sample_id, instruction, output, disc_response, disc_error, ...``
+out: ``+ quality_score`` (0-100, null when there was nothing to compare), ``kept``,
+     ``drop_reason``, ``embedding`` (list<float32>, kept rows only)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from synth_empathy.embedding import encode
+
+
+def quality_scores(targets: np.ndarray, answers: np.ndarray) -> np.ndarray:
+    """100 x cosine similarity of matching rows of two arrays of unit vectors."""
+    cos = np.einsum("ij,ij->i", targets, answers)
+    # Unit vectors can give 1.0000001; the score's documented range is 0-100 only for
+    # non-negative cosines, so clip the top and leave genuine negatives visible.
+    return np.minimum(cos, 1.0) * 100.0
+
+
+def drop_reason(disc_error: Optional[str], disc_response: str) -> Optional[str]:
+    """Why a row cannot be scored at all, or None."""
+    if disc_error:
+        return "discriminator_error"
+    if not disc_response.strip():
+        return "empty_discriminator_answer"
+    return None
+
+
+def diversity_text(instruction: str, output: str) -> str:
+    """What step 4 embeds for a row: its instruction and its target together."""
+    return f"{instruction} {output}"
+
+
+def score_batch(batch: Dict[str, Any], embedder: str, threshold: float, batch_size: int = 64) -> Dict[str, Any]:
+    """The whole step for one batch of rows (columns as lists or arrays)."""
+    n = len(batch["sample_id"])
+    outputs = [str(x) for x in batch["output"]]
+    answers = [str(x or "") for x in batch["disc_response"]]
+    errors = list(batch.get("disc_error", [None] * n))
+    reasons: List[Optional[str]] = [drop_reason(errors[i], answers[i]) for i in range(n)]
+    scorable = [i for i in range(n) if reasons[i] is None]
+
+    scores: List[Optional[float]] = [None] * n
+    if scorable:
+        both = encode([outputs[i] for i in scorable] + [answers[i] for i in scorable], embedder, batch_size)
+        m = len(scorable)
+        for i, s in zip(scorable, quality_scores(both[:m], both[m:])):
+            scores[i] = float(s)
+    kept = [scores[i] is not None and scores[i] >= threshold for i in range(n)]
+    for i in scorable:
+        if not kept[i]:
+            reasons[i] = "below_quality_threshold"
+
+    embeddings: List[Optional[List[float]]] = [None] * n
+    keep_idx = [i for i in range(n) if kept[i]]
+    if keep_idx:
+        vecs = encode([diversity_text(str(batch["instruction"][i]), outputs[i]) for i in keep_idx], embedder, batch_size)
+        for i, v in zip(keep_idx, vecs):
+            embeddings[i] = v.tolist()
+
+    out = {k: list(v) for k, v in batch.items()}
+    out.update(quality_score=scores, kept=kept, drop_reason=reasons, embedding=embeddings)
+    return out
+
+
+class QualityScorer:
+    """Ray Data actor: loads the embedder once, then scores batch after batch."""
+
+    def __init__(self, embedder: str, threshold: float, batch_size: int = 64) -> None:
+        from synth_empathy.embedding import load_embedder
+
+        load_embedder(embedder)  # load at actor start, not inside the first batch
+        self.embedder, self.threshold, self.batch_size = embedder, threshold, batch_size
+
+    def __call__(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        return score_batch(batch, self.embedder, self.threshold, self.batch_size)
+
+
+def score_stage(ds, cfg: Any):
+    """Apply step 3b to a Ray Dataset of discriminated samples."""
+    return ds.map_batches(
+        QualityScorer,
+        fn_constructor_kwargs=dict(embedder=cfg.embedder, threshold=cfg.threshold, batch_size=cfg.batch_size),
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        concurrency=cfg.replicas,
+        num_gpus=cfg.gpus_per_replica or None,
+    )
