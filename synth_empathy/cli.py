@@ -1,0 +1,73 @@
+"""The ``synth-empathy`` command.
+
+    synth-empathy run [--preset NAME] [key=value ...]     run or resume the whole job
+    synth-empathy config [--preset NAME] [key=value ...]  print the resolved config
+    synth-empathy config --docs                           every option, default, meaning
+    synth-empathy select ...                              k-center selection on its own
+
+Bad input (an unknown preset or key, a missing seed file, an unwritable output, a
+missing model package) ends with one ``error:`` line and exit code 2, before Ray
+starts or a model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import List, Optional
+
+from omegaconf import OmegaConf
+
+from synth_empathy.config import ConfigError, docs_table, load_config, preset_names
+
+EXIT_BAD_INPUT = 2
+
+
+def _bad_input_errors() -> tuple:
+    from synth_empathy.kcenter import SelectionError
+    from synth_empathy.models import ModelNotFoundError
+    from synth_empathy.seeds import SeedError
+    from synth_empathy.store import StorageError
+
+    return (ConfigError, SeedError, StorageError, ModelNotFoundError, SelectionError)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="synth-empathy", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("run", "run or resume the whole job"), ("config", "print the resolved config")):
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("--preset", default="default", help=f"one of: {', '.join(preset_names())}")
+        c.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+        if name == "config":
+            c.add_argument("--docs", action="store_true", help="print every option as a table")
+    sub.add_parser("select", help="greedy k-center selection over a Parquet dataset", add_help=False)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["select"]:
+        from synth_empathy import selection
+
+        return selection.main(argv[1:])
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s synth-empathy %(message)s", datefmt="%H:%M:%S")
+    try:
+        if args.command == "config":
+            if args.docs:
+                print(docs_table())
+                return 0
+            print(OmegaConf.to_yaml(load_config(args.preset, args.overrides)), end="")
+            return 0
+        cfg = load_config(args.preset, args.overrides)
+        from synth_empathy.pipeline import run
+
+        report = run(cfg)
+    except _bad_input_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps({"run": report["output"], "counts": report["counts"]}))
+    return 0 if report["counts"]["selected"] > 0 else 1

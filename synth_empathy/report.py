@@ -1,0 +1,190 @@
+"""The run report: counts at every stage, drop reasons, timings, throughput, plots.
+
+Everything is computed from the run folder's stage tables (not from counters kept in
+memory), so the report of a resumed run is as complete as that of a run in one go, and
+``synth-empathy report <run folder>`` can rebuild it at any time.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import Counter
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pyarrow.compute as pc
+
+log = logging.getLogger(__name__)
+
+STAGES = ("seeds", "generations", "samples", "discriminated", "scored", "selected")
+
+
+def _value_counts(table, column: str) -> Dict[str, int]:
+    counts = Counter(v for v in table.column(column).to_pylist() if v is not None)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _read_json(store, name: str) -> Dict[str, Any]:
+    try:
+        with store.fs.open(store.path(name), "r") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
+def build_report(store, cfg, timings: Dict[str, float]) -> Dict[str, Any]:
+    gens = store.read_table("generations", columns=["num_generated_tokens", "error"])
+    samples = store.read_table("samples", columns=["n_rounds", "n_history", "drop_reason"])
+    disc = store.read_table("discriminated", columns=["disc_num_tokens"])
+    scored = store.read_table("scored", columns=["quality_score", "kept", "drop_reason"])
+    selected = store.read_table("selected", columns=["n_history", "quality_score"])
+    seeds_info = _read_json(store, "seeds.json")
+
+    counts = {
+        "seeds": store.count_rows("seeds"),
+        "generations": gens.num_rows,
+        "parsed": int(pc.sum(pc.greater(samples.column("n_rounds"), 0)).as_py() or 0),
+        "samples": int(pc.sum(pc.is_null(samples.column("drop_reason"))).as_py() or 0),
+        "discriminated": disc.num_rows,
+        "kept": int(pc.sum(scored.column("kept")).as_py() or 0),
+        "selected": selected.num_rows,
+    }
+    drops = {
+        "seeds": seeds_info.get("dropped", {}),
+        "samples": _value_counts(samples, "drop_reason"),
+        "scored": _value_counts(scored, "drop_reason"),
+    }
+    tokens = {
+        "generated": int(pc.sum(gens.column("num_generated_tokens")).as_py() or 0),
+        "discriminator": int(pc.sum(disc.column("disc_num_tokens")).as_py() or 0),
+    }
+    rows_in = {"generations": counts["generations"], "samples": counts["generations"],
+               "discriminated": counts["discriminated"], "scored": counts["discriminated"],
+               "selected": counts["kept"]}
+    throughput = {}
+    for name, n in rows_in.items():
+        secs = timings.get(name) or 0.0
+        entry = {"rows": n, "seconds": secs, "rows_per_s": round(n / secs, 3) if secs else None}
+        if name == "generations":
+            entry["tokens_per_s"] = round(tokens["generated"] / secs, 2) if secs else None
+        if name == "discriminated":
+            entry["tokens_per_s"] = round(tokens["discriminator"] / secs, 2) if secs else None
+        throughput[name] = entry
+
+    scores = np.array([s for s in scored.column("quality_score").to_pylist() if s is not None])
+    return {
+        "run_id": store.run_id,
+        "output": store.url,
+        "counts": counts,
+        "dropped": drops,
+        "seconds": timings,
+        "total_seconds": round(sum(timings.values()), 2),
+        "throughput": throughput,
+        "tokens": tokens,
+        "quality": {
+            "threshold": cfg.quality.threshold,
+            "scored": int(len(scores)),
+            "mean": float(scores.mean()) if len(scores) else None,
+            "median": float(np.median(scores)) if len(scores) else None,
+            "kept_mean": float(np.mean([s for s in selected.column("quality_score").to_pylist() if s is not None]))
+            if selected.num_rows else None,
+        },
+        "history_lengths": {
+            "samples": _value_counts_int(samples.filter(pc.is_null(samples.column("drop_reason"))), "n_history"),
+            "selected": _value_counts_int(selected, "n_history"),
+        },
+        "selection": _read_json(store, "selection.json"),
+        "models": {
+            "generator": cfg.generation.engine.model,
+            "discriminator": cfg.discriminator.engine.model,
+            "embedder": cfg.quality.embedder,
+        },
+    }
+
+
+def _value_counts_int(table, column: str) -> Dict[str, int]:
+    counts = Counter(table.column(column).to_pylist())
+    return {str(k): counts[k] for k in sorted(k for k in counts if k is not None)}
+
+
+def _plots(store, report: Dict[str, Any]) -> List[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on cluster workers or CI
+    import matplotlib.pyplot as plt
+
+    written = []
+    scores = [s for s in store.read_table("scored", columns=["quality_score"]).column("quality_score").to_pylist()
+              if s is not None]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(scores, bins=np.linspace(min([0.0] + scores), 100, 41), color="#4c78a8")
+    t = report["quality"]["threshold"]
+    ax.axvline(t, color="#d62728", linestyle="--", label=f"threshold T = {t:g}")
+    ax.set_xlabel("quality score (100 x cosine)")
+    ax.set_ylabel("samples")
+    ax.set_title(f"Quality scores ({len(scores)} samples, {report['counts']['kept']} kept)")
+    ax.legend()
+    written.append(_save(store, fig, "plots/quality_scores.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    hist = report["history_lengths"]
+    keys = sorted(set(hist["samples"]) | set(hist["selected"]), key=int)
+    xs = np.arange(len(keys))
+    ax.bar(xs - 0.2, [hist["samples"].get(k, 0) for k in keys], 0.4, label="samples")
+    ax.bar(xs + 0.2, [hist["selected"].get(k, 0) for k in keys], 0.4, label="selected")
+    ax.set_xticks(xs, keys)
+    ax.set_xlabel("history rounds k")
+    ax.set_ylabel("rows")
+    ax.set_title("History length distribution")
+    ax.legend()
+    written.append(_save(store, fig, "plots/history_lengths.png"))
+    return written
+
+
+def _save(store, fig, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    store.fs.makedirs(store.path("plots"), exist_ok=True)
+    store.write_bytes(name, buf.getvalue())
+    return name
+
+
+def to_markdown(report: Dict[str, Any]) -> str:
+    c = report["counts"]
+    lines = [f"# synth-empathy run `{report['run_id']}`", "", f"Output: `{report['output']}`", "",
+             "## Counts", "", "| stage | rows |", "| --- | ---: |"]
+    lines += [f"| {k} | {v:,} |" for k, v in c.items()]
+    lines += ["", "## Dropped, with reasons", "", "| stage | reason | rows |", "| --- | --- | ---: |"]
+    for stage, reasons in report["dropped"].items():
+        lines += [f"| {stage} | {r} | {n:,} |" for r, n in reasons.items()]
+    lines += ["", "## Time and throughput", "", "| stage | seconds | rows/s | tokens/s |", "| --- | ---: | ---: | ---: |"]
+    for stage, secs in report["seconds"].items():
+        tp = report["throughput"].get(stage, {})
+        lines.append(f"| {stage} | {secs:.1f} | {tp.get('rows_per_s') or ''} | {tp.get('tokens_per_s') or ''} |")
+    lines.append(f"| total | {report['total_seconds']:.1f} | | |")
+    q, s = report["quality"], report["selection"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+    lines += ["", "## Quality and diversity", "",
+              f"- threshold T = {q['threshold']:g}; mean score {fmt(q['mean'])}, median {fmt(q['median'])}",
+              f"- k-center: {s.get('selected', 0)} of {s.get('candidates', 0)} kept rows selected "
+              f"({s.get('method')}), covering radius {s.get('radius')}",
+              "", "![quality scores](plots/quality_scores.png)", "",
+              "![history lengths](plots/history_lengths.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(store, cfg, timings: Dict[str, float]) -> Dict[str, Any]:
+    report = build_report(store, cfg, timings)
+    report["plots"] = _plots(store, report)
+    store.write_json("report.json", report)
+    store.write_bytes("report.md", to_markdown(report).encode())
+    c = report["counts"]
+    log.info("counts: %s", ", ".join(f"{k} {v}" for k, v in c.items()))
+    log.info("report: %s/report.md", store.url)
+    return report

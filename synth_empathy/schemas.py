@@ -1,0 +1,57 @@
+"""The stage contracts, as Arrow schemas: the columns each stage writes.
+
+Every stage's output is cast to its schema before it is written, so a batch in
+which a column happens to be all null (no errors, say) still writes the declared
+type, and every Parquet part of a stage reads back with one schema.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+_str, _int, _float = pa.string(), pa.int64(), pa.float64()
+ROUND = pa.struct([("context", _str), ("response", _str)])
+TURN = pa.struct([("role", _str), ("content", _str)])
+
+SEEDS = pa.schema([
+    ("seed_id", _str), ("context", _str), ("response", _str), ("emotion", _str), ("source", _str),
+])
+
+GENERATIONS = pa.schema([
+    ("seed_id", _str), ("sample_id", _str), ("emotion", _str), ("prompt", _str),
+    ("raw_text", _str), ("model", _str), ("num_generated_tokens", _int), ("error", _str),
+])
+
+SAMPLES = pa.schema([
+    ("seed_id", _str), ("sample_id", _str), ("emotion", _str),
+    ("rounds", pa.list_(ROUND)), ("n_rounds", _int),
+    ("instruction", _str), ("output", _str), ("n_history", _int), ("history", pa.list_(TURN)),
+    ("drop_reason", _str), ("incomplete_rounds", _int), ("overlong_responses", _int),
+])
+
+# Columns of a sample that travel on to the discriminator and beyond.
+SAMPLE_CARRY = ("seed_id", "sample_id", "emotion", "instruction", "output", "n_history", "history")
+
+DISCRIMINATED = pa.schema(
+    [SAMPLES.field(c) for c in SAMPLE_CARRY]
+    + [("disc_response", _str), ("disc_model", _str), ("disc_num_tokens", _int), ("disc_error", _str)]
+)
+
+SCORED = pa.schema(
+    list(DISCRIMINATED)
+    + [("quality_score", _float), ("kept", pa.bool_()), ("drop_reason", _str),
+       ("embedding", pa.list_(pa.float32()))]
+)
+
+SELECTED = pa.schema(
+    [f for f in SCORED if f.name not in ("embedding", "kept", "drop_reason")]
+    + [("pick_order", _int), ("distance_at_pick", _float)]
+)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The table's columns in the schema's order and types (missing columns: error)."""
+    missing = [n for n in schema.names if n not in table.column_names]
+    if missing:
+        raise ValueError(f"stage output lacks columns {missing}; has {table.column_names}")
+    return table.select(schema.names).cast(schema)
