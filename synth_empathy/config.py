@@ -46,6 +46,9 @@ class EngineConfig:
     pipeline_parallel_size: int = opt(1, "pipeline parallel degree inside one replica")
     accelerator_type: Optional[str] = opt(None, "Ray accelerator type to ask for (e.g. H100)")
     batch_size: int = opt(16, "rows per batch sent to an engine")
+    helper_cpus: float = opt(
+        0.25, "CPUs per chat-template / tokenizer / detokenizer actor around the engine"
+    )
     max_model_len: int = opt(2048, "context length the engine reserves per sequence")
     dtype: str = opt("bfloat16", "weight and activation dtype")
     memory_utilization: float = opt(
@@ -101,6 +104,12 @@ class DiscriminatorConfig:
         SamplingConfig, "discriminator sampling (paper: 0.8, 128 tokens)", top_p=1.0, max_tokens=128
     )
     system_prompt: str = opt("you are a helpful assistant", "system prompt of the discriminator")
+    input_format: str = opt(
+        "chat",
+        "instruction: the sample's instruction text as one user message (as an ED-tuned "
+        "discriminator was trained); chat: the history as user/assistant turns, which an "
+        "untuned chat model answers in kind",
+    )
 
 
 @dataclass
@@ -128,7 +137,11 @@ class DiversityConfig:
 @dataclass
 class RayConfig:
     address: str = opt("", "Ray address; empty = RAY_ADDRESS or a local Ray started here")
-    num_cpus: Optional[int] = opt(None, "CPUs for a local Ray (default: all)")
+    num_cpus: Optional[int] = opt(
+        None,
+        "logical CPUs of a local Ray; default max(4, cores): a CPU engine holds one in "
+        "Ray's books while Ray Data's readers and maps need their own",
+    )
 
 
 @dataclass
@@ -218,6 +231,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"diversity.k must be >= 1, got {d.k}")
     if d.method not in ("auto", "exact", "fast", "sharded"):
         raise ConfigError(f"diversity.method must be auto, exact, fast or sharded, got {d.method!r}")
+    if cfg.discriminator.input_format not in ("chat", "instruction"):
+        raise ConfigError(
+            f"discriminator.input_format must be chat or instruction, got {cfg.discriminator.input_format!r}"
+        )
     if not 0 <= cfg.quality.threshold <= 100:
         raise ConfigError(f"quality.threshold must be in [0, 100], got {cfg.quality.threshold}")
     if cfg.generation.samples_per_seed < 1:

@@ -17,7 +17,6 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import pyarrow as pa
 
-from synth_empathy.kcenter import resolve_k, select_k_center
 
 
 def embeddings_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
@@ -31,8 +30,13 @@ def embeddings_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
 
 def select(kept: pa.Table, cfg: Any, seed: int) -> Tuple[pa.Table, Dict[str, Any]]:
     """The selected rows of ``kept`` (in pick order) and the selection's figures."""
+    from synth_empathy.kcenter import resolve_k, select_k_center
+
     if kept.num_rows == 0:
-        return kept.slice(0, 0), {"selected": 0, "radius": None, "method": None}
+        empty = kept.slice(0, 0)
+        empty = empty.append_column("pick_order", pa.array([], type=pa.int64()))
+        empty = empty.append_column("distance_at_pick", pa.array([], type=pa.float64()))
+        return empty, {"selected": 0, "candidates": 0, "radius": None, "method": None}
     x = embeddings_matrix(kept)
     k = resolve_k(len(x), cfg.k, cfg.keep_ratio)
     result = select_k_center(

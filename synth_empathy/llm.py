@@ -74,10 +74,18 @@ class LLMStage:
         return {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
 
     def processor_config(self, model_path: Optional[str] = None):
-        from ray.data.llm import vLLMEngineProcessorConfig
+        from ray.data.llm import (
+            ChatTemplateStageConfig, DetokenizeStageConfig, TokenizerStageConfig, vLLMEngineProcessorConfig,
+        )
 
         e = self.engine
+        # The text stages around the engine are light; at Ray Data's default of one CPU
+        # each they alone would fill a small machine and leave the engine unscheduled.
+        light = dict(num_cpus=e.helper_cpus, concurrency=e.replicas)
         return vLLMEngineProcessorConfig(
+            chat_template_stage=ChatTemplateStageConfig(**light),
+            tokenize_stage=TokenizerStageConfig(**light),
+            detokenize_stage=DetokenizeStageConfig(**light),
             model_source=model_path or resolve_model(e.model),
             engine_kwargs=engine_kwargs(e),
             batch_size=e.batch_size,

@@ -14,11 +14,13 @@ costs at most the stage in progress.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Callable, Dict
 
 import pyarrow.compute as pc
 from omegaconf import DictConfig, OmegaConf
+from ray.data.expressions import col
 
 from synth_empathy import diversity, export, report, schemas
 from synth_empathy.discriminator import Discriminator
@@ -91,8 +93,8 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     d = cfg.discriminator
     stage("discriminated", lambda: store.write_dataset(
         "discriminated",
-        Discriminator(d.engine, d.sampling, d.system_prompt, schemas.SAMPLE_CARRY)(
-            store.read_dataset("samples").filter(expr="drop_reason IS NULL"),
+        Discriminator(d.engine, d.sampling, d.system_prompt, d.input_format, schemas.SAMPLE_CARRY)(
+            store.read_dataset("samples").filter(expr=col("drop_reason").is_null()),
             model_path=resolve_model(d.engine.model)),
         schemas.DISCRIMINATED))
 
@@ -119,7 +121,8 @@ def init_ray(cfg: DictConfig) -> None:
 
     if ray.is_initialized():
         return
-    address = cfg.ray.address or None  # None lets Ray use RAY_ADDRESS or start locally
-    ray.init(address=address, num_cpus=cfg.ray.num_cpus if not address else None,
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+    num_cpus = None if address else (cfg.ray.num_cpus or max(4, os.cpu_count() or 1))
+    ray.init(address=address, num_cpus=num_cpus,
              include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import pyarrow as pa
 
 from synth_empathy.embedding import encode
 
@@ -42,12 +43,12 @@ def diversity_text(instruction: str, output: str) -> str:
     return f"{instruction} {output}"
 
 
-def score_batch(batch: Dict[str, Any], embedder: str, threshold: float, batch_size: int = 64) -> Dict[str, Any]:
-    """The whole step for one batch of rows (columns as lists or arrays)."""
-    n = len(batch["sample_id"])
-    outputs = [str(x) for x in batch["output"]]
-    answers = [str(x or "") for x in batch["disc_response"]]
-    errors = list(batch.get("disc_error", [None] * n))
+def score_batch(batch: pa.Table, embedder: str, threshold: float, batch_size: int = 64) -> pa.Table:
+    """The whole step for one batch: the batch with the four new columns appended."""
+    n = batch.num_rows
+    outputs = [str(x or "") for x in batch.column("output").to_pylist()]
+    answers = [str(x or "") for x in batch.column("disc_response").to_pylist()]
+    errors = batch.column("disc_error").to_pylist()
     reasons: List[Optional[str]] = [drop_reason(errors[i], answers[i]) for i in range(n)]
     scorable = [i for i in range(n) if reasons[i] is None]
 
@@ -65,13 +66,17 @@ def score_batch(batch: Dict[str, Any], embedder: str, threshold: float, batch_si
     embeddings: List[Optional[List[float]]] = [None] * n
     keep_idx = [i for i in range(n) if kept[i]]
     if keep_idx:
-        vecs = encode([diversity_text(str(batch["instruction"][i]), outputs[i]) for i in keep_idx], embedder, batch_size)
+        instructions = batch.column("instruction").to_pylist()
+        vecs = encode([diversity_text(instructions[i], outputs[i]) for i in keep_idx], embedder, batch_size)
         for i, v in zip(keep_idx, vecs):
             embeddings[i] = v.tolist()
 
-    out = {k: list(v) for k, v in batch.items()}
-    out.update(quality_score=scores, kept=kept, drop_reason=reasons, embedding=embeddings)
-    return out
+    for name, values, type_ in (
+        ("quality_score", scores, pa.float64()), ("kept", kept, pa.bool_()),
+        ("drop_reason", reasons, pa.string()), ("embedding", embeddings, pa.list_(pa.float32())),
+    ):
+        batch = batch.append_column(name, pa.array(values, type=type_))
+    return batch
 
 
 class QualityScorer:
@@ -83,7 +88,7 @@ class QualityScorer:
         load_embedder(embedder)  # load at actor start, not inside the first batch
         self.embedder, self.threshold, self.batch_size = embedder, threshold, batch_size
 
-    def __call__(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+    def __call__(self, batch: pa.Table) -> pa.Table:
         return score_batch(batch, self.embedder, self.threshold, self.batch_size)
 
 
@@ -93,7 +98,7 @@ def score_stage(ds, cfg: Any):
         QualityScorer,
         fn_constructor_kwargs=dict(embedder=cfg.embedder, threshold=cfg.threshold, batch_size=cfg.batch_size),
         batch_size=cfg.batch_size,
-        batch_format="numpy",
+        batch_format="pyarrow",
         concurrency=cfg.replicas,
         num_gpus=cfg.gpus_per_replica or None,
     )
