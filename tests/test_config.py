@@ -1,0 +1,81 @@
+import pytest
+from omegaconf import OmegaConf
+
+from synth_empathy.config import ConfigError, all_keys, docs_table, load_config, preset_names
+
+
+def test_presets_ship_and_load():
+    assert {"default", "paper", "single-gpu"} <= set(preset_names())
+    for name in preset_names():
+        cfg = load_config(name)
+        assert cfg.quality.threshold == 60
+
+
+def test_paper_preset_has_the_papers_parameters():
+    cfg = load_config("paper")
+    g = cfg.generation
+    assert g.samples_per_seed == 5
+    assert (g.sampling.temperature, g.sampling.top_p, g.sampling.max_tokens) == (0.8, 0.9, 300)
+    assert "70B" in g.engine.model and g.engine.tensor_parallel_size > 1
+    assert cfg.discriminator.sampling.max_tokens == 128
+    assert cfg.discriminator.system_prompt == "you are a helpful assistant"
+    assert "gte-Qwen2-7B" in cfg.quality.embedder
+    assert cfg.diversity.keep_ratio == 0.9
+
+
+def test_default_is_the_embedded_cpu_setup():
+    cfg = load_config()
+    assert cfg.generation.engine.model == "packaged:smollm2"
+    assert cfg.generation.engine.gpus_per_replica == 0
+    assert cfg.quality.embedder == "packaged:all-minilm-l6-v2"
+    assert cfg.output == "./runs"
+
+
+def test_overrides_apply_and_are_typed():
+    cfg = load_config("default", ["quality.threshold=50", "generation.engine.extra.max_num_batched_tokens=4096"])
+    assert cfg.quality.threshold == 50.0
+    assert cfg.generation.engine.extra == {"max_num_batched_tokens": 4096}
+
+
+@pytest.mark.parametrize(
+    "preset, overrides, expected",
+    [
+        ("nope", [], "unknown preset 'nope'; known presets: default, paper, single-gpu"),
+        ("default", ["quality.treshold=3"], "did you mean quality.threshold"),
+        ("default", ["generation.engine.modle=x"], "did you mean generation.engine.model"),
+        ("default", ["quality.threshold=abc"], "bad value for 'quality.threshold'"),
+        ("default", ["threshold"], "not of the form key=value"),
+        ("default", ["diversity.keep_ratio=1.5"], "keep_ratio must be in (0, 1]"),
+        ("default", ["diversity.k=10"], "exactly one of diversity.k and diversity.keep_ratio"),
+        ("default", ["discriminator.input_format=xml"], "input_format must be chat or instruction"),
+    ],
+)
+def test_config_errors_are_one_line_and_name_the_problem(preset, overrides, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config(preset, overrides)
+    assert expected in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_k_instead_of_ratio():
+    cfg = load_config("default", ["diversity.k=10", "diversity.keep_ratio=null"])
+    assert cfg.diversity.k == 10 and cfg.diversity.keep_ratio is None
+
+
+def test_every_option_is_documented():
+    keys = list(all_keys())
+    assert len(keys) > 40
+    undocumented = [k for k, _, doc in keys if not doc]
+    assert undocumented == []
+    table = docs_table()
+    for key, _, _ in keys:
+        assert f"| `{key}` |" in table
+    # The docs list exactly what the schema accepts.
+    flat = OmegaConf.to_container(load_config(), resolve=True)
+    def leaves(d, p=""):
+        for k, v in d.items():
+            if isinstance(v, dict) and v and not k == "extra":
+                yield from leaves(v, p + k + ".")
+            else:
+                yield p + k
+    assert sorted(leaves(flat)) == sorted(k for k, _, _ in keys)
