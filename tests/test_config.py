@@ -79,3 +79,16 @@ def test_every_option_is_documented():
             else:
                 yield p + k
     assert sorted(leaves(flat)) == sorted(k for k, _, _ in keys)
+
+
+def test_readme_config_table_is_the_schemas_own():
+    # The README's reference table is generated from the schema; this catches drift.
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    section = re.search(r"<!-- config-table:start -->\n(.*)\n<!-- config-table:end -->", readme, re.S)
+    assert section and section.group(1) == docs_table(), (
+        "README config table is stale: regenerate it with "
+        "python -m synth_empathy config --docs"
+    )
