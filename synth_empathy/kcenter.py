@@ -2,40 +2,48 @@
 
 Greedy k-center (Gonzalez 1985) starts from one row and repeatedly adds the row farthest
 (Euclidean) from everything chosen so far; its covering radius is within 2x of the
-optimum. The plain form makes one pass over all N rows per pick, O(N k d) with a
+optimum (OPT). The plain form makes one pass over all N rows per pick: O(N k d), one
 memory-bound matrix-vector product per step. Methods here:
 
-* ``exact`` (= ``fast``; ``auto`` picks it for one machine): **lazy exact greedy**, the
-  same picks as the plain form (up to float32 rounding of near-ties; ties go to the
-  lowest row index). Two ideas, neither of which changes a pick:
+* ``exact`` - **lazy exact greedy**: the same picks as the plain form (ties to the lowest
+  row index; float32 rounding can flip a near-tie closer than ~1e-7). Two ideas, neither
+  of which changes a pick:
 
   1. *Lazy bounds.* Each row keeps its distance to the first ``last[i]`` centers, an
      upper bound on its distance to the whole chosen set. Only rows whose bound reaches
      the top are brought up to date, so a row that came close to some center early is
-     never compared with the later ones (on 100k clustered rows, keep 10 %, about 17 % of
-     the plain form's row x center distances are evaluated; keep 90 %, about 48 %).
+     never compared with the later ones (100k clustered rows: about 17 % of the plain
+     form's row x center distances at keep 10 %, 48 % at keep 90 %).
   2. *Several exact picks per round.* Once the top ``pool_size`` rows are up to date,
-     farthest-first runs inside that pool (one pool x pool matrix product) for as long
-     as the pool's best row beats the largest bound outside it, which makes it the
-     global farthest row. Bounds are refreshed with blocked matrix products (BLAS 3)
-     instead of one memory-bound pass per pick.
+     farthest-first runs inside that pool (one pool x pool product) for as long as the
+     pool's best row beats the largest bound outside it, which makes it the global
+     farthest row. Bounds are refreshed with blocked matrix products (BLAS 3, near the
+     machine's peak) instead of one memory-bound pass per pick.
 
-  Approximation factor: 1 against the plain greedy (identical picks), 2 against OPT.
-* ``sharded``: two-round composable coreset (Malkomes, Kusner, Chen, Weinberger and
-  Moseley, NeurIPS 2015): rows are split into ``shards`` random parts, each part runs the
-  exact greedy for ``min(k, part size)`` centers as a Ray task, and the exact greedy runs
-  again over the union of the local centers. **Covering radius at most 4x OPT**, hence at
-  most 4x the exact greedy's (greedy >= OPT); the measured ratio is in
-  benchmarks/README.md. When ``k * shards >= N`` the union is the whole input and
-  sharding saves nothing; it pays off on a cluster for k well below N / shards.
-* ``auto``: ``sharded`` when ``shards > 1``, else ``exact``.
+  Bound: identical to the plain greedy, so 2 x OPT.
+* ``fast`` - the same algorithm, but on a CPU with native bfloat16 (AVX512-BF16 or AMX)
+  each refresh ranks the new centers in bf16 (about 2.7x the float32 rate) and keeps the
+  float32 distance to the nearest one as ranked; the pool and the reported radius stay
+  float32 and exact. A kept distance exceeds the true one only when two centers are
+  within the bf16 error E <= 0.04 max|x|^2 (squared distance) of each other, so each
+  pick is farthest up to 2E and the covering radius is at most sqrt((2 OPT)^2 + 2E)
+  (measured: within 0.01 % of ``exact``). Without native bf16, ``fast`` is ``exact``.
+* ``sharded`` - two-round composable coreset (Malkomes, Kusner, Chen, Weinberger and
+  Moseley, NeurIPS 2015): rows are split into ``shards`` random parts, each part runs
+  the greedy for ``min(k, part size)`` centers as a Ray task, and the greedy runs again
+  over the union of the local centers. Bound: **4 x OPT**, hence at most 4x the exact
+  greedy's radius (greedy >= OPT); measured ratios are in benchmarks/README.md. When
+  ``k * shards >= N`` the union is the whole input and sharding saves nothing; it pays
+  off on a cluster for k well below N / shards.
+* ``auto`` - ``sharded`` when ``shards > 1``; else ``fast`` when N k >= 1e9 row x center
+  pairs, else ``exact``.
 
 Exact duplicate rows are collapsed first (the lowest index stands for its copies; copies
-are only picked once every distinct row is, lowest index first), so ties behave as in the
-plain form. With ``device="auto"`` the matrix products run on a GPU through torch when
-``torch.cuda.is_available()``; the CPU path is numpy only. FAISS's flat index computes
-the same BLAS product plus a min, but cannot restrict each row to its own range of new
-centers, which the lazy bounds need, so numpy BLAS is called directly.
+are picked only once every distinct row is, lowest index first), so ties behave as in
+the plain form. With ``device="auto"`` the products run in float32 on a GPU through torch
+when ``torch.cuda.is_available()``; the CPU path never needs a GPU library. FAISS's flat
+index computes the same BLAS product plus a min, but cannot give each row its own range
+of new centers, which the lazy bounds need, so the products are called directly.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from __future__ import annotations
 import math
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,7 +113,15 @@ class KCenterResult:
 
 def _check_matrix(x) -> np.ndarray:
     """Shape and dtype checks (values are checked chunk by chunk in :func:`_dedup`)."""
-    x = np.asarray(x)
+    try:
+        x = np.asarray(x)
+    except ValueError:  # ragged rows
+        x = np.asarray(x, dtype=object)
+    if x.dtype == object and x.ndim == 1 and len(x) and all(np.ndim(r) == 1 for r in x):
+        d0 = len(x[0])
+        i = next((i for i, r in enumerate(x) if len(r) != d0), None)
+        if i is not None:
+            raise SelectionError(f"row {i}: embedding has {len(x[i])} values, row 0 has {d0} (mixed dimensions)")
     if x.dtype == object:
         raise SelectionError("embeddings must be one numeric 2-D array (mixed dimensions?)")
     if x.ndim != 2:
@@ -200,7 +217,10 @@ class _Torch:
         self.name = "torch-cpu" if self.dev.type == "cpu" else str(self.dev)
 
     def put(self, a):
-        return self.t.from_numpy(np.ascontiguousarray(a)).to(self.dev)
+        a = np.ascontiguousarray(a)
+        with warnings.catch_warnings():  # read-only input: torch only reads it
+            warnings.simplefilter("ignore", UserWarning)
+            return self.t.from_numpy(a).to(self.dev)
 
     def get(self, a):
         return a.cpu().numpy()
@@ -227,13 +247,15 @@ class _BF16:
         self.t = torch
 
     def put(self, a):
-        return self.t.from_numpy(np.ascontiguousarray(a)).to(self.t.bfloat16)
+        a = np.ascontiguousarray(a)
+        with warnings.catch_warnings():  # read-only input: converted, never written
+            warnings.simplefilter("ignore", UserWarning)
+            return self.t.from_numpy(a).to(self.t.bfloat16)
 
     def min_arg(self, a, b2, bn):
-        """Per row of ``a``: (smallest |b|^2 - 2ab, its column), |a|^2 left out."""
-        g = (a @ b2.T).float()
-        g += bn[None, :]
-        return g.min(dim=1)
+        """Per row of ``a``: (smallest |b|^2 - 2ab, its column), |a|^2 left out; all bf16,
+        the |b|^2 added inside the product so the big matrix is written once."""
+        return self.t.addmm(bn[None, :], a, b2.T).min(dim=1)
 
 
 def _bf16_native() -> bool:
@@ -255,9 +277,16 @@ def _backend(device: str):
         except ImportError:  # no torch, no GPU to use
             return _Numpy()
         return _Torch("cuda") if torch.cuda.is_available() else _Numpy()
-    if device == "cuda" or device.startswith("cuda:") or device == "torch-cpu":
-        # "torch-cpu" runs the GPU code path on the CPU, so CI can test it.
-        return _Torch("cpu" if device == "torch-cpu" else device)
+    if device == "torch-cpu":  # the GPU code path on the CPU, so CI can test it
+        return _Torch("cpu")
+    if device == "cuda" or device.startswith("cuda:"):
+        try:
+            import torch
+        except ImportError:
+            raise SelectionError(f"device {device!r} needs torch with CUDA") from None
+        if not torch.cuda.is_available():
+            raise SelectionError(f"device {device!r} asked for, but no GPU is visible")
+        return _Torch(device)
     raise SelectionError(f"device must be auto, cpu or cuda, got {device!r}")
 
 
@@ -299,7 +328,7 @@ class _Lazy:
             t = approx.t
             self.ax = approx.put(xs)
             self.ac2 = t.empty((cap, self.d), dtype=t.bfloat16)
-            self.acn = t.empty(cap, dtype=t.float32)
+            self.acn = t.empty(cap, dtype=t.bfloat16)
 
     def add_centers(self, pos: np.ndarray):
         a, b = self.nc, self.nc + len(pos)
@@ -443,8 +472,9 @@ class _Lazy:
 def _prepare(x):
     x = _check_matrix(x)
     uniq, rep = _dedup(x)
-    xs = np.asarray(x[uniq], dtype=np.float32) + np.float32(0.0)  # one contiguous copy
-    return uniq, rep, xs
+    if len(uniq) == len(x) and x.dtype == np.float32 and x.flags.c_contiguous:
+        return uniq, rep, x  # read only from here on: no second copy of a large input
+    return uniq, rep, np.ascontiguousarray(x[uniq], dtype=np.float32)
 
 
 # Above this many row x center pairs (N k), ``auto`` takes ``fast``.

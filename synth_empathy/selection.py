@@ -40,18 +40,30 @@ REPORT_FILE = "selection_report.json"
 def _check_args(k, ratio, method, shards, embedding_column, text_column, id_column):
     if (k is None) == (ratio is None):
         raise SelectionError("give exactly one of k (a count) or ratio (a fraction in (0, 1])")
-    if ratio is not None and not (0.0 < float(ratio) <= 1.0):
-        raise SelectionError(f"ratio must be in (0, 1], got {ratio!r}")
-    if k is not None and (isinstance(k, bool) or int(k) != k or int(k) < 1):
+    if ratio is not None:
+        try:
+            ok = 0.0 < float(ratio) <= 1.0  # false for NaN
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise SelectionError(f"ratio must be in (0, 1], got {ratio!r}")
+    if k is not None and not _whole(k, 1):
         raise SelectionError(f"k must be a whole number of at least 1, got {k!r}")
     if method not in METHODS:
         raise SelectionError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if isinstance(shards, bool) or int(shards) != shards or int(shards) < 1:
+    if not _whole(shards, 1):
         raise SelectionError(f"shards must be a whole number of at least 1, got {shards!r}")
     if not (text_column or embedding_column):
         raise SelectionError("name an embedding column or a text column to embed")
     if not id_column:
         raise SelectionError("name the id column (e.g. sample_id)")
+
+
+def _whole(v, least: int) -> bool:
+    try:
+        return not isinstance(v, bool) and int(v) == v and int(v) >= least
+    except (TypeError, ValueError):
+        return False
 
 
 def _open_dataset(input: str, storage_options: dict | None):
@@ -167,6 +179,13 @@ def run_selection(
 
     t0 = time.perf_counter()
     _check_args(k, ratio, method, shards, embedding_column, text_column, id_column)
+    if text_column:
+        from synth_empathy.models import ModelNotFoundError, check_model
+
+        try:  # a plainly missing model fails here, before any data is read
+            check_model(embedder)
+        except ModelNotFoundError as e:
+            raise SelectionError(f"embedder {embedder!r}: {e}") from None
     dataset = _open_dataset(input, storage_options)
     source = text_column or embedding_column
     table = _read(dataset, [id_column, source], input)
@@ -186,8 +205,13 @@ def run_selection(
         del table, col
         from synth_empathy.embedding import encode
 
+        from synth_empathy.models import ModelNotFoundError
+
         t_embed = time.perf_counter()
-        x = encode(texts, model=embedder)
+        try:
+            x = encode(texts, model=embedder)
+        except (ModelNotFoundError, OSError) as e:
+            raise SelectionError(f"embedder {embedder!r}: cannot load ({e})") from None
         embed_seconds = time.perf_counter() - t_embed
         del texts
     else:

@@ -163,12 +163,12 @@ def test_select_k_center_result_fields():
 def test_fast_radius_close_to_exact():
     """``fast`` ranks in bf16 where the CPU has it (else it is the exact float32 path).
     Documented bound: radius <= sqrt((2 OPT)^2 + 2E); measured it is ~1.00x exact."""
-    x = clustered(3000, d=64, clusters=40, seed=3)
-    for k in (30, 300, 2700):
+    x = clustered(2000, d=64, clusters=40, seed=3)
+    for k in (20, 200, 1800):
         exact = K.select_k_center(x, k, method="exact")
         fast = K.select_k_center(x, k, method="fast")
         assert fast.method == "fast" and len(np.unique(fast.indices)) == k
-        assert fast.radius == pytest.approx(K.covering_radius(x, fast.indices), rel=1e-6)
+        assert fast.radius == pytest.approx(K.covering_radius(x, fast.indices), rel=1e-5)
         assert fast.radius <= 1.10 * exact.radius, (k, fast.radius / exact.radius)
 
 
@@ -358,3 +358,25 @@ def test_ray_job_entry_point_is_guarded():
     # Importing (not running) the job file must not start Ray or parse arguments.
     ns = runpy.run_path(str(ROOT / "jobs" / "select.py"), run_name="not_main")
     assert "selection" not in ns
+
+
+def test_ragged_and_device_errors():
+    with pytest.raises(SelectionError, match="row 2: embedding has 1 values, row 0 has 2"):
+        K.select_k_center([[0.0, 1.0], [1.0, 0.0], [3.0]], 1)
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if not has_gpu:
+        with pytest.raises(SelectionError, match="no GPU is visible"):
+            K.select_k_center(clustered(10), 2, device="cuda")
+
+
+def test_unknown_embedder_fails_before_reading(tmp_path, capsys):
+    pq.write_table(pa.table({"sample_id": [1], "text": ["hi"]}), tmp_path / "t.parquet")
+    rc = S.main([str(tmp_path / "t.parquet"), str(tmp_path / "out"), "--text-column", "text",
+                 "--k", "1", "--embedder", "packaged:nope"])
+    assert rc == 2 and "embedder 'packaged:nope'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,256 @@
+"""Benchmark of greedy k-center selection (synth_empathy.kcenter) against the plain form.
+
+Every case runs in its own process (so peak memory is per case); inside it, in this order:
+
+1. the plain baseline, numpy, one matrix-vector product per step (the fast plain form);
+2. ``exact`` (lazy exact greedy; its radius is the exact-greedy reference);
+3. ``fast`` (bf16 ranking where the CPU has it, float32 distances);
+4. optionally ``sharded`` on a local Ray (2 CPUs);
+5. the plain baseline in its published form, torch ``pairwise_distance`` per step.
+
+A baseline whose full run would take minutes is timed on a prefix of its steps and
+extrapolated linearly (its cost per step is constant); the prefix picks are checked
+against the exact method's. Peak memory is the largest resident set (VmRSS, sampled every
+20 ms) while a method runs, including the input matrix the process already holds.
+
+    python benchmarks/kcenter_bench.py                  # every case, one after the other
+    python benchmarks/kcenter_bench.py --case syn-100k-90
+    python benchmarks/kcenter_bench.py --quick          # small sizes, a smoke test
+
+Results go to benchmarks/out/kcenter.jsonl and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+ED_VALID = HERE.parent / ".." / "shared" / "data" / "ed" / "valid.csv"
+
+# name: (data, rows, keep ratio, repeats, numpy-baseline prefix steps, torch prefix steps, sharded shards)
+CASES = {
+    "ed-10": ("ed", None, 0.10, 3, None, 200, 0),
+    "ed-90": ("ed", None, 0.90, 3, 3000, 100, 0),
+    "syn-100k-10": ("syn", 100_000, 0.10, 3, 2000, 100, 4),
+    "syn-100k-90": ("syn", 100_000, 0.90, 1, 2000, 100, 0),
+    "syn-1m-10": ("syn", 1_000_000, 0.10, 1, 200, 10, 0),
+}
+QUICK = {
+    "quick-syn-10": ("syn", 20_000, 0.10, 1, 300, 30, 2),
+    "quick-syn-90": ("syn", 20_000, 0.90, 1, 300, 30, 0),
+}
+
+
+def clustered_unit_vectors(n: int, d: int = 384, seed: int = 0) -> np.ndarray:
+    """n unit vectors around n/100 random centers, each cluster with its own spread
+    (0.3-0.8 of a unit, isotropic), generated in chunks to keep memory at one copy."""
+    r = np.random.default_rng(seed)
+    clusters = max(10, n // 100)
+    centers = r.standard_normal((clusters, d)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    spread = r.uniform(0.3, 0.8, clusters).astype(np.float32) / np.float32(math.sqrt(d))
+    x = np.empty((n, d), dtype=np.float32)
+    for i in range(0, n, 65536):
+        m = min(n, i + 65536) - i
+        lab = r.integers(0, clusters, m)
+        c = centers[lab] + spread[lab, None] * r.standard_normal((m, d), dtype=np.float32)
+        c /= np.linalg.norm(c, axis=1, keepdims=True)
+        x[i : i + m] = c
+    return x
+
+
+def ed_embeddings() -> np.ndarray:
+    """MiniLM embeddings of the distinct utterances of ED valid.csv (cached)."""
+    cache = OUT / "ed_valid_distinct_minilm.npy"
+    if cache.exists():
+        return np.load(cache)
+    import pandas as pd
+
+    from synth_empathy.embedding import encode
+
+    texts = pd.read_csv(ED_VALID)["text"].astype(str).drop_duplicates().tolist()
+    x = encode(texts)
+    OUT.mkdir(parents=True, exist_ok=True)
+    np.save(cache, x)
+    return x
+
+
+class PeakRSS:
+    """Largest VmRSS seen (every 20 ms) while the block runs."""
+
+    def __enter__(self):
+        self.peak = self._rss()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._watch, daemon=True)
+        self._t.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def plain_numpy(x: np.ndarray, steps: int, start: int = 0):
+    """The plain form: after each pick, distances from it to all rows, one mat-vec."""
+    xn = np.einsum("ij,ij->i", x, x)
+    m = np.full(len(x), np.inf, dtype=np.float32)
+    c, picks = start, [start]
+    for _ in range(steps - 1):
+        d2 = xn - 2.0 * (x @ x[c])
+        d2 += xn[c]
+        np.minimum(m, d2, out=m)
+        m[c] = -1.0
+        c = int(np.argmax(m))
+        picks.append(c)
+    return np.array(picks)
+
+
+def plain_torch(x: np.ndarray, steps: int, start: int = 0):
+    """The published form: torch pairwise_distance from the newest center, per step."""
+    import torch
+
+    xt = torch.from_numpy(x)
+    m = torch.full((len(x),), float("inf"))
+    c, picks = start, [start]
+    for _ in range(steps - 1):
+        d = torch.nn.functional.pairwise_distance(xt, xt[c : c + 1])
+        m = torch.minimum(m, d)
+        m[c] = -1.0
+        c = int(torch.argmax(m))
+        picks.append(c)
+    return np.array(picks)
+
+
+def timed(fn, repeats: int):
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def run_case(name: str, spec) -> dict:
+    from synth_empathy import kcenter as K
+
+    data, n, keep, repeats, np_steps, torch_steps, shards = spec
+    x = ed_embeddings() if data == "ed" else clustered_unit_vectors(n)
+    n, d = x.shape
+    k = K.resolve_k(n, None, keep)
+    row = {"case": name, "data": data, "n": n, "d": d, "keep": keep, "k": k, "repeats": repeats,
+           "date": dt.date.today().isoformat(), "cpu": platform.processor() or platform.machine(),
+           "cores": os.cpu_count()}
+
+    def baseline(fn, steps, key):
+        full = steps is None or steps >= k
+        s = k if full else steps
+        with PeakRSS() as mem:
+            sec, picks = timed(lambda: fn(x, s, 0), 1 if not full else repeats)
+        row[key] = {"seconds": sec if full else sec * k / s, "measured_steps": s,
+                    "extrapolated": not full, "peak_rss": mem.peak}
+        return picks
+
+    base_picks = baseline(plain_numpy, np_steps, "plain_numpy")
+    time.sleep(1)
+    for method in ["exact", "fast"] + (["sharded"] if shards else []):
+        if method == "sharded":
+            import ray
+
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        with PeakRSS() as mem:
+            sec, res = timed(lambda: K.select_k_center(x, k, method=method, start=0, shards=max(1, shards)),
+                             repeats if method != "sharded" else 1)
+        row[method] = {"seconds": sec, "radius": res.radius, "peak_rss": mem.peak,
+                       "details": res.details, "device": res.device}
+        if method == "exact":
+            m = len(base_picks)
+            row["baseline_prefix_agrees"] = float(np.mean(base_picks == res.indices[:m]))
+        if method == "sharded":
+            ray.shutdown()
+        time.sleep(1)
+    if torch_steps:
+        baseline(plain_torch, torch_steps, "plain_torch")
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| data | N | keep | method | seconds | x plain numpy | x plain torch | covering radius "
+            "| radius / exact | peak RSS GiB |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    lines = [head]
+    gib = 2.0**30
+    for r in rows:
+        data = "ED valid, MiniLM" if r["data"] == "ed" else "clustered synthetic"
+        base = r["plain_numpy"]["seconds"]
+        tb = r.get("plain_torch", {}).get("seconds")
+        star = lambda b: " *" if b.get("extrapolated") else ""  # noqa: E731
+        lines.append(f"| {data} | {r['n']:,} | {r['keep']:.0%} | plain numpy (mat-vec per step) | "
+                     f"{base:.1f}{star(r['plain_numpy'])} | 1.0 | | | | {r['plain_numpy']['peak_rss'] / gib:.2f} |")
+        if tb:
+            lines.append(f"| {data} | {r['n']:,} | {r['keep']:.0%} | plain torch pairwise_distance | "
+                         f"{tb:.1f}{star(r['plain_torch'])} | {base / tb:.2f} | 1.0 | | | "
+                         f"{r['plain_torch']['peak_rss'] / gib:.2f} |")
+        for m in ("exact", "fast", "sharded"):
+            if m not in r:
+                continue
+            s = r[m]["seconds"]
+            lines.append(
+                f"| {data} | {r['n']:,} | {r['keep']:.0%} | {m} | {s:.1f} | {base / s:.1f} | "
+                f"{(tb / s) if tb else float('nan'):.0f} | {r[m]['radius']:.4f} | "
+                f"{r[m]['radius'] / r['exact']['radius']:.4f} | {r[m]['peak_rss'] / gib:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--case", action="append", help=f"one of {', '.join([*CASES, *QUICK])}")
+    p.add_argument("--quick", action="store_true", help="small sizes only")
+    p.add_argument("--table", action="store_true", help="print the table of benchmarks/out/kcenter.jsonl")
+    a = p.parse_args(argv)
+    results = OUT / "kcenter.jsonl"
+    if a.table:
+        print(table([json.loads(s) for s in results.read_text().splitlines() if s.strip()]))
+        return 0
+    every = {**CASES, **QUICK}
+    names = a.case or list(QUICK if a.quick else CASES)
+    if a.case and len(a.case) == 1:  # the worker: one case in this process
+        row = run_case(a.case[0], every[a.case[0]])
+        OUT.mkdir(parents=True, exist_ok=True)
+        with open(results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(table([row]))
+        return 0
+    rows = []
+    for name in names:  # one process per case: clean peak memory, no state carried over
+        before = results.read_text().splitlines() if results.exists() else []
+        subprocess.run([sys.executable, __file__, "--case", name], check=True)
+        rows.append(json.loads(results.read_text().splitlines()[len(before)]))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
