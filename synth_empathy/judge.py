@@ -31,12 +31,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 
-from synth_empathy.config import EngineConfig, SamplingConfig, opt, sub
 from synth_empathy.llm import LLMStage
 
 CRITERIA: Tuple[str, ...] = ("naturalness", "coherence", "empathy")
@@ -83,23 +81,6 @@ Empathy: <1, 2 or 3>"""
 ANSWER_PREFIX = "Naturalness:"
 
 # New columns of the judged table, in order (schemas.JUDGED = SELECTED + these).
-JUDGED_COLUMNS: List[Tuple[str, pa.DataType]] = [
-    ("naturalness", pa.int64()), ("coherence", pa.int64()), ("empathy", pa.int64()),
-    ("judge_model", pa.string()), ("judge_num_tokens", pa.int64()),
-    ("judge_error", pa.string()), ("judge_reason", pa.string()),
-]
-
-
-@dataclass
-class JudgeConfig:
-    """Method step 6: an LLM rates each selected row 1-3 on naturalness, coherence, empathy."""
-
-    enabled: bool = opt(True, "judge the selected rows (adds naturalness, coherence, empathy)")
-    engine: EngineConfig = sub(EngineConfig, "the judge engine (paper: a strong LLM)")
-    sampling: SamplingConfig = sub(
-        SamplingConfig, "judge sampling: greedy, a few tokens for three short lines",
-        temperature=0.0, top_p=1.0, max_tokens=24,
-    )
 
 
 # --------------------------------------------------------------------------- prompt
@@ -140,8 +121,10 @@ _LABELS = {
 _WORDS = {"one": 1, "two": 2, "three": 3, "zero": 0, "four": 4, "five": 5}
 # A label, then (on the same line) separators or markdown, then the rating.
 _VALUE = (
+    r"(?:\s*\([^)\n]{0,24}\))?"                  # an echoed scale: 'Naturalness (1-3): 2'
     r"[\s*_:=\-\u2013\u2014>\[\](]*"          # ': ', ' - ', '**: ', ' = ', '[', ...
-    r"(?P<value>\d+(?:[.,]\d+)?|" + "|".join(_WORDS) + r")"
+    r"(?P<value>\d+(?:\.\d+)?|" + "|".join(_WORDS) + r")"
+    r"(?!\s*(?:[-\u2013,]|or\b|to\b)\s*(?:\d|one|two|three))"  # a scale '1-3', '1, 2 or 3': no rating
     r"(?:\s*(?:/|out\s+of|of)\s*(?P<scale>\d+))?"
 )
 _PATTERNS = {
@@ -158,9 +141,9 @@ def _rating(match: "re.Match[str]") -> Optional[int]:
         n = _WORDS[value]
     elif value.isdigit():
         n = int(value)
-    else:  # 2.5, 3,0 ...
+    else:  # 2.5, 3.0 ...
         try:
-            f = float(value.replace(",", "."))
+            f = float(value)
         except ValueError:
             return None
         if not f.is_integer():

@@ -5,11 +5,12 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from omegaconf import OmegaConf
 
-from synth_empathy.config import EngineConfig, SamplingConfig
+from synth_empathy.config import EngineConfig, JudgeConfig, SamplingConfig
 from synth_empathy.judge import (
-    ANSWER_PREFIX, CRITERIA, JUDGED_COLUMNS, RUBRICS, Judge, JudgeConfig, judge_messages,
+    ANSWER_PREFIX, CRITERIA, RUBRICS, Judge, judge_messages,
     judge_summary, parse_scores,
 )
+from synth_empathy.schemas import JUDGED_COLUMNS
 
 ROW = {
     "seed_id": "s1", "sample_id": "s1#g0",
@@ -38,6 +39,9 @@ ALL3 = {"naturalness": 3, "coherence": 3, "empathy": 3}
     # A repeated block: the first rating of each criterion counts.
     ("Naturalness: 1\nCoherence: 1\nEmpathy: 1\nNaturalness: 3\nCoherence: 3\nEmpathy: 3",
      {"naturalness": 1, "coherence": 1, "empathy": 1}),
+    # An echoed scale is not a rating; the rating after it is.
+    ("Naturalness (1-3): 2\nCoherence: 1, 2 or 3\nCoherence: 3\nEmpathy (one to three): 1",
+     {"naturalness": 2, "coherence": 3, "empathy": 1}),
     ("  Naturalness: 2\n\nCoherence: 3\nEmpathy: 2\nThe response is kind.", {"naturalness": 2, "coherence": 3, "empathy": 2}),
 ])
 def test_parses_the_formats_models_write(text, scores):
@@ -49,6 +53,8 @@ def test_parses_the_formats_models_write(text, scores):
     ("   ", "judge_empty"),
     ("Naturalness:", "judge_empty"),
     ("Naturalness: 3\nCoherence: 2", "judge_unparsable"),
+    ("Naturalness: <1, 2 or 3>\nCoherence: <1, 2 or 3>\nEmpathy: <1, 2 or 3>", "judge_unparsable"),
+    ("Naturalness: 1, 2 or 3\nCoherence: 1-3\nEmpathy: 1 to 3", "judge_unparsable"),
     ("Naturalness: good\nCoherence: good\nEmpathy: good", "judge_unparsable"),
     ("I think the response is fine.", "judge_unparsable"),
     ("Naturalness: 4\nCoherence: 2\nEmpathy: 1", "judge_out_of_range"),
@@ -63,7 +69,7 @@ def test_failures_have_a_reason(text, reason):
     assert parse_scores(text) == (None, reason)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.one_of(
     st.text(),
     st.text(alphabet=st.sampled_from(list("NaturlescohEmpy:0123 456789/.,-*\n")), max_size=80),
