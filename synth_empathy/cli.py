@@ -53,6 +53,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         from synth_empathy import selection
 
         return selection.main(argv[1:])
+    if argv[:1] == ["submit"]:
+        from synth_empathy import submit
+        return submit.main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s synth-empathy %(message)s", datefmt="%H:%M:%S")
     try:
