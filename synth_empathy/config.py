@@ -10,6 +10,7 @@ documentation as a table.
 from __future__ import annotations
 
 import difflib
+import re
 import importlib.resources
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -135,12 +136,43 @@ class DiversityConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """Method step 6: an LLM rates each selected row 1-3 on naturalness, coherence, empathy."""
+
+    enabled: bool = opt(True, "judge the selected rows (adds naturalness, coherence, empathy)")
+    engine: EngineConfig = sub(EngineConfig, "the judge engine (paper: a strong LLM)")
+    sampling: SamplingConfig = sub(
+        SamplingConfig, "judge sampling: greedy, a few tokens for three short lines",
+        temperature=0.0, top_p=1.0, max_tokens=24,
+    )
+
+
+@dataclass
 class RayConfig:
     address: str = opt("", "Ray address; empty = RAY_ADDRESS or a local Ray started here")
     num_cpus: Optional[int] = opt(
         None,
         "logical CPUs of a local Ray; default max(4, cores): a CPU engine holds one in "
         "Ray's books while Ray Data's readers and maps need their own",
+    )
+
+
+@dataclass
+class StorageConfig:
+    """How s3:// locations (output, seeds) are reached; credentials default to the
+    standard AWS chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE / instance
+    role). Other fsspec URLs use their own package's defaults."""
+
+    endpoint_url: str = opt("", "S3 endpoint URL (MinIO, Ceph, moto...); empty = AWS")
+    region: str = opt("", "S3 region; empty = AWS_REGION / the profile's region")
+    profile: str = opt("", "AWS profile from ~/.aws; empty = AWS_PROFILE or the default chain")
+    key: Optional[str] = opt(None, "access key id; null = the standard AWS chain (never printed)")
+    secret: Optional[str] = opt(None, "secret access key; null = the standard AWS chain (never printed)")
+    anon: bool = opt(False, "unsigned requests (public buckets)")
+    part_rows: int = opt(
+        64,
+        "rows per Parquet part of the LLM stages (at least engine.batch_size): an interrupted "
+        "stage keeps every finished part, so smaller parts save progress more often",
     )
 
 
@@ -157,7 +189,9 @@ class PipelineConfig:
     discriminator: DiscriminatorConfig = sub(DiscriminatorConfig, "step 3a")
     quality: QualityConfig = sub(QualityConfig, "step 3b")
     diversity: DiversityConfig = sub(DiversityConfig, "step 4")
+    judge: JudgeConfig = sub(JudgeConfig, "step 6")
     ray: RayConfig = sub(RayConfig, "where the job runs")
+    storage: StorageConfig = sub(StorageConfig, "object storage access, and checkpoint granularity")
 
 
 # --------------------------------------------------------------------------- loading
@@ -239,6 +273,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"quality.threshold must be in [0, 100], got {cfg.quality.threshold}")
     if cfg.generation.samples_per_seed < 1:
         raise ConfigError("generation.samples_per_seed must be >= 1")
+    if cfg.storage.part_rows < 1:
+        raise ConfigError(f"storage.part_rows must be >= 1, got {cfg.storage.part_rows}")
+    if bool(cfg.storage.key) != bool(cfg.storage.secret):
+        raise ConfigError("set both storage.key and storage.secret, or neither (to use the AWS chain)")
+    if cfg.storage.anon and (cfg.storage.key or cfg.storage.profile):
+        raise ConfigError("storage.anon cannot be combined with storage.key or storage.profile")
     t = cfg.turns
     if not 0 <= t.min_history <= t.max_history:
         raise ConfigError("need 0 <= turns.min_history <= turns.max_history")
@@ -251,6 +291,28 @@ def validate(cfg: DictConfig) -> None:
                 f"{name}.engine.gpus_per_replica ({e.gpus_per_replica}) is less than "
                 f"tensor_parallel_size x pipeline_parallel_size"
             )
+
+
+_SECRET_NAME = re.compile(r"secret|password|passwd|credential|(^|_)(token|key)$", re.IGNORECASE)
+REDACTED = "***"
+
+
+def redact(obj: Any) -> Any:
+    """A plain copy of a config (or any nested dict/list) with every value whose key is
+    named like a secret (``storage.key``, ``storage.secret``, ``*token*``, ``*password*``)
+    replaced by ``***``. Config files, manifests and printed configs all go through it."""
+    if isinstance(obj, DictConfig):
+        obj = OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, dict):
+        return {k: (REDACTED if _SECRET_NAME.search(str(k)) and v not in (None, "") else redact(v))
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def redacted_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(redact(cfg)))
 
 
 def docs_table() -> str:

