@@ -57,10 +57,13 @@ class ClusterError(ConfigError):
 def _gpu_needs(cfg: Any) -> List[tuple]:
     """(stage, GPUs one replica needs on one node, accelerator type or None)."""
     needs = []
-    for name in ("generation", "discriminator"):
-        e = cfg[name].engine
-        if e.gpus_per_replica:
-            needs.append((f"{name}.engine", float(e.gpus_per_replica), e.accelerator_type))
+    for name in cfg:  # every section with an engine: generation, discriminator, judge, ...
+        section = cfg[name]
+        e = section.get("engine") if hasattr(section, "get") else None
+        if e is not None and e.get("gpus_per_replica"):
+            if name == "judge" and not section.get("enabled", True):
+                continue
+            needs.append((f"{name}.engine", float(e.gpus_per_replica), e.get("accelerator_type")))
     if cfg.quality.gpus_per_replica:
         needs.append(("quality", float(cfg.quality.gpus_per_replica), None))
     return needs
