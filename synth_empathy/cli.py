@@ -18,9 +18,7 @@ import logging
 import sys
 from typing import List, Optional
 
-from omegaconf import OmegaConf
-
-from synth_empathy.config import ConfigError, docs_table, load_config, preset_names
+from synth_empathy.config import ConfigError, docs_table, load_config, preset_names, redacted_yaml
 
 EXIT_BAD_INPUT = 2
 
@@ -63,7 +61,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.docs:
                 print(docs_table())
                 return 0
-            print(OmegaConf.to_yaml(load_config(args.preset, args.overrides)), end="")
+            print(redacted_yaml(load_config(args.preset, args.overrides)), end="")
             return 0
         cfg = load_config(args.preset, args.overrides)
         from synth_empathy.pipeline import run

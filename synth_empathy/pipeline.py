@@ -150,7 +150,7 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
                          name, len(done), store.salvaged["parts_kept"], store.salvaged["parts_dropped"])
                 ds = ds.map_batches(exclude_ids, fn_args=([ray.put(done)],), batch_format="pyarrow")
             if llm:  # parts of at most part_rows rows: the progress a crash keeps
-                ds = ds.repartition(target_num_rows_per_block=part_rows)
+                ds = ds.repartition(target_num_rows_per_block=part_rows, strict=True)
             store.write_dataset(name, transform(ds), schema, resume=True)
 
         stage(name, build, key="sample_id")
