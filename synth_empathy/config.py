@@ -53,7 +53,9 @@ class EngineConfig:
     max_model_len: int = opt(2048, "context length the engine reserves per sequence")
     dtype: str = opt("bfloat16", "weight and activation dtype")
     memory_utilization: float = opt(
-        0.3, "vLLM gpu_memory_utilization; on the CPU backend the share of RAM for KV cache"
+        0.15,
+        "vLLM gpu_memory_utilization; on the CPU backend the share of the NUMA node's RAM "
+        "kept for KV cache (0.15 of 24 GiB holds ~150 sequences of SmolLM2 at 2k tokens)",
     )
     enforce_eager: bool = opt(True, "skip graph capture/compilation (faster start, CPU-safe)")
     max_num_seqs: Optional[int] = opt(None, "most sequences an engine runs at once (vLLM default)")
@@ -144,6 +146,11 @@ class JudgeConfig:
     sampling: SamplingConfig = sub(
         SamplingConfig, "judge sampling: greedy, a few tokens for three short lines",
         temperature=0.0, top_p=1.0, max_tokens=24,
+    )
+    constrained: bool = opt(
+        True,
+        "constrain the answer to the three rating lines (vLLM structured outputs); small "
+        "models otherwise drift into prose, strong ones lose nothing",
     )
 
 

@@ -79,6 +79,8 @@ Empathy: <1, 2 or 3>"""
 
 # The start of the answer, written for the model (see the module docstring).
 ANSWER_PREFIX = "Naturalness:"
+# What may follow the prefix when the answer is constrained: exactly the three ratings.
+ANSWER_PATTERN = r" [1-3]\nCoherence: [1-3]\nEmpathy: [1-3]"
 
 # New columns of the judged table, in order (schemas.JUDGED = SELECTED + these).
 
@@ -193,9 +195,18 @@ class Judge(LLMStage):
     tokens_column = "judge_num_tokens"
     error_column = "judge_error"
 
-    def __init__(self, engine, sampling, passthrough: Sequence[str] = ("seed_id", "sample_id")) -> None:
+    def __init__(self, engine, sampling, passthrough: Sequence[str] = ("seed_id", "sample_id"),
+                 constrained: bool = True) -> None:
         super().__init__(engine, sampling)
         self.passthrough = tuple(passthrough)
+        self.constrained = constrained
+
+    def sampling_params(self) -> Dict[str, Any]:
+        params = super().sampling_params()
+        if self.constrained:
+            # The answer continues ANSWER_PREFIX, so the pattern starts after "Naturalness:".
+            params["structured_outputs"] = {"regex": ANSWER_PATTERN}
+        return params
 
     def messages(self, row: Dict[str, Any]) -> List[Dict[str, str]]:
         return judge_messages(row)

@@ -207,7 +207,7 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         if store.count_rows("selected") == 0:  # no engine start for nothing to judge
             store.write_table("judged", schemas.JUDGED.empty_table(), schemas.JUDGED)
             return
-        store.write_dataset("judged", Judge(j.engine, j.sampling, schemas.SELECTED.names)(
+        store.write_dataset("judged", Judge(j.engine, j.sampling, schemas.SELECTED.names, j.constrained)(
             store.read_dataset("selected"), model_path=resolve_model(j.engine.model)), schemas.JUDGED)
 
     if j.enabled:

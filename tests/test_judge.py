@@ -157,3 +157,19 @@ def test_summary_counts_means_and_distributions():
 def test_summary_of_an_empty_table():
     s = judge_summary(pa.schema(JUDGED_COLUMNS).empty_table())
     assert s["rows"] == 0 and s["criteria"]["empathy"]["mean"] is None and s["mean_of_means"] is None
+
+
+def test_constrained_judge_asks_vllm_for_exactly_the_three_lines():
+    import re
+
+    from synth_empathy.judge import ANSWER_PATTERN
+
+    cfg = OmegaConf.structured(JudgeConfig)
+    judge = Judge(cfg.engine, cfg.sampling, constrained=True)
+    assert judge.sampling_params()["structured_outputs"] == {"regex": ANSWER_PATTERN}
+    assert "structured_outputs" not in Judge(cfg.engine, cfg.sampling, constrained=False).sampling_params()
+    # Whatever the constrained engine writes parses: every string the pattern admits.
+    for n, c, e in [(1, 1, 1), (2, 3, 1), (3, 3, 3)]:
+        answer = f" {n}\nCoherence: {c}\nEmpathy: {e}"
+        assert re.fullmatch(ANSWER_PATTERN, answer)
+        assert parse_scores(ANSWER_PREFIX + answer) == ({"naturalness": n, "coherence": c, "empathy": e}, None)
