@@ -45,7 +45,8 @@ def test_every_stage_writes_its_declared_schema(run):
     run_dir, _, _ = run
     for stage, schema in [("seeds", schemas.SEEDS), ("generations", schemas.GENERATIONS),
                           ("samples", schemas.SAMPLES), ("discriminated", schemas.DISCRIMINATED),
-                          ("scored", schemas.SCORED), ("selected", schemas.SELECTED)]:
+                          ("scored", schemas.SCORED), ("selected", schemas.SELECTED),
+                          ("judged", schemas.JUDGED)]:
         assert (run_dir / f"{stage}.done.json").exists(), stage
         assert read(run_dir, stage).schema.equals(schema, check_metadata=False), stage
 
@@ -93,7 +94,16 @@ def test_exports_and_report(run):
     c = report["counts"]
     assert c["seeds"] == 6 and c["generations"] == 6 and c["selected"] == n_selected
     assert c["seeds"] >= 1 and c["generations"] >= c["parsed"] >= c["samples"] >= c["kept"] >= c["selected"]
-    assert set(report["seconds"]) == {"seeds", "generations", "samples", "discriminated", "scored", "selected"}
+    assert set(report["seconds"]) == {"seeds", "generations", "samples", "discriminated", "scored", "selected", "judged"}
+    # The judge's answer is constrained to the three rating lines, so every row parses.
+    assert report["judge"]["rows"] == report["judge"]["parsed"] == n_selected
+    judged = read(run_dir, "judged")
+    assert sorted(judged.column("sample_id").to_pylist()) == sorted(read(run_dir, "selected").column("sample_id").to_pylist())
+    for c in ("naturalness", "coherence", "empathy"):
+        assert set(judged.column(c).to_pylist()) <= {1, 2, 3}
+    div = report["diversity"]
+    assert div["selected"]["n"] == div["random"]["n"] == n_selected
+    assert 0 < div["selected"]["distinct_1"] <= 1
     assert report["tokens"]["generated"] > 0
     for plot in report["plots"]:
         assert (run_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -104,6 +114,6 @@ def test_exports_and_report(run):
 def test_a_second_run_with_the_same_id_recomputes_nothing(run):
     _, _, again = run
     assert again.returncode == 0, again.stderr[-3000:]
-    for stage in ("seeds", "generations", "samples", "discriminated", "scored", "selected"):
+    for stage in ("seeds", "generations", "samples", "discriminated", "scored", "selected", "judged"):
         assert f"[{stage}] finished in an earlier attempt" in again.stderr
     assert "vLLMEngineStageUDF" not in again.stderr
