@@ -36,6 +36,7 @@ from synth_empathy.models import check_model, resolve_model
 from synth_empathy.quality import score_stage
 from synth_empathy.seeds import default_seed_path, read_seeds, validate_seed_source
 from synth_empathy.store import RunStore, new_run_id, storage_options
+from synth_empathy.submit import check_cluster
 from synth_empathy.turns import turns_stage
 
 log = logging.getLogger("synth_empathy")
@@ -226,7 +227,9 @@ def init_ray(cfg: DictConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
-    num_cpus = None if address else (cfg.ray.num_cpus or max(4, os.cpu_count() or 1))
-    ray.init(address=address, num_cpus=num_cpus,
-             include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    if address:  # a cluster (or a Ray job): its own runtime environment stays in charge
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
+                 log_to_driver=True, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    check_cluster(cfg)  # a GPU preset on a cluster without GPUs fails here, not after hours

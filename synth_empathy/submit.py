@@ -34,7 +34,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 JOBS: Dict[str, str] = {
     "run": "jobs/run_pipeline.py",
-    "select": "jobs/select.py",
+    "select": "jobs/select_diverse.py",
     "judge": "jobs/judge.py",
 }
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -172,10 +172,10 @@ def build_runtime_env(working_dir: str = ".", runtime_env: Optional[Dict[str, An
 def entrypoint(job: str, args: Sequence[str]) -> str:
     """``python -P jobs/<job>.py <args>``.
 
-    ``-P`` (Python >= 3.11) keeps ``jobs/`` off ``sys.path``: there ``jobs/select.py``
-    would shadow the standard library's ``select`` module and break every import of
-    ``socket``/``asyncio``. The package comes from the working directory, which Ray
-    puts on ``PYTHONPATH``.
+    ``-P`` (Python >= 3.11) keeps ``jobs/`` off ``sys.path``, so a job file can never
+    shadow a library module (a ``jobs/select.py`` once hid the standard ``select``
+    module). The package comes from the working directory, which Ray puts on
+    ``PYTHONPATH``.
     """
     if job not in JOBS:
         raise ClusterError(f"unknown job {job!r}; known jobs: {', '.join(JOBS)}")

@@ -149,4 +149,4 @@ def test_cluster_readme_names_files_that_exist():
     text = (CLUSTER / "README.md").read_text()
     for path in re.findall(r"`((?:cluster|jobs)/[\w./-]+)`", text):
         assert (REPO / path).exists(), path
-    assert "jobs/select.py" in text
+    assert "jobs/select_diverse.py" in text

@@ -1,6 +1,6 @@
 """Ray job entry point for diversity selection on its own (greedy k-center over Parquet).
 
-    ray job submit --working-dir . -- python jobs/select.py s3://bucket/scored/ s3://bucket/selected/ \
+    ray job submit --working-dir . -- python jobs/select_diverse.py s3://bucket/scored/ s3://bucket/selected/ \
         --ratio 0.9 --method sharded --shards 16
 
 Joins the cluster named by RAY_ADDRESS (set inside a Ray job), else starts a local Ray.
