@@ -136,8 +136,14 @@ class RunStore:
     def _marker(self, stage: str) -> str:
         return self.path(f"{stage}.done.json")
 
+    def fresh(self, path: str) -> str:
+        """Forget cached listings under ``path``: Ray workers write through their own
+        filesystem objects, and s3fs would otherwise answer from a stale listing."""
+        self.fs.invalidate_cache(path)
+        return path
+
     def is_done(self, stage: str) -> bool:
-        return self.fs.exists(self._marker(stage))
+        return self.fs.exists(self.fresh(self._marker(stage)))
 
     def marker(self, stage: str) -> Dict[str, Any]:
         with self.fs.open(self._marker(stage), "r") as f:
@@ -154,7 +160,7 @@ class RunStore:
 
     def parts(self, stage: str) -> list:
         """Paths of the files in a stage folder (Ray writes it flat)."""
-        folder = self.path(stage)
+        folder = self.fresh(self.path(stage))
         if not self.fs.exists(folder):
             return []
         return sorted(p for p in self.fs.find(folder) if not p.rstrip("/").endswith("/" + stage))
@@ -213,7 +219,7 @@ class RunStore:
         """
         import pyarrow.dataset as pds
 
-        data = pds.dataset(self.path(stage), filesystem=self.arrow_fs, format="parquet")
+        data = pds.dataset(self.fresh(self.path(stage)), filesystem=self.arrow_fs, format="parquet")
         info = {"rows": data.count_rows(), "parts": len(data.files)}
         if key and key in data.schema.names:
             ids = data.to_table(columns=[key]).column(key)
@@ -251,7 +257,7 @@ class RunStore:
     def _require(self, stage: str) -> str:
         if not self.is_done(stage):
             raise RuntimeError(f"stage {stage!r} of run {self.url} is not finished")
-        return self.path(stage)
+        return self.fresh(self.path(stage))
 
     def read_dataset(self, stage: str):
         import ray
@@ -262,7 +268,7 @@ class RunStore:
         """Rows in a stage folder, from the Parquet footers alone."""
         import pyarrow.dataset as pds
 
-        return pds.dataset(self.path(stage), filesystem=self.arrow_fs, format="parquet").count_rows()
+        return pds.dataset(self.fresh(self.path(stage)), filesystem=self.arrow_fs, format="parquet").count_rows()
 
     def read_table(self, stage: str, columns=None, filter=None) -> pa.Table:
         return pq.read_table(self._require(stage), columns=columns, filters=filter, filesystem=self.arrow_fs)

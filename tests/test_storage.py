@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
-from synth_empathy.config import load_config, redact, redacted_yaml
+from synth_empathy.config import all_keys, load_config, redact, redacted_yaml
 from synth_empathy.pipeline import exclude_ids
 from synth_empathy.store import DuplicateRowsError, RunStore, StorageError, storage_options
 
@@ -248,6 +248,8 @@ OVERRIDES = [
     "generation.engine.batch_size=2",
     "discriminator.engine.batch_size=2",
 ]
+if "judge.enabled" in {k for k, _, _ in all_keys()}:
+    OVERRIDES.append("judge.enabled=false")  # the judge is tested elsewhere; one engine less here
 
 
 def _tagged_pids(tag: str):
