@@ -63,10 +63,13 @@ def embed_rows(n: int) -> List[Dict[str, Any]]:
     return rows
 
 
+OVERRIDES: List[str] = []  # --set key=value, applied to both paths alike
+
+
 def config():
     from synth_empathy.config import load_config
 
-    return load_config("default")
+    return load_config("default", OVERRIDES)
 
 
 # --------------------------------------------------------------------------- children
@@ -373,10 +376,16 @@ def main() -> None:
     ap.add_argument("--plain-executor", default="", help="distributed_executor_backend for the plain engine")
     ap.add_argument("--embed-rows", type=int, default=1500, help="rows for the quality stage (3 texts each)")
     ap.add_argument("--embed-repeats", type=int, default=3)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for both paths, e.g. generation.engine.memory_utilization=0.1")
+    ap.add_argument("--bind", default="", help="VLLM_CPU_OMP_THREADS_BIND for both paths (default: vLLM's auto)")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
+    OVERRIDES[:] = args.set
+    if args.bind:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.bind  # inherited by the local Ray and its actors
     if args.child:
         result = CHILDREN[args.child](args)
         with open(args.child_out, "w") as f:
@@ -387,7 +396,8 @@ def main() -> None:
     args.passthrough = [
         "--rows", str(args.rows), "--max-tokens", str(args.max_tokens), "--plain-repeats", str(args.plain_repeats),
         "--embed-rows", str(args.embed_rows), "--embed-repeats", str(args.embed_repeats),
-    ] + (["--plain-executor", args.plain_executor] if args.plain_executor else [])
+    ] + (["--plain-executor", args.plain_executor] if args.plain_executor else []) + [
+        a for kv in args.set for a in ("--set", kv)] + (["--bind", args.bind] if args.bind else [])
     plan: List[str] = []
     if args.part in ("all", "embed"):
         plan += ["embed-plain", "embed-pipeline", "embed-pipeline-fix"]
