@@ -7,8 +7,10 @@ Three criteria, as in the paper; the rubrics below are written for this project:
 * **empathy** - it recognises the speaker's feelings and answers them with care.
 
 The judge reads the sample's history (``history`` turns, or the ``instruction`` text
-when a row has no turns) and the target ``output``, and is asked for exactly three
-lines ``Naturalness: N`` / ``Coherence: N`` / ``Empathy: N``. As in
+when a row has no turns) and the target ``output``, and is asked for three lines
+``Naturalness: N`` / ``Coherence: N`` / ``Empathy: N``. (A placeholder such as
+``Naturalness: <1, 2 or 3>`` in the prompt was copied verbatim by SmolLM2-135M, so the
+prompt describes the lines in words instead.) As in
 :mod:`synth_empathy.generation`, the answer is started for the model with
 :data:`ANSWER_PREFIX` (``Naturalness:``), an assistant message that the chat template
 continues: a small model then writes a digit far more often than a paragraph.
@@ -72,10 +74,7 @@ Conversation:
 Listener's response to rate:
 {response}
 
-Answer with exactly these three lines and nothing else:
-Naturalness: <1, 2 or 3>
-Coherence: <1, 2 or 3>
-Empathy: <1, 2 or 3>"""
+Answer with three lines and nothing else: each criterion's name, a colon and its rating as one digit (1, 2 or 3)."""
 
 # The start of the answer, written for the model (see the module docstring).
 ANSWER_PREFIX = "Naturalness:"

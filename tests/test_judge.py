@@ -102,7 +102,7 @@ def test_prompt_holds_the_three_rubrics_the_dialogue_and_the_answer_prefix():
                    "stay on its", "recognise the speaker's feelings",
                    "Speaker: My dog has been sick all week.", "Listener: I'm sorry, that must be worrying.",
                    "Speaker: The vet says he will be fine now.", ROW["output"],
-                   "Naturalness: <1, 2 or 3>", "Coherence: <1, 2 or 3>", "Empathy: <1, 2 or 3>"):
+                   "three lines", "a colon and its rating as one digit (1, 2 or 3)"):
         assert needle in user
 
 
@@ -134,7 +134,7 @@ def test_stage_messages_end_with_the_assistant_prefix_and_columns_match_the_sche
 
 def test_config_defaults_are_greedy_and_short():
     cfg = OmegaConf.structured(JudgeConfig)
-    assert cfg.enabled is True and cfg.sampling.temperature == 0.0 and cfg.sampling.max_tokens == 24
+    assert cfg.enabled is True and cfg.sampling.temperature == 0.0 and cfg.sampling.max_tokens == 48
     assert cfg.engine.model == "packaged:smollm2"
 
 
