@@ -134,7 +134,7 @@ def test_stage_messages_end_with_the_assistant_prefix_and_columns_match_the_sche
 
 def test_config_defaults_are_greedy_and_short():
     cfg = OmegaConf.structured(JudgeConfig)
-    assert cfg.enabled is True and cfg.sampling.temperature == 0.0 and cfg.sampling.max_tokens == 48
+    assert cfg.enabled is True and cfg.sampling.temperature == 0.0 and cfg.sampling.max_tokens == 24
     assert cfg.engine.model == "packaged:smollm2"
 
 
