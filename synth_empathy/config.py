@@ -123,6 +123,9 @@ class QualityConfig:
     threshold: float = opt(60.0, "keep rows whose quality score is >= this (paper: 50 or 60)")
     batch_size: int = opt(64, "texts per embedding batch")
     replicas: int = opt(1, "embedding actors")
+    cpus_per_replica: float = opt(
+        2.0, "CPUs per embedding actor; Ray sets the actor's torch threads to this number"
+    )
     gpus_per_replica: float = opt(0.0, "GPUs per embedding actor")
 
 

@@ -85,7 +85,7 @@ class QualityScorer:
     def __init__(self, embedder: str, threshold: float, batch_size: int = 64) -> None:
         from synth_empathy.embedding import load_embedder
 
-        load_embedder(embedder)  # load at actor start, not inside the first batch
+        load_embedder(embedder, None)  # at actor start; same cache key as encode() uses
         self.embedder, self.threshold, self.batch_size = embedder, threshold, batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -100,5 +100,6 @@ def score_stage(ds, cfg: Any):
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         concurrency=cfg.replicas,
+        num_cpus=cfg.cpus_per_replica,
         num_gpus=cfg.gpus_per_replica or None,
     )
