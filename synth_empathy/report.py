@@ -11,7 +11,7 @@ import io
 import json
 import logging
 from collections import Counter
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 import pyarrow.compute as pc

@@ -272,3 +272,17 @@ class RunStore:
 
     def read_table(self, stage: str, columns=None, filter=None) -> pa.Table:
         return pq.read_table(self._require(stage), columns=columns, filters=filter, filesystem=self.arrow_fs)
+
+
+def exclude_ids(batch: pa.Table, done: list, key: str = "sample_id") -> pa.Table:
+    """Drop the rows whose ``key`` a salvaged part already holds (``done`` = [ObjectRef])."""
+    import ray
+
+    ref = done[0]
+    ids = _DONE_CACHE.get(ref.hex())
+    if ids is None:
+        ids = _DONE_CACHE[ref.hex()] = ray.get(ref)
+    return batch.filter(pc.invert(pc.is_in(batch.column(key), value_set=ids)))
+
+
+_DONE_CACHE: Dict[str, pa.Array] = {}

@@ -7,7 +7,6 @@ itself is tested in test_stages.py with the real embedder.
 """
 
 import json
-import os
 import subprocess
 import sys
 

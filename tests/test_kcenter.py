@@ -356,7 +356,7 @@ def test_object_storage_roundtrip(tmp_path):
 
 def test_ray_job_entry_point_is_guarded():
     # Importing (not running) the job file must not start Ray or parse arguments.
-    ns = runpy.run_path(str(ROOT / "jobs" / "select.py"), run_name="not_main")
+    ns = runpy.run_path(str(ROOT / "jobs" / "select_diverse.py"), run_name="not_main")
     assert "selection" not in ns
 
 
