@@ -247,6 +247,10 @@ OVERRIDES = [
     "storage.part_rows=2",
     "generation.engine.batch_size=2",
     "discriminator.engine.batch_size=2",
+    # one batch at a time in the engine, so parts finish one after another (with more
+    # sequences at once all three batches finish together and a kill finds 0 or 6 rows)
+    "generation.engine.max_num_seqs=2",
+    "discriminator.engine.max_num_seqs=2",
 ]
 if "judge.enabled" in {k for k, _, _ in all_keys()}:
     OVERRIDES.append("judge.enabled=false")  # the judge is tested elsewhere; one engine less here
@@ -351,21 +355,25 @@ def hurt_run(s3, aws_env, tmp_path_factory):
         # Attempt 2: same run id. While its discriminator runs, SIGKILL the engine actor.
         t1 = time.time()
         proc, log = _start(cmd, env, logs / "attempt2.log")
-        disc_folder = f"{BUCKET}/runs/hurt/discriminated"
         killed_engine = None
+        generator_engines = set()  # engine actors of the generation stage: not the target
         while proc.poll() is None and time.time() - t1 < 900:
             fs.invalidate_cache()
-            if killed_engine is None and _readable_parts(fs, disc_folder) and not fs.exists(
-                    f"{BUCKET}/runs/hurt/discriminated.done.json"):
-                engines = {p: c for p, c in _tagged_pids(tag).items() if "vLLMEngineStageUDF" in c}
-                if engines:
-                    pid = min(engines)
-                    os.kill(pid, signal.SIGKILL)
-                    killed_engine = (pid, engines[pid])
+            engines = {p: c for p, c in _tagged_pids(tag).items() if "vLLMEngineStageUDF" in c}
+            if not fs.exists(f"{BUCKET}/runs/hurt/samples.done.json"):
+                generator_engines.update(engines)
+            elif killed_engine is None and not fs.exists(f"{BUCKET}/runs/hurt/discriminated.done.json"):
+                # the discriminator's engine actor while it executes a batch (Ray titles
+                # an actor process "<class>.submit" while a task of it runs)
+                targets = sorted(p for p in set(engines) - generator_engines if ".submit" in engines[p])
+                if targets:
+                    os.kill(targets[0], signal.SIGKILL)
+                    killed_engine = (targets[0], engines[targets[0]])
             time.sleep(0.5)
         rc = proc.wait(timeout=60)
         log.close()
         info.update(rc2=rc, attempt2_s=round(time.time() - t1, 1), killed_engine=killed_engine,
+                    generator_engines=generator_engines,
                     log2=(logs / "attempt2.log").read_text())
         fs.invalidate_cache()
         yield fs, info
@@ -432,6 +440,12 @@ def test_killed_engine_actor_is_replaced_without_losing_or_doubling_rows(hurt_ru
     fs, info = hurt_run
     assert info["killed_engine"], "no engine actor was found to kill:\n" + info["log2"][-3000:]
     assert info["rc2"] == 0, info["log2"][-4000:]
+    # Ray Data started a replacement: an engine actor of this run that is neither the
+    # killed one nor the generator's logged after the kill.
+    import re
+
+    pids = set(map(int, re.findall(r"vLLMEngineStageUDF\)\) pid=(\d+)", info["log2"])))
+    assert pids - {info["killed_engine"][0]} - info["generator_engines"], (pids, info["killed_engine"])
     disc = _table(fs, "discriminated")
     ids = disc.column("sample_id").to_pylist()
     assert len(ids) == len(set(ids))
