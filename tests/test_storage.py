@@ -30,8 +30,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from synth_empathy.config import all_keys, load_config, redact, redacted_yaml
-from synth_empathy.pipeline import exclude_ids
-from synth_empathy.store import DuplicateRowsError, RunStore, StorageError, storage_options
+
+from synth_empathy.store import DuplicateRowsError, RunStore, StorageError, exclude_ids, storage_options
 
 BUCKET = "synth-runs"
 
