@@ -107,7 +107,9 @@ def test_exports_and_report(run):
     for plot in report["plots"]:
         assert (run_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## Counts" in (run_dir / "report.md").read_text()
-    assert json.loads(first.stdout.strip().splitlines()[-1])["counts"] == c
+    # The CLI's last word is a one-line JSON summary (Ray may print worker lines on stdout too).
+    summary = [line for line in first.stdout.splitlines() if line.startswith('{"run":')]
+    assert json.loads(summary[-1])["counts"] == c
 
 
 def test_a_second_run_with_the_same_id_recomputes_nothing(run):

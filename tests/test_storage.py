@@ -237,8 +237,11 @@ def test_bad_credentials_are_one_line_before_any_model_loads(aws_env, tmp_path):
 
 # ---------------------------------------------------- the real pipeline, killed and resumed
 
+# Enough seeds that the parts cannot all finish between two polls of the bucket, even on a
+# loaded machine (with 6 rows, CI once found all three parts written at the first poll).
+N_SEEDS = 12
 OVERRIDES = [
-    "seeds.limit=6",
+    f"seeds.limit={N_SEEDS}",
     "generation.sampling.max_tokens=160",
     "discriminator.sampling.max_tokens=48",
     "quality.threshold=0",
@@ -248,7 +251,7 @@ OVERRIDES = [
     "generation.engine.batch_size=2",
     "discriminator.engine.batch_size=2",
     # one batch at a time in the engine, so parts finish one after another (with more
-    # sequences at once all three batches finish together and a kill finds 0 or 6 rows)
+    # sequences at once all batches finish together and a kill finds 0 or all rows)
     "generation.engine.max_num_seqs=2",
     "discriminator.engine.max_num_seqs=2",
 ]
@@ -398,7 +401,7 @@ def test_resumed_run_on_s3_is_complete_and_reads_back(hurt_run):
         assert fs.exists(f"{BUCKET}/runs/hurt/{stage}.done.json"), stage
     seeds = set(_table(fs, "seeds").column("seed_id").to_pylist())
     gens = _table(fs, "generations").column("sample_id").to_pylist()
-    assert len(seeds) == 6 and len(gens) == len(set(gens)) == 6  # nothing lost, nothing doubled
+    assert len(seeds) == N_SEEDS and len(gens) == len(set(gens)) == N_SEEDS  # nothing lost, nothing doubled
     samples = _table(fs, "samples")
     assert sorted(samples.column("sample_id").to_pylist()) == sorted(gens)
     good = {r["sample_id"] for r in samples.to_pylist() if r["drop_reason"] is None}
@@ -424,7 +427,7 @@ def test_killed_driver_leaves_finished_generations_that_are_not_redone(hurt_run)
     assert info["rc2"] == 0, info["log2"][-4000:]
     at_kill = info["at_kill"]
     done_before = {i for ids in at_kill.values() for i in ids}
-    assert 0 < len(done_before) < 6, at_kill
+    assert 0 < len(done_before) < N_SEEDS, at_kill
     parts_now = _readable_parts(fs, f"{BUCKET}/runs/hurt/generations")
     assert set(at_kill) <= set(parts_now)  # the parts finished before the kill were kept
     new = {i for p, ids in parts_now.items() if p not in at_kill for i in ids}
