@@ -145,13 +145,30 @@ def plain_torch(x: np.ndarray, steps: int, start: int = 0):
     return np.array(picks)
 
 
+def _cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+LAST_CPU: list[float] = []  # CPU seconds (all threads) of the last timed() call, per repeat
+
+
 def timed(fn, repeats: int):
+    """Median wall seconds over ``repeats`` runs, and the last result."""
     times, out = [], None
+    LAST_CPU.clear()
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _cpu()
         out = fn()
         times.append(time.perf_counter() - t)
+        LAST_CPU.append(_cpu() - c)
     return statistics.median(times), out
+
+
+def load() -> float:
+    return os.getloadavg()[0]
 
 
 def run_case(name: str, spec) -> dict:
@@ -168,10 +185,13 @@ def run_case(name: str, spec) -> dict:
     def baseline(fn, steps, key):
         full = steps is None or steps >= k
         s = k if full else steps
+        load0 = load()
         with PeakRSS() as mem:
             sec, picks = timed(lambda: fn(x, s, 0), 1 if not full else repeats)
-        row[key] = {"seconds": sec if full else sec * k / s, "measured_steps": s,
-                    "extrapolated": not full, "peak_rss": mem.peak}
+        scale = 1.0 if full else k / s
+        row[key] = {"seconds": sec * scale, "measured_steps": s, "measured_seconds": sec,
+                    "cpu_seconds": statistics.median(LAST_CPU) * scale,
+                    "extrapolated": not full, "peak_rss": mem.peak, "load": [load0, load()]}
         return picks
 
     base_picks = baseline(plain_numpy, np_steps, "plain_numpy")
@@ -181,11 +201,13 @@ def run_case(name: str, spec) -> dict:
             import ray
 
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        load0 = load()
         with PeakRSS() as mem:
             sec, res = timed(lambda: K.select_k_center(x, k, method=method, start=0, shards=max(1, shards)),
                              repeats if method != "sharded" else 1)
-        row[method] = {"seconds": sec, "radius": res.radius, "peak_rss": mem.peak,
-                       "details": res.details, "device": res.device}
+        row[method] = {"seconds": sec, "cpu_seconds": statistics.median(LAST_CPU), "radius": res.radius,
+                       "peak_rss": mem.peak, "details": res.details, "device": res.device,
+                       "load": [load0, load()]}
         if method == "exact":
             m = len(base_picks)
             row["baseline_prefix_agrees"] = float(np.mean(base_picks == res.indices[:m]))
@@ -198,29 +220,32 @@ def run_case(name: str, spec) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| data | N | keep | method | seconds | x plain numpy | x plain torch | covering radius "
-            "| radius / exact | peak RSS GiB |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    lines = [head]
+    """Markdown: one line per method; ratios against the baselines of the same run."""
+    lines = [
+        "| data | N | keep | method | wall s | CPU s | x plain numpy | x plain torch "
+        "| covering radius | radius / exact | peak RSS GiB | load |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     gib = 2.0**30
     for r in rows:
         data = "ED valid, MiniLM" if r["data"] == "ed" else "clustered synthetic"
+        lead = f"| {data} | {r['n']:,} | {r['keep']:.0%} |"
         base = r["plain_numpy"]["seconds"]
         tb = r.get("plain_torch", {}).get("seconds")
-        star = lambda b: " *" if b.get("extrapolated") else ""  # noqa: E731
-        lines.append(f"| {data} | {r['n']:,} | {r['keep']:.0%} | plain numpy (mat-vec per step) | "
-                     f"{base:.1f}{star(r['plain_numpy'])} | 1.0 | | | | {r['plain_numpy']['peak_rss'] / gib:.2f} |")
-        if tb:
-            lines.append(f"| {data} | {r['n']:,} | {r['keep']:.0%} | plain torch pairwise_distance | "
-                         f"{tb:.1f}{star(r['plain_torch'])} | {base / tb:.2f} | 1.0 | | | "
-                         f"{r['plain_torch']['peak_rss'] / gib:.2f} |")
-        for m in ("exact", "fast", "sharded"):
-            if m not in r:
+        entries = [("plain numpy, mat-vec per step", r["plain_numpy"]),
+                   ("plain torch pairwise_distance", r.get("plain_torch")),
+                   *[(m, r.get(m)) for m in ("exact", "fast", "sharded")]]
+        for name, e in entries:
+            if not e:
                 continue
-            s = r[m]["seconds"]
+            star = f" (x{e['seconds'] / e['measured_seconds']:.0f} of {e['measured_steps']:,} steps)" \
+                if e.get("extrapolated") else ""
+            rad = f"{e['radius']:.4f} | {e['radius'] / r['exact']['radius']:.4f}" if "radius" in e else " | "
+            xt = f"{tb / e['seconds']:.1f}" if tb else ""
             lines.append(
-                f"| {data} | {r['n']:,} | {r['keep']:.0%} | {m} | {s:.1f} | {base / s:.1f} | "
-                f"{(tb / s) if tb else float('nan'):.0f} | {r[m]['radius']:.4f} | "
-                f"{r[m]['radius'] / r['exact']['radius']:.4f} | {r[m]['peak_rss'] / gib:.2f} |")
+                f"{lead} {name} | {e['seconds']:.1f}{star} | {e['cpu_seconds']:.0f} | "
+                f"{base / e['seconds']:.1f} | {xt} | {rad} | {e['peak_rss'] / gib:.2f} | "
+                f"{e['load'][0]:.1f}-{e['load'][1]:.1f} |")
     return "\n".join(lines)
 
 

@@ -327,6 +327,7 @@ class _Lazy:
         if approx is not None:
             t = approx.t
             self.ax = approx.put(xs)
+            self.ax_bits = self.ax.view(t.int16).numpy()  # same memory, for numpy gathers
             self.ac2 = t.empty((cap, self.d), dtype=t.bfloat16)
             self.acn = t.empty(cap, dtype=t.bfloat16)
 
@@ -356,18 +357,19 @@ class _Lazy:
 
     def _near_min(self, g: np.ndarray, a: int, upto: int) -> np.ndarray:
         t = self.approx.t
-        xr = self.ax[t.from_numpy(g)]
-        bv = bi = None
+        # Gathers and merges in numpy: each torch call is a parallel region whose barrier
+        # stalls when other processes hold the cores, so only the products go to torch.
+        xr = t.from_numpy(self.ax_bits[g]).view(t.bfloat16)
+        bv = np.full(len(g), np.inf, dtype=np.float32)
+        bi = np.zeros(len(g), dtype=np.int64)
         for c in range(a, upto, _CENTERS):
             e = min(upto, c + _CENTERS)
             v, j = self.approx.min_arg(xr, self.ac2[c:e], self.acn[c:e])
-            j += c
-            if bv is None:
-                bv, bi = v, j
-            else:
-                take = v < bv
-                bv, bi = t.where(take, v, bv), t.where(take, j, bi)
-        near = self.cpos[bi.numpy()]
+            v = v.float().numpy()
+            take = v < bv
+            bv[take] = v[take]
+            bi[take] = j.numpy()[take] + c
+        near = self.cpos[bi]
         dot = np.einsum("ij,ij->i", self.xs[g], self.xs[near])
         d2 = np.maximum(self.xn[g] + self.xn[near] - 2.0 * dot, 0.0)
         return np.minimum(self.u[g], d2)
