@@ -98,8 +98,8 @@ def test_exports_and_report(run):
     assert report["judge"]["rows"] == report["judge"]["parsed"] == n_selected
     judged = read(run_dir, "judged")
     assert sorted(judged.column("sample_id").to_pylist()) == sorted(read(run_dir, "selected").column("sample_id").to_pylist())
-    for c in ("naturalness", "coherence", "empathy"):
-        assert set(judged.column(c).to_pylist()) <= {1, 2, 3}
+    for criterion in ("naturalness", "coherence", "empathy"):
+        assert set(judged.column(criterion).to_pylist()) <= {1, 2, 3}
     div = report["diversity"]
     assert div["selected"]["n"] == div["random"]["n"] == n_selected
     assert 0 < div["selected"]["distinct_1"] <= 1
