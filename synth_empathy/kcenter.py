@@ -35,7 +35,7 @@ memory-bound matrix-vector product per step. Methods here:
   greedy's radius (greedy >= OPT); measured ratios are in benchmarks/README.md. When
   ``k * shards >= N`` the union is the whole input and sharding saves nothing; it pays
   off on a cluster for k well below N / shards.
-* ``auto`` - ``sharded`` when ``shards > 1``; else ``fast`` when N k >= 1e9 row x center
+* ``auto`` - ``sharded`` when ``shards > 1``; else ``fast`` when N k >= 5e9 row x center
   pairs, else ``exact``.
 
 Exact duplicate rows are collapsed first (the lowest index stands for its copies; copies
@@ -293,6 +293,7 @@ def _backend(device: str):
 # ----------------------------------------------------------------------------- engine
 
 _ROWS, _CENTERS = 4096, 2048  # one product block: 32 MiB of float32
+_BF16_MIN_CENTERS = 256
 
 
 class _Lazy:
@@ -381,11 +382,13 @@ class _Lazy:
         if rows.size == 0:
             return
         self.passes += 1
-        near = self.approx is not None and not exact
         rows = rows[np.argsort(self.last[rows], kind="stable")]
         cuts = np.flatnonzero(np.diff(self.last[rows])) + 1
         for grp in np.split(rows, cuts):  # rows sharing a prefix share one product
             a = int(self.last[grp[0]])
+            # Against a few new centers the fixed cost of the bf16 pass (gathers, the
+            # float32 recheck) outweighs its faster product: stay exact there.
+            near = self.approx is not None and not exact and upto - a >= _BF16_MIN_CENTERS
             for s in range(0, len(grp), _ROWS):
                 g = grp[s : s + _ROWS]
                 self.u[g] = self._near_min(g, a, upto) if near else self._exact_min(g, a, upto)
@@ -479,8 +482,9 @@ def _prepare(x):
     return uniq, rep, np.ascontiguousarray(x[uniq], dtype=np.float32)
 
 
-# Above this many row x center pairs (N k), ``auto`` takes ``fast``.
-_AUTO_FAST_PAIRS = 10**9
+# From this many row x center pairs (N k) on, ``auto`` takes ``fast``: below it the bf16
+# pass's fixed costs ate its gain on the benchmark machine (100k rows, keep 10 %).
+_AUTO_FAST_PAIRS = 5 * 10**9
 
 
 def _greedy(x, k: int, start: int, *, device: str = "cpu", fast: bool = False,
