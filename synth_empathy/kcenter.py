@@ -475,6 +475,7 @@ class _Lazy:
 
 
 def _prepare(x):
+    """(first-occurrence indices, representative of each row, distinct rows as float32)."""
     x = _check_matrix(x)
     uniq, rep = _dedup(x)
     if len(uniq) == len(x) and x.dtype == np.float32 and x.flags.c_contiguous:
@@ -535,7 +536,7 @@ def _greedy(x, k: int, start: int, *, device: str = "cpu", fast: bool = False,
         # share of the plain form's N x k row-center distances that were evaluated
         "evaluated_fraction": round(eng.pairs / max(1.0, float(n) * k), 4),
     }
-    return idx.astype(np.int64), dist, radius, details, be.name
+    return idx.astype(np.int64), dist, radius, details, "cpu" if approx is not None else be.name
 
 
 def greedy_k_center(x: np.ndarray, k: int, start: int = 0) -> np.ndarray:
