@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 import importlib.resources
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
@@ -211,13 +211,18 @@ def preset_names() -> List[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def all_keys(cls: type = PipelineConfig, prefix: str = "") -> Iterator[Tuple[str, Any, str]]:
-    """(dotted key, default, doc) for every leaf option of the schema."""
-    for f in fields(cls):
+def all_keys(cls: Any = PipelineConfig, prefix: str = "") -> Iterator[Tuple[str, Any, str]]:
+    """(dotted key, default, doc) for every leaf option of the schema.
+
+    Walks an instance, not the classes: a section made with :func:`sub` overrides its
+    class's defaults (the judge samples greedily), and the docs must show those.
+    """
+    obj = cls() if isinstance(cls, type) else cls
+    for f in fields(obj):
         key = prefix + f.name
-        default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+        default = getattr(obj, f.name)
         if is_dataclass(default):
-            yield from all_keys(type(default), key + ".")
+            yield from all_keys(default, key + ".")
         else:
             yield key, default, f.metadata.get("doc", "")
 
