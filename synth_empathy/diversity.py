@@ -6,6 +6,11 @@ farthest-first traversal, and the selected rows are written with their pick orde
 The covering radius (how far the farthest kept row is from its nearest selected
 row) goes into the report.
 
+The selection is a function of the kept rows and the seed alone: the rows are put in
+``sample_id`` order first (Parquet parts written by Ray Data come back in no fixed
+order), and the greedy starts from a row drawn with ``numpy.random.default_rng(seed)``,
+as ``synth-empathy select`` does.
+
 in:  scored rows with ``kept`` and ``embedding``
 out: selected rows (the ``SELECTED`` schema): ``+ pick_order, distance_at_pick``
 """
@@ -16,7 +21,6 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 import pyarrow as pa
-
 
 
 def embeddings_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
@@ -37,10 +41,13 @@ def select(kept: pa.Table, cfg: Any, seed: int) -> Tuple[pa.Table, Dict[str, Any
         empty = empty.append_column("pick_order", pa.array([], type=pa.int64()))
         empty = empty.append_column("distance_at_pick", pa.array([], type=pa.float64()))
         return empty, {"selected": 0, "candidates": 0, "radius": None, "method": None}
+    if "sample_id" in kept.column_names:
+        kept = kept.sort_by("sample_id")
     x = embeddings_matrix(kept)
     k = resolve_k(len(x), cfg.k, cfg.keep_ratio)
+    start = int(np.random.default_rng(seed).integers(len(x)))
     result = select_k_center(
-        x, k, method=cfg.method, start=0, seed=seed, shards=cfg.shards, device=cfg.device
+        x, k, method=cfg.method, start=start, seed=seed, shards=cfg.shards, device=cfg.device
     )
     order = np.asarray(result.indices, dtype=np.int64)
     # Distance of each pick from the centers chosen before it: how much new ground it covers.
@@ -54,6 +61,6 @@ def select(kept: pa.Table, cfg: Any, seed: int) -> Tuple[pa.Table, Dict[str, Any
     info = {
         "selected": int(len(order)), "candidates": int(len(x)), "k": int(k),
         "radius": float(result.radius), "method": result.method, "device": result.device,
-        "seconds": float(result.seconds),
+        "seconds": float(result.seconds), "seed": seed, "start_row": start,
     }
     return chosen, info
