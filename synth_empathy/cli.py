@@ -4,6 +4,8 @@
     synth-empathy config [--preset NAME] [key=value ...]  print the resolved config
     synth-empathy config --docs                           every option, default, meaning
     synth-empathy select ...                              k-center selection on its own
+    synth-empathy judge INPUT OUTPUT [...]                rate any dataset with the judge
+    synth-empathy submit ...                              send a run to a Ray cluster as a job
 
 Bad input (an unknown preset or key, a missing seed file, an unwritable output, a
 missing model package) ends with one ``error:`` line and exit code 2, before Ray
@@ -42,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "config":
             c.add_argument("--docs", action="store_true", help="print every option as a table")
     sub.add_parser("select", help="greedy k-center selection over a Parquet dataset", add_help=False)
+    sub.add_parser("judge", help="rate a Parquet or JSONL dataset with the judge LLM", add_help=False)
+    sub.add_parser("submit", help="submit a run to a Ray cluster as a job", add_help=False)
     return p
 
 
@@ -51,8 +55,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         from synth_empathy import selection
 
         return selection.main(argv[1:])
+    if argv[:1] == ["judge"]:
+        from synth_empathy import judging
+
+        return judging.main(argv[1:])
     if argv[:1] == ["submit"]:
         from synth_empathy import submit
+
         return submit.main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s synth-empathy %(message)s", datefmt="%H:%M:%S")

@@ -165,7 +165,9 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     return result
 
 
-def init_ray(cfg: DictConfig) -> None:
+def init_ray(cfg: DictConfig, sections: Optional[tuple] = None) -> None:
+    """Join the configured cluster (or start a local Ray) and check it can hold the
+    engines of ``sections`` (None: every stage of the pipeline)."""
     import ray
 
     if ray.is_initialized():
@@ -176,4 +178,4 @@ def init_ray(cfg: DictConfig) -> None:
     else:
         ray.init(num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
                  log_to_driver=True, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
-    check_cluster(cfg)  # a GPU preset on a cluster without GPUs fails here, not after hours
+    check_cluster(cfg, sections)  # a GPU preset on a cluster without GPUs fails here, not after hours

@@ -54,23 +54,30 @@ class ClusterError(ConfigError):
 
 # --------------------------------------------------------------------------- resources
 
-def _gpu_needs(cfg: Any) -> List[tuple]:
-    """(stage, GPUs one replica needs on one node, accelerator type or None)."""
+def _gpu_needs(cfg: Any, sections: Optional[Sequence[str]] = None) -> List[tuple]:
+    """(stage, GPUs one replica needs on one node, accelerator type or None).
+
+    ``sections`` limits the check to the config sections a job uses (``synth-empathy
+    judge`` runs only the judge); None means the whole pipeline.
+    """
     needs = []
     for name in cfg:  # every section with an engine: generation, discriminator, judge, ...
+        if sections is not None and name not in sections:
+            continue
         section = cfg[name]
         e = section.get("engine") if hasattr(section, "get") else None
         if e is not None and e.get("gpus_per_replica"):
             if name == "judge" and not section.get("enabled", True):
                 continue
             needs.append((f"{name}.engine", float(e.gpus_per_replica), e.get("accelerator_type")))
-    if cfg.quality.gpus_per_replica:
+    if cfg.quality.gpus_per_replica and (sections is None or "quality" in sections):
         needs.append(("quality", float(cfg.quality.gpus_per_replica), None))
     return needs
 
 
 def check_resources(cfg: Any, cluster_resources: Mapping[str, float],
-                    nodes: Optional[Sequence[Mapping[str, float]]] = None) -> None:
+                    nodes: Optional[Sequence[Mapping[str, float]]] = None,
+                    sections: Optional[Sequence[str]] = None) -> None:
     """Raise :class:`ClusterError` if the cluster cannot hold one replica of some stage.
 
     ``cluster_resources`` is ``ray.cluster_resources()`` (totals over the nodes);
@@ -84,7 +91,7 @@ def check_resources(cfg: Any, cluster_resources: Mapping[str, float],
     """
     total_gpus = float(cluster_resources.get("GPU", 0) or 0)
     largest = max((float(n.get("GPU", 0) or 0) for n in nodes), default=0.0) if nodes else total_gpus
-    for stage, need, accel in _gpu_needs(cfg):
+    for stage, need, accel in _gpu_needs(cfg, sections):
         if total_gpus == 0:
             raise ClusterError(
                 f"{stage}.gpus_per_replica={need:g} but the cluster has no GPUs; use a GPU "
@@ -101,12 +108,12 @@ def check_resources(cfg: Any, cluster_resources: Mapping[str, float],
                 f"(it has: {', '.join(have) or 'none'})")
 
 
-def check_cluster(cfg: Any) -> None:
+def check_cluster(cfg: Any, sections: Optional[Sequence[str]] = None) -> None:
     """:func:`check_resources` against the Ray cluster this process is connected to."""
     import ray
 
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    check_resources(cfg, ray.cluster_resources(), nodes)
+    check_resources(cfg, ray.cluster_resources(), nodes, sections)
 
 
 # --------------------------------------------------------------------------- client

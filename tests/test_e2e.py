@@ -118,3 +118,38 @@ def test_a_second_run_with_the_same_id_recomputes_nothing(run):
     for stage in ("seeds", "generations", "samples", "discriminated", "scored", "selected", "judged"):
         assert f"[{stage}] finished in an earlier attempt" in again.stderr
     assert "vLLMEngineStageUDF" not in again.stderr
+
+
+def judge_cmd(*args):
+    return [sys.executable, "-m", "synth_empathy", "judge", *args]
+
+
+def test_judge_command_rates_a_runs_export_and_resumes_by_id(run, tmp_path):
+    """``synth-empathy judge`` over the run's chat export: first a seeded sample of one row,
+    then (the finished marker removed, as after a crash) the whole file: only the rows
+    the kept part does not hold are judged, and every row ends up rated once."""
+    run_dir, _, _ = run
+    export = run_dir / "selected.chat.jsonl"
+    n = len(export.read_text().splitlines())
+    out = tmp_path / "judged-export"
+    first = subprocess.run(judge_cmd(str(export), str(out), "--sample", "1"),
+                           capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-4000:]
+    one = json.loads((out / "judge_report.json").read_text())
+    assert one["rows_judged"] == 1 and one["judge"]["parsed"] == 1 and one["format"] == "jsonl"
+    assert one["this_call"]["rows"] == 1 and one["this_call"]["tokens_per_s"] > 0
+    kept_id = pq.read_table(out / "judged").column("sample_id").to_pylist()
+    (out / "judged.done.json").unlink()  # as if the job died before its marker
+
+    again = subprocess.run(judge_cmd(str(export), str(out)), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-4000:]
+    report = json.loads((out / "judge_report.json").read_text())
+    assert report["resumed"]["rows_kept"] == 1 and report["this_call"]["rows"] == n - 1
+    judged = pq.read_table(out / "judged")
+    ids = judged.column("sample_id").to_pylist()
+    assert sorted(ids) == [f"line-{i}" for i in range(1, n + 1)] and set(kept_id) <= set(ids)
+    assert report["rows_judged"] == report["judge"]["parsed"] == n  # constrained: every row parses
+    for criterion in ("naturalness", "coherence", "empathy"):
+        assert set(judged.column(criterion).to_pylist()) <= {1, 2, 3}
+    assert judged.schema.names[:4] == ["sample_id", "instruction", "output", "history"]
+    assert f"judged {n} of {n} rows" in again.stdout
