@@ -174,23 +174,7 @@ def embed_plain(args) -> Dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
-def score_stage_with_cpus(ds, cfg, num_cpus: float):
-    """score_stage as it is, plus num_cpus for the actor: the proposed fix, measured."""
-    from synth_empathy.quality import QualityScorer
-
-    return ds.map_batches(
-        QualityScorer,
-        fn_constructor_kwargs=dict(embedder=cfg.embedder, threshold=cfg.threshold, batch_size=cfg.batch_size),
-        batch_size=cfg.batch_size, batch_format="pyarrow", concurrency=cfg.replicas,
-        num_gpus=cfg.gpus_per_replica or None, num_cpus=num_cpus,
-    )
-
-
-def embed_pipeline_fix(args) -> Dict[str, Any]:
-    return embed_pipeline(args, num_cpus=float(os.cpu_count() or 1))
-
-
-def embed_pipeline(args, num_cpus: float = 0.0) -> Dict[str, Any]:
+def embed_pipeline(args) -> Dict[str, Any]:
     import ray
     from omegaconf import OmegaConf
 
@@ -215,7 +199,7 @@ def embed_pipeline(args, num_cpus: float = 0.0) -> Dict[str, Any]:
         # so results stream out batch by batch and the steady rate can be seen.
         blocks = [table.slice(i, q.batch_size) for i in range(0, table.num_rows, q.batch_size)]
         source = ray.data.from_arrow(blocks)
-        ds = score_stage_with_cpus(source, q, num_cpus) if num_cpus else score_stage(source, q)
+        ds = score_stage(source, q)
         t0 = time.perf_counter()
         arrivals = []
         n = 0
@@ -228,7 +212,7 @@ def embed_pipeline(args, num_cpus: float = 0.0) -> Dict[str, Any]:
         runs.append({"wall_s": wall, "rows": n, "steady_rows_per_s": steady, "batches": len(arrivals)})
     threads = ray.data.range(1).map_batches(
         ThreadProbe, batch_size=1, concurrency=q.replicas, num_gpus=q.gpus_per_replica or None,
-        **({"num_cpus": num_cpus} if num_cpus else {}),
+        num_cpus=q.cpus_per_replica,
     ).take_all()[0]
     ray.shutdown()
     return {"runs": runs, "rows": len(rows), "texts": 3 * len(rows), "actor_threads": threads}
@@ -244,8 +228,7 @@ class ThreadProbe:
 
 
 CHILDREN = {"llm-plain": llm_plain, "llm-pipeline": llm_pipeline,
-            "embed-plain": embed_plain, "embed-pipeline": embed_pipeline,
-            "embed-pipeline-fix": embed_pipeline_fix}
+            "embed-plain": embed_plain, "embed-pipeline": embed_pipeline}
 
 
 # --------------------------------------------------------------------------- watching
@@ -322,8 +305,12 @@ def summarise(results: List[Dict[str, Any]], args) -> Dict[str, Any]:
     by = {k: [r for r in results if r["part"] == k] for k in CHILDREN}
     s: Dict[str, Any] = {}
     if by["llm-plain"] and by["llm-pipeline"]:
-        plain_runs = [run for r in by["llm-plain"] for run in r["runs"]]
+        # "Started engine": the calls after an engine's first (all calls if there is one).
+        plain_runs = [run for r in by["llm-plain"] for run in (r["runs"][1:] or r["runs"])]
         plain_tok_s = med([run["generated_tokens"] / run["seconds"] for run in plain_runs])
+        # The first call on a freshly started engine is ~6 s slower on the CPU backend
+        # (measured on both paths); the pipeline's single pass is such a first call.
+        plain_fresh = med([r["runs"][0]["generated_tokens"] / r["runs"][0]["seconds"] for r in by["llm-plain"]])
         plain_first = med([r["runs"][0]["generated_tokens"] / (r["engine_start_s"] + r["runs"][0]["seconds"])
                            for r in by["llm-plain"]])
         pipe = by["llm-pipeline"]
@@ -332,6 +319,8 @@ def summarise(results: List[Dict[str, Any]], args) -> Dict[str, Any]:
         s["generation"] = {
             "rows": args.rows, "max_tokens": args.max_tokens,
             "plain_tokens_per_s": plain_tok_s, "pipeline_tokens_per_s": pipe_tok_s,
+            "plain_fresh_engine_tokens_per_s": plain_fresh,
+            "ratio_fresh_engine": ratio(pipe_tok_s, plain_fresh),
             "ratio_without_start": ratio(pipe_tok_s, plain_tok_s),
             "plain_tokens_per_s_with_start": plain_first, "pipeline_tokens_per_s_with_start": pipe_wall,
             "ratio_with_start": ratio(pipe_wall, plain_first),
@@ -355,14 +344,6 @@ def summarise(results: List[Dict[str, Any]], args) -> Dict[str, Any]:
             "plain_torch_threads": by["embed-plain"][0]["torch_threads"],
             "pipeline_actor_threads": by["embed-pipeline"][0].get("actor_threads"),
         }
-    if by["embed-plain"] and by["embed-pipeline-fix"]:
-        runs = [run for r in by["embed-pipeline-fix"] for run in r["runs"]]
-        fix = med([3 * run["steady_rows_per_s"] for run in runs if run["steady_rows_per_s"]])
-        s["embedding"].update({
-            "fix_num_cpus_texts_per_s_steady": fix,
-            "fix_ratio_steady": ratio(fix, s["embedding"]["plain_texts_per_s"]),
-            "fix_actor_threads": by["embed-pipeline-fix"][0].get("actor_threads"),
-        })
     return s
 
 
@@ -381,7 +362,16 @@ def main() -> None:
     ap.add_argument("--bind", default="", help="VLLM_CPU_OMP_THREADS_BIND for both paths (default: vLLM's auto)")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--summarise", metavar="JSON", help="recompute the summary of an earlier throughput.json and exit")
     args = ap.parse_args()
+    if args.summarise:
+        with open(args.summarise) as f:
+            doc = json.load(f)
+        doc["summary"] = summarise(doc["results"], argparse.Namespace(**doc["args"]))
+        with open(args.summarise, "w") as f:
+            json.dump(doc, f, indent=1, default=str)
+        print(json.dumps(doc["summary"], indent=1))
+        return
 
     OVERRIDES[:] = args.set
     if args.bind:
@@ -400,7 +390,7 @@ def main() -> None:
         a for kv in args.set for a in ("--set", kv)] + (["--bind", args.bind] if args.bind else [])
     plan: List[str] = []
     if args.part in ("all", "embed"):
-        plan += ["embed-plain", "embed-pipeline", "embed-pipeline-fix"]
+        plan += ["embed-plain", "embed-pipeline"]
     if args.part in ("all", "llm"):
         for i in range(args.llm_rounds):  # alternate which path goes first
             plan += ["llm-plain", "llm-pipeline"] if i % 2 == 0 else ["llm-pipeline", "llm-plain"]
