@@ -159,7 +159,10 @@ class JudgeConfig:
 
 @dataclass
 class RayConfig:
-    address: str = opt("", "Ray address; empty = RAY_ADDRESS or a local Ray started here")
+    address: str = opt(
+        "", "Ray address; empty = RAY_ADDRESS, else a new local Ray started here; auto = the "
+        "cluster already running on this node"
+    )
     num_cpus: Optional[int] = opt(
         None,
         "logical CPUs of a local Ray; default max(4, cores): a CPU engine holds one in "

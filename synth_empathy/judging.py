@@ -230,11 +230,11 @@ def run_judging(input: str, output: str, cfg: Any, *, id_column: str = "sample_i
     check_model(j.engine.model)
     opts = storage_options(input, cfg.storage)
     rows, info = read_input(input, id_column, opts)
+    if rows.num_rows == 0:
+        raise JudgeInputError(f"input {input}: no row to judge (dropped: {info['dropped'] or 'none'})")
     rows = sample_rows(rows, sample, cfg.seed)
     store = output_store(output, storage_options(output, cfg.storage))
     store.check_writable()
-    if rows.num_rows == 0:
-        raise JudgeInputError(f"input {input}: no row to judge (dropped: {info['dropped'] or 'none'})")
 
     resumed, todo = None, rows.slice(0, 0)
     if store.is_done(STAGE):

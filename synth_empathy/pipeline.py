@@ -176,6 +176,8 @@ def init_ray(cfg: DictConfig, sections: Optional[tuple] = None) -> None:
     if address:  # a cluster (or a Ray job): its own runtime environment stays in charge
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
+        # address="local": a new Ray here even on a node that runs a cluster (plain
+        # ray.init() would join that one, and refuse num_cpus).
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
                  log_to_driver=True, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     check_cluster(cfg, sections)  # a GPU preset on a cluster without GPUs fails here, not after hours

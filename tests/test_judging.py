@@ -155,12 +155,14 @@ def test_output_store_writes_into_the_named_folder(tmp_path):
     (["{tmp}/in.jsonl", "{tmp}/out", "judge.engine.replica=2"], "unknown config key 'judge.engine.replica'"),
     (["{tmp}/in.jsonl", "{tmp}/out", "--sample", "0"], "--sample must be at least 1"),
     (["{tmp}/in.jsonl"], "the following arguments are required: output"),
+    (["{tmp}/empty.jsonl", "{tmp}/out"], "no row to judge (dropped: {'no_response': 1})"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     (tmp_path / "in.jsonl").write_text(json.dumps({"instruction": "q", "input": "", "output": "a"}) + "\n")
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"instruction": "q", "input": "", "output": ""}) + "\n")
     cmd = [sys.executable, "-m", "synth_empathy", "judge", *[a.format(tmp=tmp_path) for a in args]]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], res.stderr[-2000:]
-    assert not (tmp_path / "out" / "judged").exists()
+    assert not (tmp_path / "out").exists()  # nothing written before the input is checked
