@@ -63,6 +63,9 @@ def build_report(store, cfg, timings: Dict[str, float]) -> Dict[str, Any]:
         "generated": int(pc.sum(gens.column("num_generated_tokens")).as_py() or 0),
         "discriminator": int(pc.sum(disc.column("disc_num_tokens")).as_py() or 0),
     }
+    if store.is_done("judged"):
+        judged = store.read_table("judged", columns=["judge_num_tokens"])
+        tokens["judge"] = int(pc.sum(judged.column("judge_num_tokens")).as_py() or 0)
     rows_in = {"generations": counts["generations"], "samples": counts["generations"],
                "discriminated": counts["discriminated"], "scored": counts["discriminated"],
                "selected": counts["kept"], "judged": counts["selected"]}
@@ -74,6 +77,8 @@ def build_report(store, cfg, timings: Dict[str, float]) -> Dict[str, Any]:
             entry["tokens_per_s"] = round(tokens["generated"] / secs, 2) if secs else None
         if name == "discriminated":
             entry["tokens_per_s"] = round(tokens["discriminator"] / secs, 2) if secs else None
+        if name == "judged" and "judge" in tokens:
+            entry["tokens_per_s"] = round(tokens["judge"] / secs, 2) if secs else None
         throughput[name] = entry
 
     scores = np.array([s for s in scored.column("quality_score").to_pylist() if s is not None])

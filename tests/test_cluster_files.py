@@ -150,3 +150,12 @@ def test_cluster_readme_names_files_that_exist():
     for path in re.findall(r"`((?:cluster|jobs)/[\w./-]+)`", text):
         assert (REPO / path).exists(), path
     assert "jobs/select_diverse.py" in text
+
+
+def test_every_submittable_job_exists_and_is_documented():
+    from synth_empathy.submit import JOBS
+
+    text = (CLUSTER / "README.md").read_text()
+    for job, path in JOBS.items():
+        assert (REPO / path).is_file(), (job, path)
+        assert f"`{path}`" in text, path

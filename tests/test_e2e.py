@@ -104,6 +104,9 @@ def test_exports_and_report(run):
     assert div["selected"]["n"] == div["random"]["n"] == n_selected
     assert 0 < div["selected"]["distinct_1"] <= 1
     assert report["tokens"]["generated"] > 0
+    # Three constrained rating lines a row: the judge's tokens are counted and rated per second.
+    assert report["tokens"]["judge"] == sum(judged.column("judge_num_tokens").to_pylist()) >= 3 * n_selected
+    assert report["throughput"]["judged"]["tokens_per_s"] > 0
     for plot in report["plots"]:
         assert (run_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## Counts" in (run_dir / "report.md").read_text()
