@@ -144,8 +144,6 @@ def rows_from_jsonl(lines, where: str = "input") -> Tuple[pa.Table, Counter, Lis
 
 
 def _check_ids(table: pa.Table, where: str) -> pa.Table:
-    import pyarrow.compute as pc
-
     ids = table.column("sample_id")
     if pc.count_distinct(ids).as_py() != len(ids):
         counts = pc.value_counts(ids).to_pylist()
