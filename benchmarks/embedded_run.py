@@ -24,8 +24,11 @@ def main(argv: list[str]) -> int:
     out = Path(tempfile.mkdtemp(prefix="se-embedded-"))
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "synth_empathy", "run", f"output={out}", "run_id=bench", *argv],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "synth_empathy", "run", f"output={out}", "run_id=bench", *argv],
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     load_after = os.getloadavg()[0]
     if proc.returncode not in (0, 1):
@@ -34,11 +37,15 @@ def main(argv: list[str]) -> int:
     report = json.loads((out / "bench" / "report.json").read_text())
     s, c = report["seconds"], report["counts"]
     stages = ", ".join(f"{k} {v:.0f}" for k, v in s.items())
-    print("| date | machine | wall (s) | budget 600 s: ratio | stages (s) | seeds / generations / samples / kept / selected | load before / after |")
+    print(
+        "| date | machine | wall (s) | budget 600 s: ratio | stages (s) | seeds / generations / samples / kept / selected | load before / after |"
+    )
     print("| --- | --- | ---: | ---: | --- | --- | --- |")
-    print(f"| {time.strftime('%Y-%m-%d')} | {platform.machine()}, {os.cpu_count()} cores | {wall:.0f} | {wall / 600:.2f} | "
-          f"{stages} | {c['seeds']} / {c['generations']} / {c['samples']} / {c['kept']} / {c['selected']} | "
-          f"{load_before:.1f} / {load_after:.1f} |")
+    print(
+        f"| {time.strftime('%Y-%m-%d')} | {platform.machine()}, {os.cpu_count()} cores | {wall:.0f} | {wall / 600:.2f} | "
+        f"{stages} | {c['seeds']} / {c['generations']} / {c['samples']} / {c['kept']} / {c['selected']} | "
+        f"{load_before:.1f} / {load_after:.1f} |"
+    )
     return 0 if c["selected"] > 0 else 1
 
 

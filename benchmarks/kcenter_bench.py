@@ -1,4 +1,4 @@
-"""Benchmark of greedy k-center selection (synth_empathy.kcenter) against the plain form.
+"""Benchmark of greedy k-center selection (synth_empathy.core.kcenter) against the plain form.
 
 Every case runs in its own process (so peak memory is per case); inside it, in this order:
 
@@ -80,7 +80,7 @@ def ed_embeddings() -> np.ndarray:
         return np.load(cache)
     import pandas as pd
 
-    from synth_empathy.embedding import encode
+    from synth_empathy.models.embedder import encode
 
     texts = pd.read_csv(ED_VALID)["text"].astype(str).drop_duplicates().tolist()
     x = encode(texts)
@@ -172,15 +172,24 @@ def load() -> float:
 
 
 def run_case(name: str, spec) -> dict:
-    from synth_empathy import kcenter as K
+    from synth_empathy.core import kcenter as K
 
     data, n, keep, repeats, np_steps, torch_steps, shards = spec
     x = ed_embeddings() if data == "ed" else clustered_unit_vectors(n)
     n, d = x.shape
     k = K.resolve_k(n, None, keep)
-    row = {"case": name, "data": data, "n": n, "d": d, "keep": keep, "k": k, "repeats": repeats,
-           "date": dt.date.today().isoformat(), "cpu": platform.processor() or platform.machine(),
-           "cores": os.cpu_count()}
+    row = {
+        "case": name,
+        "data": data,
+        "n": n,
+        "d": d,
+        "keep": keep,
+        "k": k,
+        "repeats": repeats,
+        "date": dt.date.today().isoformat(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+    }
 
     def baseline(fn, steps, key):
         full = steps is None or steps >= k
@@ -189,9 +198,15 @@ def run_case(name: str, spec) -> dict:
         with PeakRSS() as mem:
             sec, picks = timed(lambda: fn(x, s, 0), 1 if not full else repeats)
         scale = 1.0 if full else k / s
-        row[key] = {"seconds": sec * scale, "measured_steps": s, "measured_seconds": sec,
-                    "cpu_seconds": statistics.median(LAST_CPU) * scale,
-                    "extrapolated": not full, "peak_rss": mem.peak, "load": [load0, load()]}
+        row[key] = {
+            "seconds": sec * scale,
+            "measured_steps": s,
+            "measured_seconds": sec,
+            "cpu_seconds": statistics.median(LAST_CPU) * scale,
+            "extrapolated": not full,
+            "peak_rss": mem.peak,
+            "load": [load0, load()],
+        }
         return picks
 
     base_picks = baseline(plain_numpy, np_steps, "plain_numpy")
@@ -203,11 +218,19 @@ def run_case(name: str, spec) -> dict:
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         load0 = load()
         with PeakRSS() as mem:
-            sec, res = timed(lambda: K.select_k_center(x, k, method=method, start=0, shards=max(1, shards)),
-                             repeats if method != "sharded" else 1)
-        row[method] = {"seconds": sec, "cpu_seconds": statistics.median(LAST_CPU), "radius": res.radius,
-                       "peak_rss": mem.peak, "details": res.details, "device": res.device,
-                       "load": [load0, load()]}
+            sec, res = timed(
+                lambda method=method: K.select_k_center(x, k, method=method, start=0, shards=max(1, shards)),
+                repeats if method != "sharded" else 1,
+            )
+        row[method] = {
+            "seconds": sec,
+            "cpu_seconds": statistics.median(LAST_CPU),
+            "radius": res.radius,
+            "peak_rss": mem.peak,
+            "details": res.details,
+            "device": res.device,
+            "load": [load0, load()],
+        }
         if method == "exact":
             m = len(base_picks)
             row["baseline_prefix_agrees"] = float(np.mean(base_picks == res.indices[:m]))
@@ -232,20 +255,26 @@ def table(rows: list[dict]) -> str:
         lead = f"| {data} | {r['n']:,} | {r['keep']:.0%} |"
         base = r["plain_numpy"]["seconds"]
         tb = r.get("plain_torch", {}).get("seconds")
-        entries = [("plain numpy, mat-vec per step", r["plain_numpy"]),
-                   ("plain torch pairwise_distance", r.get("plain_torch")),
-                   *[(m, r.get(m)) for m in ("exact", "fast", "sharded")]]
+        entries = [
+            ("plain numpy, mat-vec per step", r["plain_numpy"]),
+            ("plain torch pairwise_distance", r.get("plain_torch")),
+            *[(m, r.get(m)) for m in ("exact", "fast", "sharded")],
+        ]
         for name, e in entries:
             if not e:
                 continue
-            star = f" (x{e['seconds'] / e['measured_seconds']:.0f} of {e['measured_steps']:,} steps)" \
-                if e.get("extrapolated") else ""
+            star = (
+                f" (x{e['seconds'] / e['measured_seconds']:.0f} of {e['measured_steps']:,} steps)"
+                if e.get("extrapolated")
+                else ""
+            )
             rad = f"{e['radius']:.4f} | {e['radius'] / r['exact']['radius']:.4f}" if "radius" in e else " | "
             xt = f"{tb / e['seconds']:.1f}" if tb else ""
             lines.append(
                 f"{lead} {name} | {e['seconds']:.1f}{star} | {e['cpu_seconds']:.0f} | "
                 f"{base / e['seconds']:.1f} | {xt} | {rad} | {e['peak_rss'] / gib:.2f} | "
-                f"{e['load'][0]:.1f}-{e['load'][1]:.1f} |")
+                f"{e['load'][0]:.1f}-{e['load'][1]:.1f} |"
+            )
     return "\n".join(lines)
 
 

@@ -1,10 +1,10 @@
 """Throughput of the pipeline's stages against the plain libraries, in one run.
 
-(a) generation: ``synth_empathy.generation.Generation`` on Ray Data + ray.data.llm
+(a) generation: ``synth_empathy.stages.generation.Generation`` on Ray Data + ray.data.llm
     versus ``vllm.LLM.chat`` on the same prompts, model, engine arguments and sampling
     (temperature 0.8, top-p 0.9, ``max_tokens`` fixed and ``ignore_eos`` so every
     answer has exactly ``max_tokens`` tokens on both paths);
-(b) embedding: ``synth_empathy.quality.score_stage`` (the quality stage, which embeds
+(b) embedding: ``synth_empathy.stages.quality.score_stage`` (the quality stage, which embeds
     target, discriminator answer and instruction+target of every kept row) versus
     plain sentence-transformers ``encode`` of the same texts in the same batches.
 
@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, List
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "out")
@@ -41,29 +41,35 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # --------------------------------------------------------------------------- inputs
 
-def seed_rows(n: int) -> List[Dict[str, Any]]:
+
+def seed_rows(n: int) -> list[dict[str, Any]]:
     """n generation rows from the shipped seeds (cycled), as the pipeline expands them."""
-    from synth_empathy.seeds import default_seed_path, read_seeds
+    from synth_empathy.storage.seed_sources import default_seed_path, read_seeds
 
     seeds = read_seeds(default_seed_path()).to_arrow().to_pylist()
     return [dict(seeds[i % len(seeds)], sample_id=f"{seeds[i % len(seeds)]['seed_id']}#g{i}") for i in range(n)]
 
 
-def embed_rows(n: int) -> List[Dict[str, Any]]:
+def embed_rows(n: int) -> list[dict[str, Any]]:
     """n discriminated-like rows built from the shipped seed texts (real sentence lengths)."""
     seeds = seed_rows(n)
     rows = []
     for i, s in enumerate(seeds):
         lines = [ln.split(":", 1)[-1].strip() for ln in s["context"].splitlines() if ln.strip()]
         other = seeds[(i * 7 + 3) % len(seeds)]
-        rows.append({
-            "sample_id": s["sample_id"], "instruction": " ".join(lines), "output": s["response"],
-            "disc_response": other["response"], "disc_error": None,
-        })
+        rows.append(
+            {
+                "sample_id": s["sample_id"],
+                "instruction": " ".join(lines),
+                "output": s["response"],
+                "disc_response": other["response"],
+                "disc_error": None,
+            }
+        )
     return rows
 
 
-OVERRIDES: List[str] = []  # --set key=value, applied to both paths alike
+OVERRIDES: list[str] = []  # --set key=value, applied to both paths alike
 
 
 def config():
@@ -74,20 +80,22 @@ def config():
 
 # --------------------------------------------------------------------------- children
 
-def llm_plain(args) -> Dict[str, Any]:
+
+def llm_plain(args) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
 
-    from synth_empathy.generation import generation_messages
-    from synth_empathy.llm import engine_kwargs
-    from synth_empathy.models import resolve_model
+    from synth_empathy.models.weights import resolve_model
+    from synth_empathy.stages.generation import generation_messages
+    from synth_empathy.stages.llm import engine_kwargs
 
     cfg = config().generation
     kwargs = engine_kwargs(cfg.engine)
     if args.plain_executor:
         kwargs["distributed_executor_backend"] = args.plain_executor
     prompts = [generation_messages(r) for r in seed_rows(args.rows)]
-    sp = SamplingParams(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
-                        max_tokens=args.max_tokens, ignore_eos=True)
+    sp = SamplingParams(
+        temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, max_tokens=args.max_tokens, ignore_eos=True
+    )
     t0 = time.perf_counter()
     llm = LLM(model=str(resolve_model(cfg.engine.model)), **kwargs)
     start_s = time.perf_counter() - t0
@@ -95,20 +103,22 @@ def llm_plain(args) -> Dict[str, Any]:
     for _ in range(args.plain_repeats):
         t = time.perf_counter()
         outs = llm.chat(prompts, sp, use_tqdm=False, add_generation_prompt=False, continue_final_message=True)
-        runs.append({
-            "seconds": time.perf_counter() - t,
-            "generated_tokens": sum(len(o.outputs[0].token_ids) for o in outs),
-            "prompt_tokens": sum(len(o.prompt_token_ids) for o in outs),
-        })
+        runs.append(
+            {
+                "seconds": time.perf_counter() - t,
+                "generated_tokens": sum(len(o.outputs[0].token_ids) for o in outs),
+                "prompt_tokens": sum(len(o.prompt_token_ids) for o in outs),
+            }
+        )
     return {"engine_start_s": start_s, "runs": runs, "rows": len(prompts), "engine_kwargs": kwargs}
 
 
-def llm_pipeline(args) -> Dict[str, Any]:
+def llm_pipeline(args) -> dict[str, Any]:
     import ray
 
-    from synth_empathy.generation import Generation
-    from synth_empathy.models import resolve_model
+    from synth_empathy.models.weights import resolve_model
     from synth_empathy.pipeline import init_ray
+    from synth_empathy.stages.generation import Generation
 
     cfg = config()
     init_ray(cfg)
@@ -129,7 +139,9 @@ def llm_pipeline(args) -> Dict[str, Any]:
 
     rows = seed_rows(args.rows)
     t0 = time.perf_counter()
-    ds = FixedLength(g.engine, g.sampling, g.min_rounds)(ray.data.from_items(rows), model_path=str(resolve_model(g.engine.model)))
+    ds = FixedLength(g.engine, g.sampling, g.min_rounds)(
+        ray.data.from_items(rows), model_path=str(resolve_model(g.engine.model))
+    )
     table = ds.to_pandas()
     wall = time.perf_counter() - t0
     errors = int(table["error"].notna().sum())
@@ -137,24 +149,29 @@ def llm_pipeline(args) -> Dict[str, Any]:
     t_start = float((table["t_done"] - table["time_taken_llm"]).min())
     ray.shutdown()
     return {
-        "wall_s": wall, "engine_window_s": t_end - t_start, "rows": len(table), "errors": errors,
+        "wall_s": wall,
+        "engine_window_s": t_end - t_start,
+        "rows": len(table),
+        "errors": errors,
         "generated_tokens": int(table["num_generated_tokens"].sum()),
         "prompt_tokens": int(table["num_input_tokens"].sum()),
     }
 
 
 def _texts(rows):
-    from synth_empathy.quality import diversity_text
+    from synth_empathy.stages.quality import diversity_text
 
-    return ([r["output"] for r in rows] + [r["disc_response"] for r in rows],
-            [diversity_text(r["instruction"], r["output"]) for r in rows])
+    return (
+        [r["output"] for r in rows] + [r["disc_response"] for r in rows],
+        [diversity_text(r["instruction"], r["output"]) for r in rows],
+    )
 
 
-def embed_plain(args) -> Dict[str, Any]:
-    from sentence_transformers import SentenceTransformer
+def embed_plain(args) -> dict[str, Any]:
     import torch
+    from sentence_transformers import SentenceTransformer
 
-    from synth_empathy.models import resolve_model
+    from synth_empathy.models.weights import resolve_model
 
     q = config().quality
     rows = embed_rows(args.embed_rows)
@@ -166,20 +183,26 @@ def embed_plain(args) -> Dict[str, Any]:
         t = time.perf_counter()
         # What score_batch does, batch by batch: both score texts, then the kept rows' texts.
         for b in range(0, len(rows), q.batch_size):
-            pair, div = _texts(rows[b:b + q.batch_size])
+            pair, div = _texts(rows[b : b + q.batch_size])
             model.encode(pair, batch_size=q.batch_size, normalize_embeddings=True, show_progress_bar=False)
             model.encode(div, batch_size=q.batch_size, normalize_embeddings=True, show_progress_bar=False)
         runs.append(time.perf_counter() - t)
-    return {"load_s": load_s, "runs_s": runs, "rows": len(rows), "texts": 3 * len(rows),
-            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    return {
+        "load_s": load_s,
+        "runs_s": runs,
+        "rows": len(rows),
+        "texts": 3 * len(rows),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
 
 
-def embed_pipeline(args) -> Dict[str, Any]:
+def embed_pipeline(args) -> dict[str, Any]:
     import ray
     from omegaconf import OmegaConf
 
     from synth_empathy.pipeline import init_ray
-    from synth_empathy.quality import score_stage
+    from synth_empathy.stages.quality import score_stage
 
     cfg = config()
     init_ray(cfg)
@@ -189,9 +212,18 @@ def embed_pipeline(args) -> Dict[str, Any]:
     rows = embed_rows(args.embed_rows)
     import pyarrow as pa
 
-    table = pa.Table.from_pylist(rows, schema=pa.schema([
-        ("sample_id", pa.string()), ("instruction", pa.string()), ("output", pa.string()),
-        ("disc_response", pa.string()), ("disc_error", pa.string())]))
+    table = pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                ("sample_id", pa.string()),
+                ("instruction", pa.string()),
+                ("output", pa.string()),
+                ("disc_response", pa.string()),
+                ("disc_error", pa.string()),
+            ]
+        ),
+    )
 
     runs = []
     for _ in range(args.embed_repeats):
@@ -210,10 +242,17 @@ def embed_pipeline(args) -> Dict[str, Any]:
         first_t, first_n = arrivals[0]
         steady = (n - first_n) / (arrivals[-1][0] - first_t) if len(arrivals) > 1 else None
         runs.append({"wall_s": wall, "rows": n, "steady_rows_per_s": steady, "batches": len(arrivals)})
-    threads = ray.data.range(1).map_batches(
-        ThreadProbe, batch_size=1, concurrency=q.replicas, num_gpus=q.gpus_per_replica or None,
-        num_cpus=q.cpus_per_replica,
-    ).take_all()[0]
+    threads = (
+        ray.data.range(1)
+        .map_batches(
+            ThreadProbe,
+            batch_size=1,
+            concurrency=q.replicas,
+            num_gpus=q.gpus_per_replica or None,
+            num_cpus=q.cpus_per_replica,
+        )
+        .take_all()[0]
+    )
     ray.shutdown()
     return {"runs": runs, "rows": len(rows), "texts": 3 * len(rows), "actor_threads": threads}
 
@@ -227,8 +266,12 @@ class ThreadProbe:
         return {"omp_num_threads": [os.environ.get("OMP_NUM_THREADS")], "torch_threads": [torch.get_num_threads()]}
 
 
-CHILDREN = {"llm-plain": llm_plain, "llm-pipeline": llm_pipeline,
-            "embed-plain": embed_plain, "embed-pipeline": embed_pipeline}
+CHILDREN = {
+    "llm-plain": llm_plain,
+    "llm-pipeline": llm_pipeline,
+    "embed-plain": embed_plain,
+    "embed-pipeline": embed_pipeline,
+}
 
 
 # --------------------------------------------------------------------------- watching
@@ -271,7 +314,7 @@ class Watch(threading.Thread):
             self.stop.wait(self.interval)
 
 
-def run_child(part: str, args) -> Dict[str, Any]:
+def run_child(part: str, args) -> dict[str, Any]:
     out = os.path.join(OUT, f"_child_{part}.json")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", part, "--child-out", out] + args.passthrough
     watch = Watch()
@@ -285,12 +328,18 @@ def run_child(part: str, args) -> Dict[str, Any]:
         result = json.load(f)
     os.remove(out)
     busy = sorted((p for p in watch.procs.values() if p.get("cpu_s", 0) >= 1.0), key=lambda p: -p["cpu_s"])
-    result.update(part=part, child_wall_s=time.perf_counter() - t0, load_1min_before=load_before,
-                  load_1min_after=os.getloadavg()[0], processes=busy[:8])
+    result.update(
+        part=part,
+        child_wall_s=time.perf_counter() - t0,
+        load_1min_before=load_before,
+        load_1min_after=os.getloadavg()[0],
+        processes=busy[:8],
+    )
     return result
 
 
 # --------------------------------------------------------------------------- report
+
 
 def med(xs):
     xs = [x for x in xs if x is not None]
@@ -301,9 +350,9 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def summarise(results: List[Dict[str, Any]], args) -> Dict[str, Any]:
+def summarise(results: list[dict[str, Any]], args) -> dict[str, Any]:
     by = {k: [r for r in results if r["part"] == k] for k in CHILDREN}
-    s: Dict[str, Any] = {}
+    s: dict[str, Any] = {}
     if by["llm-plain"] and by["llm-pipeline"]:
         # "Started engine": the calls after an engine's first (all calls if there is one).
         plain_runs = [run for r in by["llm-plain"] for run in (r["runs"][1:] or r["runs"])]
@@ -311,22 +360,31 @@ def summarise(results: List[Dict[str, Any]], args) -> Dict[str, Any]:
         # The first call on a freshly started engine is ~6 s slower on the CPU backend
         # (measured on both paths); the pipeline's single pass is such a first call.
         plain_fresh = med([r["runs"][0]["generated_tokens"] / r["runs"][0]["seconds"] for r in by["llm-plain"]])
-        plain_first = med([r["runs"][0]["generated_tokens"] / (r["engine_start_s"] + r["runs"][0]["seconds"])
-                           for r in by["llm-plain"]])
+        plain_first = med(
+            [
+                r["runs"][0]["generated_tokens"] / (r["engine_start_s"] + r["runs"][0]["seconds"])
+                for r in by["llm-plain"]
+            ]
+        )
         pipe = by["llm-pipeline"]
         pipe_tok_s = med([r["generated_tokens"] / r["engine_window_s"] for r in pipe])
         pipe_wall = med([r["generated_tokens"] / r["wall_s"] for r in pipe])
         s["generation"] = {
-            "rows": args.rows, "max_tokens": args.max_tokens,
-            "plain_tokens_per_s": plain_tok_s, "pipeline_tokens_per_s": pipe_tok_s,
+            "rows": args.rows,
+            "max_tokens": args.max_tokens,
+            "plain_tokens_per_s": plain_tok_s,
+            "pipeline_tokens_per_s": pipe_tok_s,
             "plain_fresh_engine_tokens_per_s": plain_fresh,
             "ratio_fresh_engine": ratio(pipe_tok_s, plain_fresh),
             "ratio_without_start": ratio(pipe_tok_s, plain_tok_s),
-            "plain_tokens_per_s_with_start": plain_first, "pipeline_tokens_per_s_with_start": pipe_wall,
+            "plain_tokens_per_s_with_start": plain_first,
+            "pipeline_tokens_per_s_with_start": pipe_wall,
             "ratio_with_start": ratio(pipe_wall, plain_first),
-            "plain_rows_per_s": plain_tok_s / args.max_tokens, "pipeline_rows_per_s": pipe_tok_s / args.max_tokens,
+            "plain_rows_per_s": plain_tok_s / args.max_tokens,
+            "pipeline_rows_per_s": pipe_tok_s / args.max_tokens,
             "plain_engine_start_s": med([r["engine_start_s"] for r in by["llm-plain"]]),
-            "plain_measurements": len(plain_runs), "pipeline_measurements": len(pipe),
+            "plain_measurements": len(plain_runs),
+            "pipeline_measurements": len(pipe),
         }
     if by["embed-plain"] and by["embed-pipeline"]:
         texts = 3 * args.embed_rows
@@ -336,10 +394,13 @@ def summarise(results: List[Dict[str, Any]], args) -> Dict[str, Any]:
         pipe_steady = med([3 * run["steady_rows_per_s"] for run in runs if run["steady_rows_per_s"]])
         pipe_wall = med([texts / run["wall_s"] for run in runs])
         s["embedding"] = {
-            "rows": args.embed_rows, "texts": texts,
-            "plain_texts_per_s": plain, "pipeline_texts_per_s_steady": pipe_steady,
+            "rows": args.embed_rows,
+            "texts": texts,
+            "plain_texts_per_s": plain,
+            "pipeline_texts_per_s_steady": pipe_steady,
             "ratio_steady": ratio(pipe_steady, plain),
-            "plain_texts_per_s_with_load": plain_start, "pipeline_texts_per_s_with_start": pipe_wall,
+            "plain_texts_per_s_with_load": plain_start,
+            "pipeline_texts_per_s_with_start": pipe_wall,
             "ratio_with_start": ratio(pipe_wall, plain_start),
             "plain_torch_threads": by["embed-plain"][0]["torch_threads"],
             "pipeline_actor_threads": by["embed-pipeline"][0].get("actor_threads"),
@@ -357,8 +418,13 @@ def main() -> None:
     ap.add_argument("--plain-executor", default="", help="distributed_executor_backend for the plain engine")
     ap.add_argument("--embed-rows", type=int, default=1500, help="rows for the quality stage (3 texts each)")
     ap.add_argument("--embed-repeats", type=int, default=3)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for both paths, e.g. generation.engine.memory_utilization=0.1")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for both paths, e.g. generation.engine.memory_utilization=0.1",
+    )
     ap.add_argument("--bind", default="", help="VLLM_CPU_OMP_THREADS_BIND for both paths (default: vLLM's auto)")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", default="", help=argparse.SUPPRESS)
@@ -383,12 +449,24 @@ def main() -> None:
         return
 
     os.makedirs(OUT, exist_ok=True)
-    args.passthrough = [
-        "--rows", str(args.rows), "--max-tokens", str(args.max_tokens), "--plain-repeats", str(args.plain_repeats),
-        "--embed-rows", str(args.embed_rows), "--embed-repeats", str(args.embed_repeats),
-    ] + (["--plain-executor", args.plain_executor] if args.plain_executor else []) + [
-        a for kv in args.set for a in ("--set", kv)] + (["--bind", args.bind] if args.bind else [])
-    plan: List[str] = []
+    args.passthrough = (
+        [
+            "--rows",
+            str(args.rows),
+            "--max-tokens",
+            str(args.max_tokens),
+            "--plain-repeats",
+            str(args.plain_repeats),
+            "--embed-rows",
+            str(args.embed_rows),
+            "--embed-repeats",
+            str(args.embed_repeats),
+        ]
+        + (["--plain-executor", args.plain_executor] if args.plain_executor else [])
+        + [a for kv in args.set for a in ("--set", kv)]
+        + (["--bind", args.bind] if args.bind else [])
+    )
+    plan: list[str] = []
     if args.part in ("all", "embed"):
         plan += ["embed-plain", "embed-pipeline"]
     if args.part in ("all", "llm"):
@@ -405,7 +483,9 @@ def main() -> None:
     doc = {
         "machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(), "python": platform.python_version()},
         "args": {k: v for k, v in vars(args).items() if k not in ("child", "child_out", "passthrough")},
-        "total_s": time.perf_counter() - t0, "summary": summary, "results": results,
+        "total_s": time.perf_counter() - t0,
+        "summary": summary,
+        "results": results,
     }
     path = os.path.join(OUT, "throughput.json")
     with open(path, "w") as f:

@@ -10,6 +10,6 @@ Arguments are those of ``synth-empathy judge --help``; exit code 2 means bad inp
 import sys
 
 if __name__ == "__main__":
-    from synth_empathy import judging
+    from synth_empathy.cli import judge as judging
 
     sys.exit(judging.main(sys.argv[1:]))

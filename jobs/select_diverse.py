@@ -13,7 +13,7 @@ import sys
 if __name__ == "__main__":
     import ray
 
-    from synth_empathy import selection
+    from synth_empathy.cli import select as selection
 
     ray.init(address=os.environ.get("RAY_ADDRESS") or None)
     try:

@@ -10,17 +10,15 @@ documentation as a table.
 from __future__ import annotations
 
 import difflib
-import re
 import importlib.resources
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A configuration problem, reported in one line before any model loads."""
+from synth_empathy.errors import ConfigError  # noqa: F401 (re-exported)
 
 
 def opt(default: Any, doc: str) -> Any:
@@ -47,9 +45,7 @@ class EngineConfig:
     pipeline_parallel_size: int = opt(1, "pipeline parallel degree inside one replica")
     accelerator_type: Optional[str] = opt(None, "Ray accelerator type to ask for (e.g. H100)")
     batch_size: int = opt(16, "rows per batch sent to an engine")
-    helper_cpus: float = opt(
-        0.25, "CPUs per chat-template / tokenizer / detokenizer actor around the engine"
-    )
+    helper_cpus: float = opt(0.25, "CPUs per chat-template / tokenizer / detokenizer actor around the engine")
     max_model_len: int = opt(2048, "context length the engine reserves per sequence")
     dtype: str = opt("bfloat16", "weight and activation dtype")
     memory_utilization: float = opt(
@@ -74,9 +70,7 @@ class SamplingConfig:
 @dataclass
 class SeedsConfig:
     path: str = opt("", "seed file or URL; empty = the seed file shipped in the package")
-    layout: str = opt(
-        "auto", "auto | shipped | pairs | ed_csv | ed_turns_csv | ed_parquet"
-    )
+    layout: str = opt("auto", "auto | shipped | pairs | ed_csv | ed_turns_csv | ed_parquet")
     limit: Optional[int] = opt(None, "use only the first N seed pairs")
 
 
@@ -123,9 +117,7 @@ class QualityConfig:
     threshold: float = opt(60.0, "keep rows whose quality score is >= this (paper: 50 or 60)")
     batch_size: int = opt(64, "texts per embedding batch")
     replicas: int = opt(1, "embedding actors")
-    cpus_per_replica: float = opt(
-        2.0, "CPUs per embedding actor; Ray sets the actor's torch threads to this number"
-    )
+    cpus_per_replica: float = opt(2.0, "CPUs per embedding actor; Ray sets the actor's torch threads to this number")
     gpus_per_replica: float = opt(0.0, "GPUs per embedding actor")
 
 
@@ -147,8 +139,11 @@ class JudgeConfig:
     enabled: bool = opt(True, "judge the selected rows (adds naturalness, coherence, empathy)")
     engine: EngineConfig = sub(EngineConfig, "the judge engine (paper: a strong LLM)")
     sampling: SamplingConfig = sub(
-        SamplingConfig, "judge sampling: greedy, a few tokens for three short lines",
-        temperature=0.0, top_p=1.0, max_tokens=24,
+        SamplingConfig,
+        "judge sampling: greedy, a few tokens for three short lines",
+        temperature=0.0,
+        top_p=1.0,
+        max_tokens=24,
     )
     constrained: bool = opt(
         True,
@@ -160,8 +155,9 @@ class JudgeConfig:
 @dataclass
 class RayConfig:
     address: str = opt(
-        "", "Ray address; empty = RAY_ADDRESS, else a new local Ray started here; auto = the "
-        "cluster already running on this node"
+        "",
+        "Ray address; empty = RAY_ADDRESS, else a new local Ray started here; auto = the "
+        "cluster already running on this node",
     )
     num_cpus: Optional[int] = opt(
         None,
@@ -208,6 +204,7 @@ class PipelineConfig:
 
 
 # --------------------------------------------------------------------------- loading
+
 
 def preset_names() -> List[str]:
     folder = importlib.resources.files("synth_empathy") / "presets"
@@ -322,8 +319,9 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, DictConfig):
         obj = OmegaConf.to_container(obj, resolve=True)
     if isinstance(obj, dict):
-        return {k: (REDACTED if _SECRET_NAME.search(str(k)) and v not in (None, "") else redact(v))
-                for k, v in obj.items()}
+        return {
+            k: (REDACTED if _SECRET_NAME.search(str(k)) and v not in (None, "") else redact(v)) for k, v in obj.items()
+        }
     if isinstance(obj, (list, tuple)):
         return [redact(v) for v in obj]
     return obj

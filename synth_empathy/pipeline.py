@@ -18,24 +18,27 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, Optional
+from collections.abc import Callable
+from typing import Any
 
 import pyarrow.compute as pc
 from omegaconf import DictConfig
 from ray.data.expressions import col
 
-from synth_empathy import diversity, export, report, schemas
+from synth_empathy import report, schemas
+from synth_empathy.cluster.submit import check_cluster
 from synth_empathy.config import redacted_yaml
-from synth_empathy.discriminator import Discriminator
-from synth_empathy.generation import Generation, expand_seeds
-from synth_empathy.judge import Judge
-from synth_empathy.manifest import new_manifest
-from synth_empathy.models import check_model, resolve_model
-from synth_empathy.quality import score_stage
-from synth_empathy.seeds import default_seed_path, read_seeds, validate_seed_source
-from synth_empathy.store import RunStore, exclude_ids, new_run_id, storage_options
-from synth_empathy.submit import check_cluster
-from synth_empathy.turns import turns_stage
+from synth_empathy.models.weights import check_model, resolve_model
+from synth_empathy.stages import export
+from synth_empathy.stages import selection as diversity
+from synth_empathy.stages.discriminator import Discriminator
+from synth_empathy.stages.generation import Generation, expand_seeds
+from synth_empathy.stages.judge import Judge
+from synth_empathy.stages.quality import score_stage
+from synth_empathy.stages.turns import turns_stage
+from synth_empathy.storage.manifest import new_manifest
+from synth_empathy.storage.run_store import RunStore, exclude_ids, new_run_id, storage_options
+from synth_empathy.storage.seed_sources import default_seed_path, read_seeds, validate_seed_source
 
 log = logging.getLogger("synth_empathy")
 
@@ -52,17 +55,17 @@ def preflight(cfg: DictConfig) -> RunStore:
     return store
 
 
-def run(cfg: DictConfig) -> Dict[str, Any]:
+def run(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) the whole job; returns the report."""
     store = preflight(cfg)
     log.info("run %s -> %s", store.run_id, store.url)
     store.write_bytes("config.yaml", redacted_yaml(cfg).encode())
     manifest = new_manifest(store, cfg)
     init_ray(cfg)
-    timings: Dict[str, float] = {}
+    timings: dict[str, float] = {}
     part_rows = cfg.storage.part_rows
 
-    def stage(name: str, build: Callable[[], None], key: Optional[str] = None) -> None:
+    def stage(name: str, build: Callable[[], None], key: str | None = None) -> None:
         if store.is_done(name):
             log.info("[%s] finished in an earlier attempt; reading it back", name)
             info = store.marker(name)
@@ -82,17 +85,22 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
         store.write_json("manifest.json", manifest)
         log.info("[%s] done in %.1f s", name, timings[name])
 
-    def keyed(name: str, source: Callable[[], Any], transform: Callable[[Any], Any], schema,
-              llm: bool = False) -> None:
+    def keyed(name: str, source: Callable[[], Any], transform: Callable[[Any], Any], schema, llm: bool = False) -> None:
         """A Ray stage keyed by sample_id, resumable row by row (see RunStore.resume)."""
+
         def build() -> None:
             import ray
 
             done = store.resume(name)
             ds = source()
             if len(done):
-                log.info("[%s] resuming: %d rows in %d complete parts kept, %d unreadable parts removed",
-                         name, len(done), store.salvaged["parts_kept"], store.salvaged["parts_dropped"])
+                log.info(
+                    "[%s] resuming: %d rows in %d complete parts kept, %d unreadable parts removed",
+                    name,
+                    len(done),
+                    store.salvaged["parts_kept"],
+                    store.salvaged["parts_dropped"],
+                )
                 ds = ds.map_batches(exclude_ids, fn_args=([ray.put(done)],), batch_format="pyarrow")
             if llm:  # parts of at most part_rows rows: the progress a crash keeps
                 ds = ds.repartition(target_num_rows_per_block=part_rows, strict=True)
@@ -103,8 +111,9 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     # 0. Seeds: the dialogues the method starts from.
     def seeds() -> None:
         path = cfg.seeds.path or default_seed_path()
-        table = read_seeds(path, layout=cfg.seeds.layout, limit=cfg.seeds.limit,
-                           storage_options=storage_options(path, cfg.storage))
+        table = read_seeds(
+            path, layout=cfg.seeds.layout, limit=cfg.seeds.limit, storage_options=storage_options(path, cfg.storage)
+        )
         store.write_table("seeds", table.to_arrow(), schemas.SEEDS)
         store.write_json("seeds.json", {"path": table.path, "layout": table.layout, "dropped": table.dropped})
 
@@ -112,27 +121,40 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
 
     # 1. Generation: n new multi-round dialogues per seed.
     g = cfg.generation
-    keyed("generations",
-          lambda: store.read_dataset("seeds").map_batches(
-              expand_seeds, fn_kwargs={"samples_per_seed": g.samples_per_seed}, batch_format="numpy"),
-          lambda ds: Generation(g.engine, g.sampling, g.min_rounds)(ds, model_path=resolve_model(g.engine.model)),
-          schemas.GENERATIONS, llm=True)
+    keyed(
+        "generations",
+        lambda: store.read_dataset("seeds").map_batches(
+            expand_seeds, fn_kwargs={"samples_per_seed": g.samples_per_seed}, batch_format="numpy"
+        ),
+        lambda ds: Generation(g.engine, g.sampling, g.min_rounds)(ds, model_path=resolve_model(g.engine.model)),
+        schemas.GENERATIONS,
+        llm=True,
+    )
 
     # 2. Parse rounds and sample turns: history of k rounds -> the aligned target.
-    keyed("samples", lambda: store.read_dataset("generations"),
-          lambda ds: turns_stage(ds, seed=cfg.seed, turns_cfg=cfg.turns, max_tokens=g.sampling.max_tokens),
-          schemas.SAMPLES)
+    keyed(
+        "samples",
+        lambda: store.read_dataset("generations"),
+        lambda ds: turns_stage(ds, seed=cfg.seed, turns_cfg=cfg.turns, max_tokens=g.sampling.max_tokens),
+        schemas.SAMPLES,
+    )
 
     # 3a. The discriminator answers every sampled history itself.
     d = cfg.discriminator
-    keyed("discriminated", lambda: store.read_dataset("samples").filter(expr=col("drop_reason").is_null()),
-          lambda ds: Discriminator(d.engine, d.sampling, d.system_prompt, d.input_format, schemas.SAMPLE_CARRY)(
-              ds, model_path=resolve_model(d.engine.model)),
-          schemas.DISCRIMINATED, llm=True)
+    keyed(
+        "discriminated",
+        lambda: store.read_dataset("samples").filter(expr=col("drop_reason").is_null()),
+        lambda ds: Discriminator(d.engine, d.sampling, d.system_prompt, d.input_format, schemas.SAMPLE_CARRY)(
+            ds, model_path=resolve_model(d.engine.model)
+        ),
+        schemas.DISCRIMINATED,
+        llm=True,
+    )
 
     # 3b. Quality score = 100 x cos(target, discriminator answer); keep >= threshold.
-    keyed("scored", lambda: store.read_dataset("discriminated"),
-          lambda ds: score_stage(ds, cfg.quality), schemas.SCORED)
+    keyed(
+        "scored", lambda: store.read_dataset("discriminated"), lambda ds: score_stage(ds, cfg.quality), schemas.SCORED
+    )
 
     # 4. Diversity: greedy k-center over the kept rows' embeddings.
     def selected() -> None:
@@ -148,24 +170,29 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
 
     # 6. A judge LLM rates every selected row on naturalness, coherence and empathy.
     j = cfg.judge
+
     def judged() -> None:
         if store.count_rows("selected") == 0:  # no engine start for nothing to judge
             store.write_table("judged", schemas.JUDGED.empty_table(), schemas.JUDGED)
             return
-        store.write_dataset("judged", Judge(j.engine, j.sampling, schemas.SELECTED.names, j.constrained)(
-            store.read_dataset("selected"), model_path=resolve_model(j.engine.model)), schemas.JUDGED)
+        store.write_dataset(
+            "judged",
+            Judge(j.engine, j.sampling, schemas.SELECTED.names, j.constrained)(
+                store.read_dataset("selected"), model_path=resolve_model(j.engine.model)
+            ),
+            schemas.JUDGED,
+        )
 
     if j.enabled:
         stage("judged", judged)
 
     result = report.write_report(store, cfg, timings)
-    manifest.update(counts=result.get("counts", {}), seconds=timings,
-                    finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    manifest.update(counts=result.get("counts", {}), seconds=timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     store.write_json("manifest.json", manifest)
     return result
 
 
-def init_ray(cfg: DictConfig, sections: Optional[tuple] = None) -> None:
+def init_ray(cfg: DictConfig, sections: tuple | None = None) -> None:
     """Join the configured cluster (or start a local Ray) and check it can hold the
     engines of ``sections`` (None: every stage of the pipeline)."""
     import ray
@@ -178,6 +205,11 @@ def init_ray(cfg: DictConfig, sections: Optional[tuple] = None) -> None:
     else:
         # address="local": a new Ray here even on a node that runs a cluster (plain
         # ray.init() would join that one, and refuse num_cpus).
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
-                 log_to_driver=True, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+        ray.init(
+            address="local",
+            num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1),
+            include_dashboard=False,
+            log_to_driver=True,
+            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+        )
     check_cluster(cfg, sections)  # a GPU preset on a cluster without GPUs fails here, not after hours

@@ -11,25 +11,25 @@ import io
 import json
 import logging
 from collections import Counter
-from typing import Any, Dict, List
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 
-from synth_empathy.judge import judge_summary
-from synth_empathy.metrics import diversity_report
+from synth_empathy.core.diversity_metrics import diversity_report
+from synth_empathy.stages.judge import judge_summary
 
 log = logging.getLogger(__name__)
 
 STAGES = ("seeds", "generations", "samples", "discriminated", "scored", "selected")
 
 
-def _value_counts(table, column: str) -> Dict[str, int]:
+def _value_counts(table, column: str) -> dict[str, int]:
     counts = Counter(v for v in table.column(column).to_pylist() if v is not None)
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def _read_json(store, name: str) -> Dict[str, Any]:
+def _read_json(store, name: str) -> dict[str, Any]:
     try:
         with store.fs.open(store.path(name), "r") as f:
             return json.load(f)
@@ -37,7 +37,7 @@ def _read_json(store, name: str) -> Dict[str, Any]:
         return {}
 
 
-def build_report(store, cfg, timings: Dict[str, float]) -> Dict[str, Any]:
+def build_report(store, cfg, timings: dict[str, float]) -> dict[str, Any]:
     gens = store.read_table("generations", columns=["num_generated_tokens", "error"])
     samples = store.read_table("samples", columns=["n_rounds", "n_history", "drop_reason"])
     disc = store.read_table("discriminated", columns=["disc_num_tokens"])
@@ -66,9 +66,14 @@ def build_report(store, cfg, timings: Dict[str, float]) -> Dict[str, Any]:
     if store.is_done("judged"):
         judged = store.read_table("judged", columns=["judge_num_tokens"])
         tokens["judge"] = int(pc.sum(judged.column("judge_num_tokens")).as_py() or 0)
-    rows_in = {"generations": counts["generations"], "samples": counts["generations"],
-               "discriminated": counts["discriminated"], "scored": counts["discriminated"],
-               "selected": counts["kept"], "judged": counts["selected"]}
+    rows_in = {
+        "generations": counts["generations"],
+        "samples": counts["generations"],
+        "discriminated": counts["discriminated"],
+        "scored": counts["discriminated"],
+        "selected": counts["kept"],
+        "judged": counts["selected"],
+    }
     throughput = {}
     for name, n in rows_in.items():
         secs = timings.get(name) or 0.0
@@ -97,7 +102,8 @@ def build_report(store, cfg, timings: Dict[str, float]) -> Dict[str, Any]:
             "mean": float(scores.mean()) if len(scores) else None,
             "median": float(np.median(scores)) if len(scores) else None,
             "kept_mean": float(np.mean([s for s in selected.column("quality_score").to_pylist() if s is not None]))
-            if selected.num_rows else None,
+            if selected.num_rows
+            else None,
         },
         "history_lengths": {
             "samples": _value_counts_int(samples.filter(pc.is_null(samples.column("drop_reason"))), "n_history"),
@@ -114,12 +120,12 @@ def build_report(store, cfg, timings: Dict[str, float]) -> Dict[str, Any]:
     }
 
 
-def _diversity(store, seed: int) -> Dict[str, Any]:
+def _diversity(store, seed: int) -> dict[str, Any]:
     """distinct-n and mean pairwise distance: the selected set vs random same-size subsets."""
     kept = store.read_table("scored", columns=["sample_id", "output", "embedding"], filter=pc.field("kept"))
     if kept.num_rows == 0:
         return {}
-    from synth_empathy.diversity import embeddings_matrix
+    from synth_empathy.stages.selection import embeddings_matrix
 
     x = embeddings_matrix(kept)
     chosen = set(store.read_table("selected", columns=["sample_id"]).column("sample_id").to_pylist())
@@ -128,20 +134,23 @@ def _diversity(store, seed: int) -> Dict[str, Any]:
     return diversity_report([outputs[i] for i in idx], x[idx], outputs, x, seed=seed)
 
 
-def _value_counts_int(table, column: str) -> Dict[str, int]:
+def _value_counts_int(table, column: str) -> dict[str, int]:
     counts = Counter(table.column(column).to_pylist())
     return {str(k): counts[k] for k in sorted(k for k in counts if k is not None)}
 
 
-def _plots(store, report: Dict[str, Any]) -> List[str]:
+def _plots(store, report: dict[str, Any]) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")  # no display on cluster workers or CI
     import matplotlib.pyplot as plt
 
     written = []
-    scores = [s for s in store.read_table("scored", columns=["quality_score"]).column("quality_score").to_pylist()
-              if s is not None]
+    scores = [
+        s
+        for s in store.read_table("scored", columns=["quality_score"]).column("quality_score").to_pylist()
+        if s is not None
+    ]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(scores, bins=np.linspace(min([0.0] + scores), 100, 41), color="#4c78a8")
     t = report["quality"]["threshold"]
@@ -179,47 +188,84 @@ def _save(store, fig, name: str) -> str:
     return name
 
 
-def to_markdown(report: Dict[str, Any]) -> str:
+def to_markdown(report: dict[str, Any]) -> str:
     c = report["counts"]
-    lines = [f"# synth-empathy run `{report['run_id']}`", "", f"Output: `{report['output']}`", "",
-             "## Counts", "", "| stage | rows |", "| --- | ---: |"]
+    lines = [
+        f"# synth-empathy run `{report['run_id']}`",
+        "",
+        f"Output: `{report['output']}`",
+        "",
+        "## Counts",
+        "",
+        "| stage | rows |",
+        "| --- | ---: |",
+    ]
     lines += [f"| {k} | {v:,} |" for k, v in c.items()]
     lines += ["", "## Dropped, with reasons", "", "| stage | reason | rows |", "| --- | --- | ---: |"]
     for stage, reasons in report["dropped"].items():
         lines += [f"| {stage} | {r} | {n:,} |" for r, n in reasons.items()]
-    lines += ["", "## Time and throughput", "", "| stage | seconds | rows/s | tokens/s |", "| --- | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        "## Time and throughput",
+        "",
+        "| stage | seconds | rows/s | tokens/s |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for stage, secs in report["seconds"].items():
         tp = report["throughput"].get(stage, {})
         lines.append(f"| {stage} | {secs:.1f} | {tp.get('rows_per_s') or ''} | {tp.get('tokens_per_s') or ''} |")
     lines.append(f"| total | {report['total_seconds']:.1f} | | |")
     q, s = report["quality"], report["selection"]
     fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
-    lines += ["", "## Quality and diversity", "",
-              f"- threshold T = {q['threshold']:g}; mean score {fmt(q['mean'])}, median {fmt(q['median'])}",
-              f"- k-center: {s.get('selected', 0)} of {s.get('candidates', 0)} kept rows selected "
-              f"({s.get('method')}), covering radius {s.get('radius')}",
-              ]
+    lines += [
+        "",
+        "## Quality and diversity",
+        "",
+        f"- threshold T = {q['threshold']:g}; mean score {fmt(q['mean'])}, median {fmt(q['median'])}",
+        f"- k-center: {s.get('selected', 0)} of {s.get('candidates', 0)} kept rows selected "
+        f"({s.get('method')}), covering radius {s.get('radius')}",
+    ]
     div = report.get("diversity") or {}
     if div:
-        lines += ["", "| set | rows | distinct-1 | distinct-2 | mean pairwise distance |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "| set | rows | distinct-1 | distinct-2 | mean pairwise distance |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
         for name in ("selected", "random", "kept"):
             d = div[name]
-            lines.append(f"| {name} | {d['n']} | {d['distinct_1']:.3f} | {d['distinct_2']:.3f} | {d['mean_pairwise_distance']:.3f} |")
-        lines.append(f"\n(random: mean of {div['random']['repeats']} seeded random subsets of the kept rows, same size as the selection)")
+            lines.append(
+                f"| {name} | {d['n']} | {d['distinct_1']:.3f} | {d['distinct_2']:.3f} | {d['mean_pairwise_distance']:.3f} |"
+            )
+        lines.append(
+            f"\n(random: mean of {div['random']['repeats']} seeded random subsets of the kept rows, same size as the selection)"
+        )
     jd = report.get("judge")
     if jd:
-        lines += ["", "## Judge (1-3)", "", f"{jd['parsed']} of {jd['rows']} rows rated; unparsable: {jd['reasons'] or 0}", "",
-                  "| criterion | mean | 1 | 2 | 3 |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "## Judge (1-3)",
+            "",
+            f"{jd['parsed']} of {jd['rows']} rows rated; unparsable: {jd['reasons'] or 0}",
+            "",
+            "| criterion | mean | 1 | 2 | 3 |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
         for name, c in jd["criteria"].items():
             d = c["distribution"]
             mean = "n/a" if c["mean"] is None else f"{c['mean']:.2f}"
             lines.append(f"| {name} | {mean} | {d['1']} | {d['2']} | {d['3']} |")
-    lines += ["", "![quality scores](plots/quality_scores.png)", "",
-              "![history lengths](plots/history_lengths.png)", ""]
+    lines += [
+        "",
+        "![quality scores](plots/quality_scores.png)",
+        "",
+        "![history lengths](plots/history_lengths.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def write_report(store, cfg, timings: Dict[str, float]) -> Dict[str, Any]:
+def write_report(store, cfg, timings: dict[str, float]) -> dict[str, Any]:
     report = build_report(store, cfg, timings)
     report["plots"] = _plots(store, report)
     store.write_json("report.json", report)

@@ -13,21 +13,45 @@ _str, _int, _float = pa.string(), pa.int64(), pa.float64()
 ROUND = pa.struct([("context", _str), ("response", _str)])
 TURN = pa.struct([("role", _str), ("content", _str)])
 
-SEEDS = pa.schema([
-    ("seed_id", _str), ("context", _str), ("response", _str), ("emotion", _str), ("source", _str),
-])
+SEEDS = pa.schema(
+    [
+        ("seed_id", _str),
+        ("context", _str),
+        ("response", _str),
+        ("emotion", _str),
+        ("source", _str),
+    ]
+)
 
-GENERATIONS = pa.schema([
-    ("seed_id", _str), ("sample_id", _str), ("emotion", _str), ("prompt", _str),
-    ("raw_text", _str), ("model", _str), ("num_generated_tokens", _int), ("error", _str),
-])
+GENERATIONS = pa.schema(
+    [
+        ("seed_id", _str),
+        ("sample_id", _str),
+        ("emotion", _str),
+        ("prompt", _str),
+        ("raw_text", _str),
+        ("model", _str),
+        ("num_generated_tokens", _int),
+        ("error", _str),
+    ]
+)
 
-SAMPLES = pa.schema([
-    ("seed_id", _str), ("sample_id", _str), ("emotion", _str),
-    ("rounds", pa.list_(ROUND)), ("n_rounds", _int),
-    ("instruction", _str), ("output", _str), ("n_history", _int), ("history", pa.list_(TURN)),
-    ("drop_reason", _str), ("incomplete_rounds", _int), ("overlong_responses", _int),
-])
+SAMPLES = pa.schema(
+    [
+        ("seed_id", _str),
+        ("sample_id", _str),
+        ("emotion", _str),
+        ("rounds", pa.list_(ROUND)),
+        ("n_rounds", _int),
+        ("instruction", _str),
+        ("output", _str),
+        ("n_history", _int),
+        ("history", pa.list_(TURN)),
+        ("drop_reason", _str),
+        ("incomplete_rounds", _int),
+        ("overlong_responses", _int),
+    ]
+)
 
 # Columns of a sample that travel on to the discriminator and beyond.
 SAMPLE_CARRY = ("seed_id", "sample_id", "emotion", "instruction", "output", "n_history", "history")
@@ -39,8 +63,7 @@ DISCRIMINATED = pa.schema(
 
 SCORED = pa.schema(
     list(DISCRIMINATED)
-    + [("quality_score", _float), ("kept", pa.bool_()), ("drop_reason", _str),
-       ("embedding", pa.list_(pa.float32()))]
+    + [("quality_score", _float), ("kept", pa.bool_()), ("drop_reason", _str), ("embedding", pa.list_(pa.float32()))]
 )
 
 SELECTED = pa.schema(
@@ -50,8 +73,13 @@ SELECTED = pa.schema(
 
 # Step 6: the judge's ratings of each selected row (null when not parsed, see judge.py).
 JUDGED_COLUMNS = [
-    ("naturalness", _int), ("coherence", _int), ("empathy", _int),
-    ("judge_model", _str), ("judge_num_tokens", _int), ("judge_error", _str), ("judge_reason", _str),
+    ("naturalness", _int),
+    ("coherence", _int),
+    ("empathy", _int),
+    ("judge_model", _str),
+    ("judge_num_tokens", _int),
+    ("judge_error", _str),
+    ("judge_reason", _str),
 ]
 JUDGED = pa.schema(list(SELECTED) + JUDGED_COLUMNS)
 

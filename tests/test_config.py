@@ -72,12 +72,14 @@ def test_every_option_is_documented():
         assert f"| `{key}` |" in table
     # The docs list exactly what the schema accepts.
     flat = OmegaConf.to_container(load_config(), resolve=True)
+
     def leaves(d, p=""):
         for k, v in d.items():
             if isinstance(v, dict) and v and not k == "extra":
                 yield from leaves(v, p + k + ".")
             else:
                 yield p + k
+
     assert sorted(leaves(flat)) == sorted(k for k, _, _ in keys)
 
 
@@ -86,9 +88,8 @@ def test_readme_config_table_is_the_schemas_own():
     import pathlib
     import re
 
-    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
     section = re.search(r"<!-- config-table:start -->\n(.*)\n<!-- config-table:end -->", readme, re.S)
     assert section and section.group(1) == docs_table(), (
-        "README config table is stale: regenerate it with "
-        "python -m synth_empathy config --docs"
+        "README config table is stale: regenerate it with python -m synth_empathy config --docs"
     )

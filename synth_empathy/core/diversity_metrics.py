@@ -1,0 +1,138 @@
+"""Diversity metrics for the report: is the selected set more varied than chance?
+
+Two views of a set of answers:
+
+* **distinct-n** (Li et al., 2016) on the text: the number of distinct n-grams divided
+  by the number of all n-grams, over the whole set. Tokens are the lowercased text
+  split on whitespace (no punctuation handling: ``"sad."`` and ``"sad"`` differ);
+  n-grams never cross from one text into the next. The value grows as a set repeats
+  itself less, but it also falls as a set grows, so only sets of equal size compare.
+* **mean pairwise distance** on the embeddings: the mean Euclidean distance between
+  two different rows' vectors (for unit vectors ``sqrt(2 - 2 cos)``, 0..2).
+
+:func:`diversity_report` puts the selected set beside random subsets of the same size
+drawn (seeded) from the same kept rows, the baseline k-center selection has to beat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _tokens(text: Any) -> list[str]:
+    return str(text or "").lower().split()
+
+
+def distinct_n(texts: Iterable[Any], n: int) -> float:
+    """Distinct n-grams / all n-grams over ``texts`` (0.0 when there are no n-grams)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    seen = set()
+    total = 0
+    for text in texts:
+        tokens = _tokens(text)
+        for i in range(len(tokens) - n + 1):
+            seen.add(tuple(tokens[i : i + n]))
+            total += 1
+    return len(seen) / total if total else 0.0
+
+
+def _as_matrix(vectors: Any) -> np.ndarray:
+    if vectors is None:
+        return np.zeros((0, 0), dtype=np.float64)
+    if not isinstance(vectors, np.ndarray):
+        vectors = [np.asarray(v, dtype=np.float64) for v in vectors]
+        return np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float64)
+    x = np.asarray(vectors, dtype=np.float64)
+    return x.reshape(len(x), -1) if x.size else np.zeros((len(x), 0), dtype=np.float64)
+
+
+def mean_pairwise_distance(vectors: Any, max_pairs: int = 200_000, seed: int = 0) -> float:
+    """Mean Euclidean distance over pairs of different rows of ``vectors`` (N x d).
+
+    Exact - every unordered pair once - when N(N-1)/2 <= ``max_pairs``; otherwise an
+    unbiased estimate from ``max_pairs`` pairs (i, j), i != j, drawn uniformly with
+    replacement by a generator seeded with ``seed`` (standard error about
+    std(distance) / sqrt(max_pairs)). Fewer than two rows: 0.0.
+    Computed in float64; any vectors work, the pipeline's are unit vectors.
+    """
+    x = _as_matrix(vectors)
+    n = x.shape[0]
+    if n < 2:
+        return 0.0
+    sq = np.einsum("ij,ij->i", x, x)
+    if n * (n - 1) // 2 <= max_pairs:
+        total = 0.0
+        step = max(1, 4_000_000 // max(n, 1))  # rows per block: bounded memory
+        for start in range(0, n - 1, step):
+            block = x[start : start + step]
+            d2 = sq[start : start + step, None] + sq[None, :] - 2.0 * block @ x.T
+            dist = np.sqrt(np.maximum(d2, 0.0))
+            rows = np.arange(start, start + len(block))[:, None]
+            total += float(dist[np.arange(n)[None, :] > rows].sum())  # upper triangle only
+        return total / (n * (n - 1) / 2)
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, size=max_pairs)
+    j = rng.integers(0, n - 1, size=max_pairs)
+    j = j + (j >= i)  # uniform over the other n-1 rows
+    d2 = sq[i] + sq[j] - 2.0 * np.einsum("ij,ij->i", x[i], x[j])
+    return float(np.sqrt(np.maximum(d2, 0.0)).mean())
+
+
+def set_metrics(outputs: Sequence[Any], vectors: Any, max_pairs: int = 200_000, seed: int = 0) -> dict[str, Any]:
+    """distinct-1, distinct-2 and mean pairwise distance of one set."""
+    return {
+        "n": len(outputs),
+        "distinct_1": round(distinct_n(outputs, 1), 6),
+        "distinct_2": round(distinct_n(outputs, 2), 6),
+        "mean_pairwise_distance": round(mean_pairwise_distance(vectors, max_pairs, seed), 6),
+    }
+
+
+def diversity_report(
+    selected_outputs: Sequence[Any],
+    selected_vectors: Any,
+    kept_outputs: Sequence[Any],
+    kept_vectors: Any,
+    seed: int = 0,
+    repeats: int = 5,
+    max_pairs: int = 200_000,
+) -> dict[str, Any]:
+    """The selected set against random subsets of the same size from the kept rows.
+
+    ``kept_*`` are all rows that passed the quality threshold (the candidates k-center
+    chose from); ``selected_*`` the rows it chose. ``repeats`` random subsets are drawn
+    without replacement by ``numpy.random.default_rng(seed)``; the report gives their
+    mean (and standard deviation) per metric, and ``selected_minus_random`` the
+    difference of the selected set's value and that mean (> 0: more diverse than chance).
+    With every kept row selected the two sets are the same and the differences are 0.
+    """
+    kept_x = _as_matrix(kept_vectors)
+    n_kept, k = len(kept_outputs), len(selected_outputs)
+    if kept_x.shape[0] != n_kept:
+        raise ValueError(f"{n_kept} kept outputs but {kept_x.shape[0]} kept vectors")
+    if k > n_kept:
+        raise ValueError(f"{k} selected rows but only {n_kept} kept rows to choose from")
+    selected = set_metrics(selected_outputs, selected_vectors, max_pairs, seed)
+    rng = np.random.default_rng(seed)
+    draws: list[dict[str, Any]] = []
+    for r in range(max(1, repeats)):
+        idx = np.sort(rng.choice(n_kept, size=k, replace=False))
+        draws.append(set_metrics([kept_outputs[i] for i in idx], kept_x[idx] if k else None, max_pairs, seed + r))
+    keys = ("distinct_1", "distinct_2", "mean_pairwise_distance")
+    random_mean = {key: round(float(np.mean([d[key] for d in draws])), 6) for key in keys}
+    random_std = {key: round(float(np.std([d[key] for d in draws])), 6) for key in keys}
+    return {
+        "selected": selected,
+        "random": {"n": k, "repeats": len(draws), **random_mean, "std": random_std},
+        "kept": set_metrics(kept_outputs, kept_x, max_pairs, seed),
+        "selected_minus_random": {key: round(selected[key] - random_mean[key], 6) for key in keys},
+        "seed": seed,
+        "method": {
+            "distinct_n": "distinct n-grams / all n-grams, lowercased whitespace tokens, per-text n-grams",
+            "mean_pairwise_distance": f"Euclidean, exact up to {max_pairs} pairs, else {max_pairs} sampled pairs",
+        },
+    }

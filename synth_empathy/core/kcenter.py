@@ -1,0 +1,647 @@
+"""Greedy k-center (farthest-first traversal) for diversity selection, exact and at scale.
+
+Greedy k-center (Gonzalez 1985) starts from one row and repeatedly adds the row farthest
+(Euclidean) from everything chosen so far; its covering radius is within 2x of the
+optimum (OPT). The plain form makes one pass over all N rows per pick: O(N k d), one
+memory-bound matrix-vector product per step. Methods here:
+
+* ``exact`` - **lazy exact greedy**: the same picks as the plain form (ties to the lowest
+  row index; float32 rounding can flip a near-tie closer than ~1e-7). Two ideas, neither
+  of which changes a pick:
+
+  1. *Lazy bounds.* Each row keeps its distance to the first ``last[i]`` centers, an
+     upper bound on its distance to the whole chosen set. Only rows whose bound reaches
+     the top are brought up to date, so a row that came close to some center early is
+     never compared with the later ones (100k clustered rows: about 17 % of the plain
+     form's row x center distances at keep 10 %, 48 % at keep 90 %).
+  2. *Several exact picks per round.* Once the top ``pool_size`` rows are up to date,
+     farthest-first runs inside that pool (one pool x pool product) for as long as the
+     pool's best row beats the largest bound outside it, which makes it the global
+     farthest row. Bounds are refreshed with blocked matrix products (BLAS 3, near the
+     machine's peak) instead of one memory-bound pass per pick.
+
+  Bound: identical to the plain greedy, so 2 x OPT.
+* ``fast`` - the same algorithm, but on a CPU with native bfloat16 (AVX512-BF16 or AMX)
+  each refresh ranks the new centers in bf16 (about 2.7x the float32 rate) and keeps the
+  float32 distance to the nearest one as ranked; the pool and the reported radius stay
+  float32 and exact. A kept distance exceeds the true one only when two centers are
+  within the bf16 error E <= 0.04 max|x|^2 (squared distance) of each other, so each
+  pick is farthest up to 2E and the covering radius is at most sqrt((2 OPT)^2 + 2E)
+  (measured: within 0.01 % of ``exact``). Without native bf16, ``fast`` is ``exact``.
+* ``sharded`` - two-round composable coreset (Malkomes, Kusner, Chen, Weinberger and
+  Moseley, NeurIPS 2015): rows are split into ``shards`` random parts, each part runs
+  the greedy for ``min(k, part size)`` centers as a Ray task, and the greedy runs again
+  over the union of the local centers. Bound: **4 x OPT**, hence at most 4x the exact
+  greedy's radius (greedy >= OPT); measured ratios are in benchmarks/README.md. When
+  ``k * shards >= N`` the union is the whole input and sharding saves nothing; it pays
+  off on a cluster for k well below N / shards.
+* ``auto`` - ``sharded`` when ``shards > 1``; else ``fast`` when N k >= 5e9 row x center
+  pairs, else ``exact``.
+
+Exact duplicate rows are collapsed first (the lowest index stands for its copies; copies
+are picked only once every distinct row is, lowest index first), so ties behave as in
+the plain form. With ``device="auto"`` the products run in float32 on a GPU through torch
+when ``torch.cuda.is_available()``; the CPU path never needs a GPU library. FAISS's flat
+index computes the same BLAS product plus a min, but cannot give each row its own range
+of new centers, which the lazy bounds need, so the products are called directly.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from synth_empathy.errors import SelectionError  # noqa: F401 (re-exported)
+
+METHODS = ("auto", "exact", "fast", "sharded")
+
+
+def resolve_k(n: int, k: int | None, ratio: float | None) -> int:
+    """Number of rows to keep: exactly one of ``k`` or ``ratio``.
+
+    ``ratio`` in (0, 1] keeps ``ceil(ratio * n)`` rows (any positive ratio keeps at least
+    one row, 1.0 keeps all); ``k`` must be a whole number in [1, n].
+    """
+    if n <= 0:
+        raise SelectionError("no rows to select from (the input is empty)")
+    if (k is None) == (ratio is None):
+        raise SelectionError("give exactly one of k (a count) or ratio (a fraction in (0, 1])")
+    if ratio is not None:
+        r = float(ratio)
+        if not (0.0 < r <= 1.0):  # also false for NaN
+            raise SelectionError(f"ratio must be in (0, 1], got {ratio!r}")
+        # The slack keeps 0.1 * 30 (= 3.0000000000000004) from becoming 4.
+        return max(1, min(n, math.ceil(r * n - 1e-9)))
+    try:
+        whole = not isinstance(k, bool) and int(k) == k
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
+        raise SelectionError(f"k must be a whole number, got {k!r}")
+    k = int(k)
+    if k < 1:
+        raise SelectionError(f"k must be at least 1, got {k}")
+    if k > n:
+        raise SelectionError(f"k={k} is larger than the number of rows ({n})")
+    return k
+
+
+@dataclass
+class KCenterResult:
+    """Picks in order, with the quality and the cost of the run."""
+
+    indices: np.ndarray  # int64 row indices in pick order
+    distance_at_pick: np.ndarray  # float64 distance of each pick to the earlier ones (inf first)
+    radius: float  # covering radius: max over rows of the distance to the nearest pick
+    method: str
+    device: str
+    seconds: float
+    peak_rss_bytes: int  # how far the run raised this process's peak resident set (ru_maxrss)
+    details: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- input
+
+
+def _check_matrix(x) -> np.ndarray:
+    """Shape and dtype checks (values are checked chunk by chunk in :func:`_dedup`)."""
+    try:
+        x = np.asarray(x)
+    except ValueError:  # ragged rows
+        x = np.asarray(x, dtype=object)
+    if x.dtype == object and x.ndim == 1 and len(x) and all(np.ndim(r) == 1 for r in x):
+        d0 = len(x[0])
+        i = next((i for i, r in enumerate(x) if len(r) != d0), None)
+        if i is not None:
+            raise SelectionError(f"row {i}: embedding has {len(x[i])} values, row 0 has {d0} (mixed dimensions)")
+    if x.dtype == object:
+        raise SelectionError("embeddings must be one numeric 2-D array (mixed dimensions?)")
+    if x.ndim != 2:
+        raise SelectionError(f"embeddings must be a 2-D array (rows x dims), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise SelectionError("no rows to select from (the input is empty)")
+    if x.shape[1] == 0:
+        raise SelectionError("embeddings have zero dimensions")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise SelectionError(f"embeddings must be numeric, got dtype {x.dtype}")
+    return x
+
+
+_CHUNK = 16384
+
+
+def _dedup(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact duplicate rows, and a check for NaN / infinite values, chunk by chunk.
+
+    Returns ``(uniq, rep)``: the ascending indices of each distinct row's first occurrence,
+    and ``rep[i]``, the first occurrence of row i's vector. Rows are compared as float32
+    bits after ``+ 0.0`` (which folds -0.0 into 0.0).
+    """
+    n, d = x.shape
+    mult = np.random.default_rng(0x6B63).integers(1, 2**63, size=d, dtype=np.uint64) | np.uint64(1)
+    h = np.empty(n, dtype=np.uint64)
+    for i in range(0, n, _CHUNK):
+        c = np.asarray(x[i : i + _CHUNK], dtype=np.float32) + np.float32(0.0)
+        bad = ~np.isfinite(c).all(axis=1)
+        if bad.any():
+            raise SelectionError(f"row {i + int(np.flatnonzero(bad)[0])}: embedding has NaN or infinite values")
+        # Integer multiply-add wraps mod 2**64: exact, whatever the summation order.
+        h[i : i + _CHUNK] = (c.view(np.uint32).astype(np.uint64) * mult).sum(axis=1)
+    order = np.argsort(h, kind="stable")  # equal hashes stay in index order
+    hs = h[order]
+    same = np.zeros(n, dtype=bool)
+    cand = np.flatnonzero(hs[1:] == hs[:-1]) + 1
+    for s in range(0, len(cand), _CHUNK):
+        c = cand[s : s + _CHUNK]
+        a = np.asarray(x[order[c - 1]], dtype=np.float32) + np.float32(0.0)
+        b = np.asarray(x[order[c]], dtype=np.float32) + np.float32(0.0)
+        same[c] = (a == b).all(axis=1)  # a hash collision of different rows stays apart
+    run = np.cumsum(~same) - 1
+    first = order[~same]
+    rep = np.empty(n, dtype=np.int64)
+    rep[order] = first[run]
+    return np.sort(first), rep
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+class _Numpy:
+    """Matrix products on the CPU through numpy's BLAS (float32)."""
+
+    name = "cpu"
+    host = True  # arrays are numpy arrays
+
+    def put(self, a):
+        return a
+
+    def get(self, a):
+        return a
+
+    def sqdist(self, a, an, b, bn):
+        """Full squared-distance matrix (len(a), len(b))."""
+        g = a @ b.T
+        g *= -2.0
+        g += an[:, None]
+        g += bn[None, :]
+        return np.maximum(g, 0.0, out=g)
+
+    def min_sqdist(self, a, an, b2, bn):
+        """Per row of ``a``, the smallest squared distance to the rows b (given as -2b)."""
+        g = a @ b2.T  # folding the -2 into the centers saves a pass over g
+        g += bn[None, :]
+        m = g.min(axis=1)
+        m += an
+        return np.maximum(m, 0.0, out=m)
+
+
+class _Torch:
+    """The same float32 products through torch on a CUDA device (or on the CPU, so that
+    CI can run this code path)."""
+
+    host = False
+
+    def __init__(self, device: str):
+        import torch
+
+        self.t = torch
+        self.dev = torch.device(device)
+        self.name = "torch-cpu" if self.dev.type == "cpu" else str(self.dev)
+
+    def put(self, a):
+        a = np.ascontiguousarray(a)
+        with warnings.catch_warnings():  # read-only input: torch only reads it
+            warnings.simplefilter("ignore", UserWarning)
+            return self.t.from_numpy(a).to(self.dev)
+
+    def get(self, a):
+        return a.cpu().numpy()
+
+    def sqdist(self, a, an, b, bn):
+        g = self.t.addmm(an[:, None] + bn[None, :], a, b.T, alpha=-2.0)
+        return g.clamp_(min=0.0)
+
+    def min_sqdist(self, a, an, b2, bn):
+        g = self.t.addmm(bn[None, :].expand(a.shape[0], -1), a, b2.T)
+        return (g.amin(dim=1) + an).clamp_(min=0.0)
+
+
+class _BF16:
+    """bfloat16 products through torch on a CPU with native bf16 (AVX512-BF16 or AMX),
+    about 2.7x the float32 BLAS rate on the benchmark machine. Used only to find each
+    row's nearest new center; the distance kept is recomputed in float32."""
+
+    name = "cpu-bf16"
+
+    def __init__(self):
+        import torch
+
+        self.t = torch
+
+    def put(self, a):
+        a = np.ascontiguousarray(a)
+        with warnings.catch_warnings():  # read-only input: converted, never written
+            warnings.simplefilter("ignore", UserWarning)
+            return self.t.from_numpy(a).to(self.t.bfloat16)
+
+    def min_arg(self, a, b2, bn):
+        """Per row of ``a``: (smallest |b|^2 - 2ab, its column), |a|^2 left out; all bf16,
+        the |b|^2 added inside the product so the big matrix is written once."""
+        return self.t.addmm(bn[None, :], a, b2.T).min(dim=1)
+
+
+def _bf16_native() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except Exception:  # no torch, or a torch without these probes: stay in float32
+        return False
+
+
+def _backend(device: str):
+    """``cpu``, ``cuda[:i]``, or ``auto`` (CUDA when torch sees a GPU, else CPU)."""
+    if device == "cpu":
+        return _Numpy()
+    if device == "auto":
+        try:
+            import torch
+        except ImportError:  # no torch, no GPU to use
+            return _Numpy()
+        return _Torch("cuda") if torch.cuda.is_available() else _Numpy()
+    if device == "torch-cpu":  # the GPU code path on the CPU, so CI can test it
+        return _Torch("cpu")
+    if device == "cuda" or device.startswith("cuda:"):
+        try:
+            import torch
+        except ImportError:
+            raise SelectionError(f"device {device!r} needs torch with CUDA") from None
+        if not torch.cuda.is_available():
+            raise SelectionError(f"device {device!r} asked for, but no GPU is visible")
+        return _Torch(device)
+    raise SelectionError(f"device must be auto, cpu or cuda, got {device!r}")
+
+
+# ----------------------------------------------------------------------------- engine
+
+_ROWS, _CENTERS = 4096, 2048  # one product block: 32 MiB of float32
+_BF16_MIN_CENTERS = 256
+
+
+class _Lazy:
+    """Lazy farthest-first over distinct rows.
+
+    ``u[i]`` is row i's squared distance to the first ``last[i]`` centers: exact for that
+    prefix (up to float32 rounding) and an upper bound for the whole chosen set.
+    ``u = -1`` marks a chosen row. With ``approx`` (bf16), a refresh keeps the float32
+    distance to the nearest center *as ranked in bf16*: still an upper bound, and above
+    the exact one only when two centers are within bf16 error of each other.
+    """
+
+    def __init__(self, xs: np.ndarray, orig: np.ndarray, k: int, be, approx=None):
+        self.xs, self.orig, self.be, self.approx = xs, orig, be, approx
+        self.n, self.d = xs.shape
+        self.xn = np.einsum("ij,ij->i", xs, xs)
+        self.u = np.full(self.n, np.inf, dtype=np.float32)
+        self.last = np.zeros(self.n, dtype=np.int64)
+        cap = min(k, self.n)
+        self.cpos = np.empty(cap, dtype=np.int64)
+        self.nc = 0
+        self.pairs = 0  # row x center distances evaluated
+        self.passes = 0  # refresh calls
+        if be.host:
+            self.gx, self.gxn = xs, self.xn
+            self.gc2 = np.empty((cap, self.d), dtype=np.float32)  # -2 x centers, pick order
+            self.gcn = np.empty(cap, dtype=np.float32)
+        else:
+            self.gx, self.gxn = be.put(xs), be.put(self.xn)
+            self.gc2 = be.t.empty((cap, self.d), dtype=be.t.float32, device=be.dev)
+            self.gcn = be.t.empty(cap, dtype=be.t.float32, device=be.dev)
+        if approx is not None:
+            t = approx.t
+            self.ax = approx.put(xs)
+            self.ax_bits = self.ax.view(t.int16).numpy()  # same memory, for numpy gathers
+            self.ac2 = t.empty((cap, self.d), dtype=t.bfloat16)
+            self.acn = t.empty(cap, dtype=t.bfloat16)
+
+    def add_centers(self, pos: np.ndarray):
+        a, b = self.nc, self.nc + len(pos)
+        p = pos if self.be.host else self.be.put(pos)
+        self.gc2[a:b] = -2.0 * self.gx[p]
+        self.gcn[a:b] = self.gxn[p]
+        if self.approx is not None:
+            tp = self.approx.t.from_numpy(pos)
+            self.ac2[a:b] = -2.0 * self.ax[tp]  # exact in bf16: a power of two
+            self.acn[a:b] = self.approx.t.from_numpy(self.xn[pos])
+        self.cpos[a:b] = pos
+        self.nc = b
+        self.u[pos] = -1.0
+        self.last[pos] = b
+
+    def _exact_min(self, g: np.ndarray, a: int, upto: int) -> np.ndarray:
+        be = self.be
+        gi = g if be.host else be.put(g)
+        xr, xrn = self.gx[gi], self.gxn[gi]
+        best = self.u[g]
+        for c in range(a, upto, _CENTERS):
+            e = min(upto, c + _CENTERS)
+            best = np.minimum(best, be.get(be.min_sqdist(xr, xrn, self.gc2[c:e], self.gcn[c:e])))
+        return best
+
+    def _near_min(self, g: np.ndarray, a: int, upto: int) -> np.ndarray:
+        t = self.approx.t
+        # Gathers and merges in numpy: each torch call is a parallel region whose barrier
+        # stalls when other processes hold the cores, so only the products go to torch.
+        xr = t.from_numpy(self.ax_bits[g]).view(t.bfloat16)
+        bv = np.full(len(g), np.inf, dtype=np.float32)
+        bi = np.zeros(len(g), dtype=np.int64)
+        for c in range(a, upto, _CENTERS):
+            e = min(upto, c + _CENTERS)
+            v, j = self.approx.min_arg(xr, self.ac2[c:e], self.acn[c:e])
+            v = v.float().numpy()
+            take = v < bv
+            bv[take] = v[take]
+            bi[take] = j.numpy()[take] + c
+        near = self.cpos[bi]
+        dot = np.einsum("ij,ij->i", self.xs[g], self.xs[near])
+        d2 = np.maximum(self.xn[g] + self.xn[near] - 2.0 * dot, 0.0)
+        return np.minimum(self.u[g], d2)
+
+    def refresh(self, rows: np.ndarray, upto: int | None = None, exact: bool = False):
+        """Bring the bounds of ``rows`` up to date with the first ``upto`` centers."""
+        upto = self.nc if upto is None else upto
+        rows = rows[(self.last[rows] < upto) & (self.u[rows] >= 0)]
+        if rows.size == 0:
+            return
+        self.passes += 1
+        rows = rows[np.argsort(self.last[rows], kind="stable")]
+        cuts = np.flatnonzero(np.diff(self.last[rows])) + 1
+        for grp in np.split(rows, cuts):  # rows sharing a prefix share one product
+            a = int(self.last[grp[0]])
+            # Against a few new centers the fixed cost of the bf16 pass (gathers, the
+            # float32 recheck) outweighs its faster product: stay exact there.
+            near = self.approx is not None and not exact and upto - a >= _BF16_MIN_CENTERS
+            for s in range(0, len(grp), _ROWS):
+                g = grp[s : s + _ROWS]
+                self.u[g] = self._near_min(g, a, upto) if near else self._exact_min(g, a, upto)
+                self.pairs += len(g) * (upto - a)
+        self.last[rows] = upto
+
+    def _top(self, size: int) -> np.ndarray:
+        """The ``size`` live rows with the largest bounds, ties to the lowest index."""
+        u = self.u
+        size = min(size, self.n - self.nc)
+        if size <= 0:
+            return np.zeros(0, dtype=np.int64)
+        cand = np.argpartition(u, self.n - size)[self.n - size :]
+        thr = u[cand].min()
+        above = cand[u[cand] > thr]
+        ties = np.flatnonzero(u == thr)
+        ties = ties[np.argsort(self.orig[ties], kind="stable")]
+        return np.concatenate([above, ties[: size - len(above)]])
+
+    def fresh_pool(self, size: int):
+        """The top ``size`` rows, all up to date, and ``(bound, lowest original index)``
+        of the best row outside them, or ``(-inf, -1)``."""
+        while True:
+            wide = self._top(2 * size)
+            order = np.lexsort((self.orig[wide], -self.u[wide]))
+            pool, rest = wide[order[:size]], wide[order[size:]]
+            stale = wide[self.last[wide] < self.nc]
+            if not np.isin(pool, stale).any():
+                break
+            # Refreshing twice the pool's worth of stale rows per pass needs far fewer
+            # passes: most refreshed bounds drop and make room for the next stale ones.
+            self.refresh(stale)
+        if rest.size == 0:
+            return pool, (-np.inf, -1)
+        tau = self.u[rest[0]]
+        tied = np.flatnonzero(self.u == tau)
+        tied = tied[~np.isin(tied, pool)]
+        return pool, (float(tau), int(self.orig[tied].min()))
+
+    def round(self, want: int, size: int):
+        """Picks inside a fresh pool while its best row beats every row outside.
+
+        Returns (positions, squared distances at pick).
+        """
+        pool, (tau, tau_orig) = self.fresh_pool(size)
+        if pool.size == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        pool = pool[np.argsort(self.orig[pool], kind="stable")]  # argmax ties -> lowest index
+        porig = self.orig[pool]
+        pm = self.u[pool].copy()
+        if self.be.host:
+            g = self.be.sqdist(self.xs[pool], self.xn[pool], self.xs[pool], self.xn[pool])
+        else:
+            p = self.be.put(pool)
+            g = self.be.get(self.be.sqdist(self.gx[p], self.gxn[p], self.gx[p], self.gxn[p]))
+        picks, vals = [], []
+        while len(picks) < want:
+            j = int(np.argmax(pm))
+            v = pm[j]
+            if v < 0 or not (v > tau or (v == tau and porig[j] < tau_orig)):
+                break
+            picks.append(j)
+            vals.append(v)
+            np.minimum(pm, g[j], out=pm)
+            pm[j] = -1.0
+        picks = np.asarray(picks, dtype=np.int64)
+        self.u[pool] = pm  # the pool rows are now up to date with the new centers too
+        self.add_centers(pool[picks])
+        self.last[pool] = self.nc
+        return pool[picks], np.asarray(vals, dtype=np.float32)
+
+    def radius(self, batch: int = 1024) -> float:
+        """Exact covering radius (float32) of the chosen centers over all rows."""
+        if self.approx is not None:
+            # bf16-ranked bounds are upper bounds, not exact: re-check the top ones fully.
+            self.last[self.u >= 0] = 0
+        while self.nc < self.n:
+            top = self._top(batch)
+            best = top[np.argmax(self.u[top])]
+            if self.last[best] == self.nc:
+                return float(np.sqrt(max(float(self.u[best]), 0.0)))
+            self.refresh(top, exact=True)
+        return 0.0
+
+
+def _prepare(x):
+    """(first-occurrence indices, representative of each row, distinct rows as float32)."""
+    x = _check_matrix(x)
+    uniq, rep = _dedup(x)
+    if len(uniq) == len(x) and x.dtype == np.float32 and x.flags.c_contiguous:
+        return uniq, rep, x  # read only from here on: no second copy of a large input
+    return uniq, rep, np.ascontiguousarray(x[uniq], dtype=np.float32)
+
+
+# From this many row x center pairs (N k) on, ``auto`` takes ``fast``: below it the bf16
+# pass's fixed costs ate its gain on the benchmark machine (100k rows, keep 10 %).
+_AUTO_FAST_PAIRS = 5 * 10**9
+
+
+def _greedy(x, k: int, start: int, *, device: str = "cpu", fast: bool = False, pool_size: int = 2048):
+    """Lazy farthest-first; returns (indices, distance_at_pick, radius, details, device)."""
+    x = _check_matrix(x)
+    n = x.shape[0]
+    k = resolve_k(n, k, None)
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < n:
+        raise SelectionError(f"start must be a row index in [0, {n}), got {start!r}")
+    start = int(start)
+    be = _backend(device)
+    uniq, rep, xs = _prepare(x)
+    approx = None
+    if fast and be.host and _bf16_native():
+        # All products through torch then: numpy's BLAS threads and torch's OpenMP
+        # threads, each spinning while the other works, would fight over the cores.
+        be, approx = _Torch("cpu"), _BF16()
+    eng = _Lazy(xs, uniq, k, be, approx)
+    first = int(np.searchsorted(uniq, rep[start]))
+    eng.add_centers(np.array([first]))
+    eng.refresh(np.arange(eng.n))  # every bound against the start
+    picks, vals = [np.array([first])], [np.array([np.inf])]
+    got, rounds = 1, 0
+    while got < min(k, eng.n):
+        p, v = eng.round(k - got, pool_size)
+        if len(p) == 0:
+            break
+        picks.append(p)
+        vals.append(np.sqrt(v.astype(np.float64)))
+        got += len(p)
+        rounds += 1
+    idx = eng.orig[np.concatenate(picks)]
+    idx[0] = start  # the start row itself, even when it repeats an earlier row
+    dist = np.concatenate(vals)
+    radius = eng.radius()
+    if len(idx) < k:  # only copies of chosen rows are left, all at distance 0
+        chosen = np.zeros(n, dtype=bool)
+        chosen[idx] = True
+        extra = np.flatnonzero(~chosen)[: k - len(idx)]
+        idx = np.concatenate([idx, extra])
+        dist = np.concatenate([dist, np.zeros(len(extra))])
+    details = {
+        "rows": n,
+        "distinct_rows": int(eng.n),
+        "dim": int(eng.d),
+        "rounds": rounds,
+        "pool_size": pool_size,
+        "refresh_passes": eng.passes,
+        "products": "bf16 ranking, float32 distances" if approx is not None else "float32",
+        "distance_evaluations": int(eng.pairs),
+        # share of the plain form's N x k row-center distances that were evaluated
+        "evaluated_fraction": round(eng.pairs / max(1.0, float(n) * k), 4),
+    }
+    return idx.astype(np.int64), dist, radius, details, "cpu" if approx is not None else be.name
+
+
+def greedy_k_center(x: np.ndarray, k: int, start: int = 0) -> np.ndarray:
+    """Exact farthest-first traversal from row ``start``: int64 row indices in pick order.
+
+    Ties go to the lowest row index. Same picks as the plain O(N k d) form.
+    """
+    return _greedy(x, k, start, device="cpu")[0]
+
+
+def covering_radius(x: np.ndarray, indices) -> float:
+    """Max over rows of the Euclidean distance to the nearest row in ``indices``.
+
+    Exact (float32); uses the same lazy bounds, so a row that is close to an early
+    center is not compared with the rest.
+    """
+    x = _check_matrix(x)
+    idx = np.asarray(indices).ravel()
+    if idx.size == 0:
+        raise SelectionError("no selected rows to measure the covering radius from")
+    if not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= len(x):
+        raise SelectionError(f"selected indices must be row indices in [0, {len(x)})")
+    uniq, rep, xs = _prepare(x)
+    pos = np.searchsorted(uniq, rep[idx])
+    _, keep = np.unique(pos, return_index=True)
+    pos = pos[np.sort(keep)]  # distinct, in the given order
+    eng = _Lazy(xs, uniq, len(pos), _Numpy())
+    eng.add_centers(pos)
+    # Bounds from the first centers (in pick order these are spread out), then lazily.
+    eng.refresh(np.arange(eng.n), upto=min(eng.nc, _CENTERS))
+    return eng.radius()
+
+
+# ----------------------------------------------------------------------------- sharded
+
+
+def _shard_greedy(x, rows: np.ndarray, k: int, start: int, device: str, fast: bool):
+    """One shard's local greedy (a Ray task); returns the chosen global row indices."""
+    local_start = int(np.searchsorted(rows, start)) if start in rows else 0
+    return rows[_greedy(x[rows], min(k, len(rows)), local_start, device=device, fast=fast)[0]]
+
+
+def _sharded(x, k: int, start: int, seed: int, shards: int, device: str):
+    import ray
+
+    n = len(x)
+    shards = max(1, min(int(shards), n))
+    parts = [np.sort(p) for p in np.array_split(np.random.default_rng(seed).permutation(n), shards)]
+    fast = n // shards * k >= _AUTO_FAST_PAIRS
+    task = ray.remote(num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0)(_shard_greedy)
+    xref = ray.put(np.ascontiguousarray(x))
+    local = ray.get([task.remote(xref, p, k, start, device, fast) for p in parts])
+    union = np.unique(np.concatenate(local))
+    # The start row's shard started from it, so it is in the union.
+    merge_fast = len(union) * k >= _AUTO_FAST_PAIRS
+    idx, dist, _, det, dev = _greedy(x[union], k, int(np.searchsorted(union, start)), device=device, fast=merge_fast)
+    idx = union[idx]
+    details = {"shards": shards, "union_rows": int(len(union)), "local_fast": fast, "merge": det}
+    return idx, dist, covering_radius(x, idx), details, dev
+
+
+# ----------------------------------------------------------------------------- entry
+
+
+def select_k_center(
+    x: np.ndarray,
+    k: int,
+    *,
+    method: str = "auto",
+    start: int = 0,
+    seed: int = 0,
+    shards: int = 1,
+    device: str = "auto",
+) -> KCenterResult:
+    """Greedy k-center selection of ``k`` rows of ``x``, with radius, time and memory.
+
+    ``seed`` draws the shard split of ``sharded``; the start row is ``start``. Methods
+    are described in the module docstring.
+    """
+    if method not in METHODS:
+        raise SelectionError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if isinstance(shards, bool) or int(shards) != shards or shards < 1:
+        raise SelectionError(f"shards must be a whole number of at least 1, got {shards!r}")
+    x = _check_matrix(x)
+    n = x.shape[0]
+    k = resolve_k(n, k, None)
+    if method == "auto":
+        used = "sharded" if shards > 1 else "fast" if n * k >= _AUTO_FAST_PAIRS else "exact"
+    else:
+        used = method
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    if used == "sharded":
+        idx, dist, radius, details, dev = _sharded(x, k, start, seed, shards, device)
+    else:
+        idx, dist, radius, details, dev = _greedy(x, k, start, device=device, fast=used == "fast")
+    seconds = time.perf_counter() - t0
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024  # Linux: KiB
+    return KCenterResult(
+        indices=idx,
+        distance_at_pick=dist,
+        radius=float(radius),
+        method=used,
+        device=dev,
+        seconds=seconds,
+        peak_rss_bytes=int(grown),
+        details=details,
+    )

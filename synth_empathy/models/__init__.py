@@ -1,0 +1,1 @@
+"""Model weights (packaged, local folder or hub id) and the sentence embedder."""

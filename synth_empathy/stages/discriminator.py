@@ -1,0 +1,49 @@
+"""Method step 3a - the discriminator answers each sampled history itself.
+
+The discriminator (in the paper, an LLM fine-tuned on EmpatheticDialogues) reads the
+sample's history - up to the speaker turn the target answers - under the system prompt
+"you are a helpful assistant" and writes its own listener answer. :mod:`synth_empathy.stages.quality` then compares that answer with the generated target.
+
+in:  samples (rows without a drop reason)  ``seed_id, sample_id, instruction, output, ...``
+out: ``+ disc_response, disc_model, disc_num_tokens, disc_error``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from synth_empathy.stages.llm import LLMStage
+
+
+def discriminator_messages(row: dict[str, Any], system_prompt: str, input_format: str = "chat") -> list[dict[str, str]]:
+    """What the discriminator reads: the history, ending where the listener speaks.
+
+    ``instruction`` sends the sample's instruction text as written in the training
+    data (what an ED-tuned discriminator saw in training); ``chat`` sends the same
+    history as user (speaker) / assistant (listener) turns, so an untuned chat model
+    answers as the listener instead of commenting on a transcript.
+    """
+    system = [{"role": "system", "content": system_prompt}]
+    if input_format == "instruction":
+        return system + [{"role": "user", "content": row["instruction"]}]
+    return system + [{"role": t["role"], "content": t["content"]} for t in row["history"]]
+
+
+class Discriminator(LLMStage):
+    name = "discriminator"
+    model_column = "disc_model"
+    tokens_column = "disc_num_tokens"
+    error_column = "disc_error"
+
+    def __init__(self, engine, sampling, system_prompt: str, input_format: str, passthrough: Sequence[str]) -> None:
+        super().__init__(engine, sampling)
+        self.system_prompt = system_prompt
+        self.input_format = input_format
+        self.passthrough = tuple(passthrough)
+
+    def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
+        return discriminator_messages(row, self.system_prompt, self.input_format)
+
+    def output_columns(self, row: dict[str, Any], text: str) -> dict[str, Any]:
+        return {"disc_response": text.strip()}

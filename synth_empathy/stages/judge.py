@@ -1,0 +1,260 @@
+"""Method step 6 - judging the data: an LLM rates every selected row 1-3.
+
+Three criteria, as in the paper; the rubrics below are written for this project:
+
+* **naturalness** - the response reads like something a real person would say;
+* **coherence** - it follows from the dialogue history and stays on its topic;
+* **empathy** - it recognises the speaker's feelings and answers them with care.
+
+The judge reads the sample's history (``history`` turns, or the ``instruction`` text
+when a row has no turns) and the target ``output``, and is asked for three lines
+``Naturalness: N`` / ``Coherence: N`` / ``Empathy: N``. (A placeholder such as
+``Naturalness: <1, 2 or 3>`` in the prompt was copied verbatim by SmolLM2-135M, so the
+prompt describes the lines in words instead.) As in
+:mod:`synth_empathy.stages.generation`, the answer is started for the model with
+:data:`ANSWER_PREFIX` (``Naturalness:``), an assistant message that the chat template
+continues: a small model then writes a digit far more often than a paragraph.
+
+:func:`parse_scores` reads the answer and never raises. A row gets all three scores
+or none; when it gets none, ``judge_reason`` says why:
+
+* ``judge_error`` - the engine failed on the request (``judge_error`` holds the message);
+* ``judge_empty`` - the model wrote nothing;
+* ``judge_out_of_range`` - a criterion was rated, but not with a whole number 1-3
+  (``0``, ``4``, ``2.5``, ``4/5`` ...);
+* ``judge_unparsable`` - one or more criteria have no rating at all.
+
+in:  selected rows  ``sample_id, instruction, output, history, ...``
+out: ``+ naturalness, coherence, empathy`` (int64, null when not parsed),
+     ``judge_model, judge_num_tokens, judge_error, judge_reason``
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from synth_empathy.stages.llm import LLMStage
+
+CRITERIA: tuple[str, ...] = ("naturalness", "coherence", "empathy")
+
+# Each criterion's rubric, one line per score (our words, after the paper's criteria).
+RUBRICS: dict[str, str] = {
+    "naturalness": (
+        "Naturalness - does the response read like something a real person would say? "
+        "1 = stiff, robotic, garbled or repetitive; 2 = understandable but with awkward "
+        "or unnatural wording; 3 = fluent and sounds like a real person talking."
+    ),
+    "coherence": (
+        "Coherence - does the response follow from the dialogue so far and stay on its "
+        "topic? 1 = ignores, contradicts or drifts away from what the speaker said; "
+        "2 = related but partly off topic or vague; 3 = answers what the speaker just "
+        "said and fits the whole dialogue."
+    ),
+    "empathy": (
+        "Empathy - does the response recognise the speaker's feelings and answer them "
+        "with care? 1 = ignores or dismisses the feelings; 2 = mentions the feelings "
+        "only in passing; 3 = clearly recognises the feelings and responds warmly and "
+        "supportively."
+    ),
+}
+
+SYSTEM_PROMPT = "You are a careful rater of empathetic conversations. You answer only with the ratings asked for."
+
+USER_TEMPLATE = """Rate the listener's last response in the conversation below on three criteria. Give each criterion a whole number from 1 (poor) to 3 (good).
+
+{rubrics}
+
+Conversation:
+{dialogue}
+
+Listener's response to rate:
+{response}
+
+Answer with three lines and nothing else: each criterion's name, a colon and its rating as one digit (1, 2 or 3)."""
+
+# The start of the answer, written for the model (see the module docstring).
+ANSWER_PREFIX = "Naturalness:"
+# What may follow the prefix when the answer is constrained: exactly the three ratings.
+ANSWER_PATTERN = r" [1-3]\nCoherence: [1-3]\nEmpathy: [1-3]"
+
+# New columns of the judged table, in order (schemas.JUDGED = SELECTED + these).
+
+
+# --------------------------------------------------------------------------- prompt
+
+
+def _role_name(role: str) -> str:
+    return "Listener" if str(role).lower() in ("assistant", "listener") else "Speaker"
+
+
+def dialogue_text(row: dict[str, Any]) -> str:
+    """The history the judged response answers, as ``Speaker:`` / ``Listener:`` lines."""
+    turns = row.get("history")
+    if turns is not None and len(turns) > 0:
+        return "\n".join(f"{_role_name(t['role'])}: {str(t['content']).strip()}" for t in turns)
+    return str(row.get("instruction") or "").strip()
+
+
+def judge_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    """Chat messages asking for the three ratings, the answer started with ANSWER_PREFIX."""
+    user = USER_TEMPLATE.format(
+        rubrics="\n".join(RUBRICS[c] for c in CRITERIA),
+        dialogue=dialogue_text(row),
+        response=str(row.get("output") or "").strip(),
+    )
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": ANSWER_PREFIX},
+    ]
+
+
+# --------------------------------------------------------------------------- parsing
+
+_LABELS = {
+    "naturalness": r"natural(?:ness)?",
+    "coherence": r"coheren(?:ce|t)",
+    "empathy": r"empath(?:y|etic|ic)",
+}
+_WORDS = {"one": 1, "two": 2, "three": 3, "zero": 0, "four": 4, "five": 5}
+# A label, then (on the same line) separators or markdown, then the rating.
+_VALUE = (
+    r"(?:\s*\([^)\n]{0,24}\))?"  # an echoed scale: 'Naturalness (1-3): 2'
+    r"[\s*_:=\-\u2013\u2014>\[\](]*"  # ': ', ' - ', '**: ', ' = ', '[', ...
+    r"(?P<value>\d+(?:\.\d+)?|" + "|".join(_WORDS) + r")"
+    r"(?!\s*(?:[-\u2013,]|or\b|to\b)\s*(?:\d|one|two|three))"  # a scale '1-3', '1, 2 or 3': no rating
+    r"(?:\s*(?:/|out\s+of|of)\s*(?P<scale>\d+))?"
+)
+_PATTERNS = {c: re.compile(r"\b" + label + r"\b" + _VALUE, re.IGNORECASE) for c, label in _LABELS.items()}
+
+
+def _rating(match: re.Match[str]) -> int | None:
+    """The rating a match holds, or None when it is not a whole number 1-3 on a 1-3 scale."""
+    value, scale = match.group("value").lower(), match.group("scale")
+    if scale is not None and scale != "3":
+        return None
+    if value in _WORDS:
+        n = _WORDS[value]
+    elif value.isdigit():
+        n = int(value)
+    else:  # 2.5, 3.0 ...
+        try:
+            f = float(value)
+        except ValueError:
+            return None
+        if not f.is_integer():
+            return None
+        n = int(f)
+    return n if 1 <= n <= 3 else None
+
+
+def parse_scores(text: Any) -> tuple[dict[str, int] | None, str | None]:
+    """``({criterion: 1..3}, None)`` from a judge answer, or ``(None, reason)``.
+
+    ``text`` is the whole answer, :data:`ANSWER_PREFIX` included. The first rating
+    after each criterion's name counts (small models sometimes repeat the block).
+    Never raises: anything that is not a string counts as ``judge_unparsable``.
+    """
+    try:
+        if not isinstance(text, str):
+            return None, "judge_unparsable"
+        body = text.strip()
+        if not body or body.lower().rstrip(":").strip() == ANSWER_PREFIX.lower().rstrip(":"):
+            return None, "judge_empty"
+        scores: dict[str, int] = {}
+        out_of_range = False
+        for criterion, pattern in _PATTERNS.items():
+            match = pattern.search(body)
+            if match is None:
+                continue
+            n = _rating(match)
+            if n is None:
+                out_of_range = True
+            else:
+                scores[criterion] = n
+        if len(scores) == len(CRITERIA):
+            return scores, None
+        return None, "judge_out_of_range" if out_of_range else "judge_unparsable"
+    except Exception:  # pragma: no cover - the promise is: never raise
+        return None, "judge_unparsable"
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+class Judge(LLMStage):
+    """The judge as a ``ray.data.llm`` processor over selected rows."""
+
+    name = "judge"
+    model_column = "judge_model"
+    tokens_column = "judge_num_tokens"
+    error_column = "judge_error"
+
+    def __init__(
+        self, engine, sampling, passthrough: Sequence[str] = ("seed_id", "sample_id"), constrained: bool = True
+    ) -> None:
+        super().__init__(engine, sampling)
+        self.passthrough = tuple(passthrough)
+        self.constrained = constrained
+
+    def sampling_params(self) -> dict[str, Any]:
+        params = super().sampling_params()
+        if self.constrained:
+            # The answer continues ANSWER_PREFIX, so the pattern starts after "Naturalness:".
+            params["structured_outputs"] = {"regex": ANSWER_PATTERN}
+        return params
+
+    def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
+        return judge_messages(row)
+
+    def output_columns(self, row: dict[str, Any], text: str) -> dict[str, Any]:
+        if row.get("__inference_error__"):
+            scores, reason = None, "judge_error"
+        else:
+            # The prefix was written for the model, so it belongs to the answer.
+            scores, reason = parse_scores(ANSWER_PREFIX + text)
+        out: dict[str, Any] = {c: (scores[c] if scores else None) for c in CRITERIA}
+        out["judge_reason"] = reason
+        return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def judge_summary(table: pa.Table) -> dict[str, Any]:
+    """What the report shows about the judged rows.
+
+    ``{"rows", "parsed", "unparsable", "reasons": {reason: count},
+    "criteria": {criterion: {"mean": float|None, "distribution": {"1": n, "2": n, "3": n}}},
+    "mean_of_means": float|None}``; unparsable rows count under ``reasons`` only.
+    """
+    n = table.num_rows
+    columns = {c: table.column(c).to_pylist() for c in CRITERIA}
+    parsed_rows = [i for i in range(n) if all(columns[c][i] is not None for c in CRITERIA)]
+    reasons = Counter(
+        r
+        for r in (table.column("judge_reason").to_pylist() if "judge_reason" in table.column_names else [])
+        if r is not None
+    )
+    criteria: dict[str, Any] = {}
+    for c in CRITERIA:
+        values = [columns[c][i] for i in parsed_rows]
+        counts = Counter(values)
+        criteria[c] = {
+            "mean": round(sum(values) / len(values), 4) if values else None,
+            "distribution": {str(k): int(counts.get(k, 0)) for k in (1, 2, 3)},
+        }
+    means = [v["mean"] for v in criteria.values() if v["mean"] is not None]
+    return {
+        "rows": n,
+        "parsed": len(parsed_rows),
+        "unparsable": n - len(parsed_rows),
+        "reasons": dict(sorted(reasons.items())),
+        "criteria": criteria,
+        "mean_of_means": round(sum(means) / len(means), 4) if means else None,
+    }

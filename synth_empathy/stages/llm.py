@@ -1,0 +1,134 @@
+"""The shared shape of the LLM stages: a ``ray.data.llm`` vLLM processor per stage.
+
+A stage subclass declares what it sends (:meth:`LLMStage.messages`), which input
+columns it carries through (``passthrough``) and what it adds
+(:meth:`LLMStage.output_columns`). Everything about engines - replicas, GPUs, tensor
+parallelism, batching, retries - comes from :class:`synth_empathy.config.EngineConfig`
+and is handed to Ray Data LLM, which runs each engine in an actor of a pool.
+
+Rows whose request fails inside the engine are not lost: they come out with an
+error message (``should_continue_on_error``) and later stages count them as
+dropped with the reason ``<stage>_error``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from synth_empathy.models.weights import resolve_model
+
+
+def engine_kwargs(engine: Any) -> dict[str, Any]:
+    """vLLM engine arguments from an EngineConfig."""
+    kwargs: dict[str, Any] = {
+        "dtype": engine.dtype,
+        "max_model_len": engine.max_model_len,
+        "gpu_memory_utilization": engine.memory_utilization,
+        "enforce_eager": engine.enforce_eager,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "pipeline_parallel_size": engine.pipeline_parallel_size,
+    }
+    if engine.max_num_seqs:
+        kwargs["max_num_seqs"] = engine.max_num_seqs
+    kwargs.update(dict(engine.extra or {}))
+    return kwargs
+
+
+def placement(engine: Any) -> dict[str, Any]:
+    """One placement-group bundle per engine worker (tp x pp of them per replica).
+
+    With GPUs each worker holds one GPU; on the CPU backend the single worker holds
+    ``cpus_per_replica`` CPUs, leaving the rest of a small machine to Ray Data's own
+    pre- and post-processing tasks.
+    """
+    if engine.gpus_per_replica:
+        return {"bundle_per_worker": {"GPU": 1, "CPU": 1}, "strategy": "PACK"}
+    return {"bundle_per_worker": {"CPU": engine.cpus_per_replica}}
+
+
+class LLMStage:
+    """Base of the generation and discriminator stages."""
+
+    name: str = "llm"
+    passthrough: tuple[str, ...] = ()
+    # Where the engine's bookkeeping lands; stages name them apart so that the
+    # discriminator's columns do not overwrite the generator's.
+    model_column: str = "model"
+    tokens_column: str = "num_generated_tokens"
+    error_column: str = "error"
+
+    def __init__(self, engine: Any, sampling: Any) -> None:
+        self.engine = engine
+        self.sampling = sampling
+
+    # -- what a subclass says -------------------------------------------------------
+    def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
+        raise NotImplementedError
+
+    def output_columns(self, row: dict[str, Any], text: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # -- the processor ------------------------------------------------------------------
+    def sampling_params(self) -> dict[str, Any]:
+        s = self.sampling
+        return {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+
+    def processor_config(self, model_path: str | None = None):
+        from ray.data.llm import (
+            ChatTemplateStageConfig,
+            DetokenizeStageConfig,
+            TokenizerStageConfig,
+            vLLMEngineProcessorConfig,
+        )
+
+        e = self.engine
+        # The text stages around the engine are light; at Ray Data's default of one CPU
+        # each they alone would fill a small machine and leave the engine unscheduled.
+        light = dict(num_cpus=e.helper_cpus, concurrency=e.replicas)
+        return vLLMEngineProcessorConfig(
+            chat_template_stage=ChatTemplateStageConfig(**light),
+            tokenize_stage=TokenizerStageConfig(**light),
+            detokenize_stage=DetokenizeStageConfig(**light),
+            model_source=model_path or resolve_model(e.model),
+            engine_kwargs=engine_kwargs(e),
+            batch_size=e.batch_size,
+            concurrency=e.replicas,
+            accelerator_type=e.accelerator_type if e.gpus_per_replica else None,
+            placement_group_config=placement(e),
+            should_continue_on_error=True,
+            # Engine metrics go through ray.serve's Prometheus wrapper; without
+            # ray[serve] installed the engine actor dies on start-up.
+            log_engine_metrics=_serve_usable(),
+        )
+
+    def preprocess(self, row: dict[str, Any]) -> dict[str, Any]:
+        out = {k: row[k] for k in self.passthrough}
+        out["messages"] = self.messages(row)
+        out["sampling_params"] = self.sampling_params()
+        return out
+
+    def postprocess(self, row: dict[str, Any]) -> dict[str, Any]:
+        error = row.get("__inference_error__") or None
+        out = {k: row[k] for k in self.passthrough}
+        out.update(self.output_columns(row, "" if error else (row.get("generated_text") or "")))
+        out[self.model_column] = self.engine.model
+        out[self.tokens_column] = int(row.get("num_generated_tokens") or 0)
+        out[self.error_column] = str(error)[:500] if error else None
+        return out
+
+    def __call__(self, ds, model_path: str | None = None):
+        """Apply the stage to a Ray Dataset (lazily, like any Ray Data transform)."""
+        from ray.data.llm import build_processor
+
+        processor = build_processor(
+            self.processor_config(model_path), preprocess=self.preprocess, postprocess=self.postprocess
+        )
+        return processor(ds)
+
+
+def _serve_usable() -> bool:
+    try:
+        import ray.serve  # noqa: F401
+    except Exception:
+        return False
+    return True

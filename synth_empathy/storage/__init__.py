@@ -1,0 +1,2 @@
+"""Where data lives: the run folder (stage tables, markers, resume), seed readers, the
+manifest."""

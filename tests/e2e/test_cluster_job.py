@@ -1,0 +1,194 @@
+"""Submitting the pipeline to a real two-node Ray cluster through the Jobs API.
+
+The test starts a head and one worker node on loopback with the ``ray`` CLI (each in a
+temp dir and on free ports, so it never meets another Ray on this machine), submits
+``jobs/run_pipeline.py`` with :func:`synth_empathy.cluster.submit.submit` and checks the
+run folder. The cluster is torn down whatever happens. The teardown ends exactly the
+processes this test started (the ``ray start`` process groups and their descendants)
+rather than ``ray stop --force``, which would kill every Ray on the machine, other
+people's runs included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import free_port
+from synth_empathy.cluster.submit import main, submit
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _descendants(roots: set) -> set:
+    """Processes in the given process groups, and everything below them."""
+    procs = {}
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                stat = Path(f"/proc/{p}/stat").read_text()
+                rest = stat[stat.rindex(")") + 2 :].split()
+                procs[int(p)] = (int(rest[1]), int(rest[2]))  # ppid, pgid
+            except (OSError, ValueError):
+                pass
+    chosen = {p for p, (_, pgid) in procs.items() if pgid in roots}
+    grew = True
+    while grew:
+        grew = False
+        for p, (ppid, _) in procs.items():
+            if ppid in chosen and p not in chosen:
+                chosen.add(p)
+                grew = True
+    return chosen
+
+
+def _stop(groups: set) -> None:
+    """End this test's Ray processes: SIGTERM, a grace period, then SIGKILL."""
+    pids = _descendants(groups)
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+        for pid in pids | _descendants(groups):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + wait
+        while wait and time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A Ray head and one worker node on loopback, 2 CPUs each; yields the dashboard URL."""
+    if shutil.which("ray", path=str(BIN)) is None:
+        pytest.skip("the ray CLI is not installed beside this Python")
+    tmp = tempfile.mkdtemp(prefix="se-ray-", dir="/tmp")  # Unix socket paths stay < 108 chars
+    port, dash = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        # Ray 2.60 turns on token auth for new clusters when ~/.ray/auth_token exists;
+        # a loopback test cluster has no use for it and the test shares no token.
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    env.pop("RAY_ADDRESS", None)
+    common = [
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=2",
+        "--object-store-memory=1000000000",
+        "--disable-usage-stats",
+    ]
+
+    def node_ports() -> list:
+        return [
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+        ]
+
+    head = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        f"--port={port}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--temp-dir={tmp}",
+        f"--ray-client-server-port={free_port()}",
+        *common,
+        *node_ports(),
+    ]
+    # Each node its own temp dir: nodes on one machine would otherwise share the folder
+    # where runtime envs unpack the job's working_dir, and one node's agent deletes it
+    # under the other's processes when its own references end.
+    worker = [str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}", f"--temp-dir={tmp}/w", *common, *node_ports()]
+    groups: set = set()
+    old = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE",)}
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # this process talks to the cluster too
+    try:
+        for cmd in (head, worker):
+            proc = subprocess.Popen(
+                cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+            groups.add(proc.pid)
+            out, _ = proc.communicate(timeout=180)
+            assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-3000:]}"
+        url = f"http://127.0.0.1:{dash}"
+        deadline = time.monotonic() + 120  # both nodes registered, the jobs API answering
+        while True:
+            try:
+                from synth_empathy.cluster.submit import node_resources
+
+                if len(node_resources(url)) == 2:
+                    break
+            except Exception:
+                pass
+            assert time.monotonic() < deadline, "the two-node cluster did not come up in 120 s"
+            time.sleep(2)
+        yield url
+    finally:
+        _stop(groups)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.e2e
+def test_pipeline_job_on_a_two_node_cluster(ray_cluster, tmp_path, capsys):
+    out = tmp_path / "runs"
+    args = [
+        "seeds.limit=4",
+        "generation.sampling.max_tokens=120",
+        "discriminator.sampling.max_tokens=48",
+        "quality.threshold=0",
+        f"output={out}",
+        "run_id=cluster",
+        # The judge is one more engine pass; this test is about running on a cluster.
+        "judge.enabled=false",
+    ]
+    status = submit(
+        ray_cluster,
+        args,
+        working_dir=str(REPO),
+        timeout=450,
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}},
+    )
+    logs = capsys.readouterr().out
+    assert status == "SUCCEEDED", logs[-4000:]
+    run = out / "cluster"
+    assert (run / "selected.done.json").exists()
+    selected = pq.read_table(run / "selected")
+    assert selected.num_rows > 0
+    report = json.loads((run / "report.json").read_text())
+    counts = report["counts"]
+    assert counts["seeds"] == 4 and counts["generations"] == 4
+    assert counts["selected"] == selected.num_rows > 0
+    assert counts["kept"] >= counts["selected"]
+    # The job ran the entry point from the shipped working directory.
+    assert '"counts"' in logs
+
+
+@pytest.mark.e2e
+def test_gpu_preset_is_refused_before_submitting(ray_cluster, capsys):
+    code = main(["--address", ray_cluster, "--job", "run", "--", "--preset", "paper"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "has no GPUs" in err and len(err.strip().splitlines()) == 1, err

@@ -1,0 +1,174 @@
+"""The real pipeline, end to end: real Ray, real vLLM engines, real small models.
+
+A few seeds and short answers keep it to a few minutes on a 2-core CPU. The quality
+threshold is set to 0 here so that the selection is never empty by chance (the
+untuned 135M discriminator rarely agrees with the generator above 60); the threshold
+itself is tested in test_stages.py with the real embedder.
+"""
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from synth_empathy import schemas
+
+pytestmark = pytest.mark.e2e
+
+OVERRIDES = [
+    "seeds.limit=6",
+    "generation.sampling.max_tokens=160",
+    "discriminator.sampling.max_tokens=48",
+    "quality.threshold=0",
+    "diversity.keep_ratio=0.5",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cmd = [sys.executable, "-m", "synth_empathy", "run", f"output={out}", "run_id=e2e", *OVERRIDES]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    assert first.returncode == 0, first.stderr[-4000:]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return out / "e2e", first, again
+
+
+def read(run_dir, stage):
+    return pq.read_table(run_dir / stage)
+
+
+def test_every_stage_writes_its_declared_schema(run):
+    run_dir, _, _ = run
+    for stage, schema in [
+        ("seeds", schemas.SEEDS),
+        ("generations", schemas.GENERATIONS),
+        ("samples", schemas.SAMPLES),
+        ("discriminated", schemas.DISCRIMINATED),
+        ("scored", schemas.SCORED),
+        ("selected", schemas.SELECTED),
+        ("judged", schemas.JUDGED),
+    ]:
+        assert (run_dir / f"{stage}.done.json").exists(), stage
+        assert read(run_dir, stage).schema.equals(schema, check_metadata=False), stage
+
+
+def test_ids_are_unique_and_nest_selected_in_kept_in_samples(run):
+    run_dir, _, _ = run
+    seeds = set(read(run_dir, "seeds").column("seed_id").to_pylist())
+    gens = read(run_dir, "generations").column("sample_id").to_pylist()
+    samples = read(run_dir, "samples")
+    scored = read(run_dir, "scored")
+    selected = read(run_dir, "selected").column("sample_id").to_pylist()
+    assert len(seeds) == 6
+    assert len(gens) == len(set(gens)) == 6  # one sample per seed by default
+    assert set(read(run_dir, "generations").column("seed_id").to_pylist()) == seeds
+    assert sorted(samples.column("sample_id").to_pylist()) == sorted(gens)  # nothing lost
+    good = {r["sample_id"] for r in samples.to_pylist() if r["drop_reason"] is None}
+    kept = {r["sample_id"] for r in scored.to_pylist() if r["kept"]}
+    assert set(scored.column("sample_id").to_pylist()) == good
+    assert len(selected) == len(set(selected)) > 0
+    assert set(selected) <= kept <= good
+    assert len(selected) == max(1, round(0.5 * len(kept))) or abs(len(selected) - 0.5 * len(kept)) <= 1
+
+
+def test_scores_are_in_range_and_rows_are_aligned(run):
+    run_dir, _, _ = run
+    for row in read(run_dir, "scored").to_pylist():
+        if row["quality_score"] is not None:
+            assert -100.0 <= row["quality_score"] <= 100.0
+        if row["kept"]:
+            assert row["drop_reason"] is None and len(row["embedding"]) == 384
+        assert row["instruction"].endswith("Listener:")
+        assert row["history"][-1]["role"] == "user"
+        assert row["instruction"].splitlines()[-2] == "Speaker: " + row["history"][-1]["content"]
+
+
+def test_exports_and_report(run):
+    run_dir, first, _ = run
+    n_selected = read(run_dir, "selected").num_rows
+    alpaca = [json.loads(line) for line in (run_dir / "selected.alpaca.jsonl").read_text().splitlines()]
+    assert len(alpaca) == n_selected
+    assert all(set(r) == {"instruction", "input", "output"} and r["output"] for r in alpaca)
+    chat = [json.loads(line) for line in (run_dir / "selected.chat.jsonl").read_text().splitlines()]
+    assert all(r["messages"][-1]["role"] == "assistant" for r in chat)
+    report = json.loads((run_dir / "report.json").read_text())
+    c = report["counts"]
+    assert c["seeds"] == 6 and c["generations"] == 6 and c["selected"] == n_selected
+    assert c["seeds"] >= 1 and c["generations"] >= c["parsed"] >= c["samples"] >= c["kept"] >= c["selected"]
+    assert set(report["seconds"]) == {
+        "seeds",
+        "generations",
+        "samples",
+        "discriminated",
+        "scored",
+        "selected",
+        "judged",
+    }
+    # The judge's answer is constrained to the three rating lines, so every row parses.
+    assert report["judge"]["rows"] == report["judge"]["parsed"] == n_selected
+    judged = read(run_dir, "judged")
+    assert sorted(judged.column("sample_id").to_pylist()) == sorted(
+        read(run_dir, "selected").column("sample_id").to_pylist()
+    )
+    for criterion in ("naturalness", "coherence", "empathy"):
+        assert set(judged.column(criterion).to_pylist()) <= {1, 2, 3}
+    div = report["diversity"]
+    assert div["selected"]["n"] == div["random"]["n"] == n_selected
+    assert 0 < div["selected"]["distinct_1"] <= 1
+    assert report["tokens"]["generated"] > 0
+    # Three constrained rating lines a row: the judge's tokens are counted and rated per second.
+    assert report["tokens"]["judge"] == sum(judged.column("judge_num_tokens").to_pylist()) >= 3 * n_selected
+    assert report["throughput"]["judged"]["tokens_per_s"] > 0
+    for plot in report["plots"]:
+        assert (run_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Counts" in (run_dir / "report.md").read_text()
+    # The CLI's last word is a one-line JSON summary (Ray may print worker lines on stdout too).
+    summary = [line for line in first.stdout.splitlines() if line.startswith('{"run":')]
+    assert json.loads(summary[-1])["counts"] == c
+
+
+def test_a_second_run_with_the_same_id_recomputes_nothing(run):
+    _, _, again = run
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in ("seeds", "generations", "samples", "discriminated", "scored", "selected", "judged"):
+        assert f"[{stage}] finished in an earlier attempt" in again.stderr
+    assert "vLLMEngineStageUDF" not in again.stderr
+
+
+def judge_cmd(*args):
+    return [sys.executable, "-m", "synth_empathy", "judge", *args]
+
+
+def test_judge_command_rates_a_runs_export_and_resumes_by_id(run, tmp_path):
+    """``synth-empathy judge`` over the run's chat export: first a seeded sample of one row,
+    then (the finished marker removed, as after a crash) the whole file: only the rows
+    the kept part does not hold are judged, and every row ends up rated once."""
+    run_dir, _, _ = run
+    export = run_dir / "selected.chat.jsonl"
+    n = len(export.read_text().splitlines())
+    out = tmp_path / "judged-export"
+    first = subprocess.run(
+        judge_cmd(str(export), str(out), "--sample", "1"), capture_output=True, text=True, timeout=900
+    )
+    assert first.returncode == 0, first.stderr[-4000:]
+    one = json.loads((out / "judge_report.json").read_text())
+    assert one["rows_judged"] == 1 and one["judge"]["parsed"] == 1 and one["format"] == "jsonl"
+    assert one["this_call"]["rows"] == 1 and one["this_call"]["tokens_per_s"] > 0
+    kept_id = pq.read_table(out / "judged").column("sample_id").to_pylist()
+    (out / "judged.done.json").unlink()  # as if the job died before its marker
+
+    again = subprocess.run(judge_cmd(str(export), str(out)), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-4000:]
+    report = json.loads((out / "judge_report.json").read_text())
+    assert report["resumed"]["rows_kept"] == 1 and report["this_call"]["rows"] == n - 1
+    judged = pq.read_table(out / "judged")
+    ids = judged.column("sample_id").to_pylist()
+    assert sorted(ids) == [f"line-{i}" for i in range(1, n + 1)] and set(kept_id) <= set(ids)
+    assert report["rows_judged"] == report["judge"]["parsed"] == n  # constrained: every row parses
+    for criterion in ("naturalness", "coherence", "empathy"):
+        assert set(judged.column(criterion).to_pylist()) <= {1, 2, 3}
+    assert judged.schema.names[:4] == ["sample_id", "instruction", "output", "history"]
+    assert f"judged {n} of {n} rows" in again.stdout

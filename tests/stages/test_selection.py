@@ -1,0 +1,53 @@
+"""Method step 4 inside the pipeline: diversity.select over the kept rows."""
+
+import numpy as np
+import pyarrow as pa
+from omegaconf import OmegaConf
+
+from synth_empathy.config import DiversityConfig
+from synth_empathy.core.kcenter import select_k_center
+from synth_empathy.stages.selection import embeddings_matrix, select
+
+
+def kept_table(n=40, d=8, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return pa.table(
+        {
+            "sample_id": [f"s{i:03d}" for i in range(n)],
+            "output": [f"answer {i}" for i in range(n)],
+            "embedding": pa.array(list(x), type=pa.list_(pa.float32())),
+        }
+    ), x
+
+
+def cfg(**kw):
+    return OmegaConf.merge(OmegaConf.structured(DiversityConfig), kw)
+
+
+def test_selection_depends_on_rows_and_seed_not_on_row_order():
+    table, _ = kept_table()
+    shuffled = table.take(pa.array(np.random.default_rng(5).permutation(table.num_rows)))
+    a, info_a = select(table, cfg(keep_ratio=0.25), seed=3)
+    b, info_b = select(shuffled, cfg(keep_ratio=0.25), seed=3)
+    assert a.column("sample_id").to_pylist() == b.column("sample_id").to_pylist()
+    assert info_a["start_row"] == info_b["start_row"] and info_a["radius"] == info_b["radius"]
+    c, _ = select(table, cfg(keep_ratio=0.25), seed=4)
+    assert c.column("sample_id")[0] != a.column("sample_id")[0]  # the seed picks the start
+
+
+def test_selected_rows_are_the_greedy_picks_in_order_with_their_distances():
+    table, x = kept_table()
+    chosen, info = select(table, cfg(keep_ratio=None, k=7, method="exact"), seed=0)
+    ref = select_k_center(x, 7, method="exact", start=info["start_row"], seed=0)
+    assert chosen.column("sample_id").to_pylist() == [f"s{i:03d}" for i in ref.indices]
+    assert chosen.column("pick_order").to_pylist() == list(range(7))
+    d = chosen.column("distance_at_pick").to_pylist()
+    assert np.isinf(d[0]) and all(d[i] >= d[i + 1] - 1e-6 for i in range(1, 6))  # farthest first
+    assert info["selected"] == 7 and info["candidates"] == 40
+    np.testing.assert_array_equal(embeddings_matrix(chosen), x[ref.indices])
+
+
+def test_no_kept_rows_selects_nothing():
+    table, _ = kept_table(0)
+    chosen, info = select(table, cfg(), seed=0)
+    assert chosen.num_rows == 0 and "pick_order" in chosen.column_names and info["selected"] == 0
