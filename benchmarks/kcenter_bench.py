@@ -172,6 +172,7 @@ def load() -> float:
 
 
 def run_case(name: str, spec) -> dict:
+    from synth_empathy.cluster.kcenter_shards import map_shards_on_ray
     from synth_empathy.core import kcenter as K
 
     data, n, keep, repeats, np_steps, torch_steps, shards = spec
@@ -219,7 +220,9 @@ def run_case(name: str, spec) -> dict:
         load0 = load()
         with PeakRSS() as mem:
             sec, res = timed(
-                lambda method=method: K.select_k_center(x, k, method=method, start=0, shards=max(1, shards)),
+                lambda method=method: K.select_k_center(
+                    x, k, method=method, start=0, shards=max(1, shards), map_shards=map_shards_on_ray
+                ),
                 repeats if method != "sharded" else 1,
             )
         row[method] = {

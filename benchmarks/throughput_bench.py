@@ -116,8 +116,8 @@ def llm_plain(args) -> dict[str, Any]:
 def llm_pipeline(args) -> dict[str, Any]:
     import ray
 
+    from synth_empathy.cluster.ray_init import init_ray
     from synth_empathy.models.weights import resolve_model
-    from synth_empathy.pipeline import init_ray
     from synth_empathy.stages.generation import Generation
 
     cfg = config()
@@ -201,7 +201,7 @@ def embed_pipeline(args) -> dict[str, Any]:
     import ray
     from omegaconf import OmegaConf
 
-    from synth_empathy.pipeline import init_ray
+    from synth_empathy.cluster.ray_init import init_ray
     from synth_empathy.stages.quality import score_stage
 
     cfg = config()

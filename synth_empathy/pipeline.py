@@ -16,7 +16,6 @@ costs at most the stage in progress.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +25,7 @@ from omegaconf import DictConfig
 from ray.data.expressions import col
 
 from synth_empathy import report, schemas
-from synth_empathy.cluster.submit import check_cluster
+from synth_empathy.cluster.ray_init import init_ray
 from synth_empathy.config import redacted_yaml
 from synth_empathy.models.weights import check_model, resolve_model
 from synth_empathy.stages import export
@@ -190,26 +189,3 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     manifest.update(counts=result.get("counts", {}), seconds=timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     store.write_json("manifest.json", manifest)
     return result
-
-
-def init_ray(cfg: DictConfig, sections: tuple | None = None) -> None:
-    """Join the configured cluster (or start a local Ray) and check it can hold the
-    engines of ``sections`` (None: every stage of the pipeline)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
-    if address:  # a cluster (or a Ray job): its own runtime environment stays in charge
-        ray.init(address=address, log_to_driver=True)
-    else:
-        # address="local": a new Ray here even on a node that runs a cluster (plain
-        # ray.init() would join that one, and refuse num_cpus).
-        ray.init(
-            address="local",
-            num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1),
-            include_dashboard=False,
-            log_to_driver=True,
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
-        )
-    check_cluster(cfg, sections)  # a GPU preset on a cluster without GPUs fails here, not after hours

@@ -232,8 +232,8 @@ def run_judging(
     input: str, output: str, cfg: Any, *, id_column: str = "sample_id", sample: int | None = None
 ) -> dict[str, Any]:
     """Judge ``input`` into ``output`` with ``cfg.judge``; returns the report."""
+    from synth_empathy.cluster.ray_init import init_ray
     from synth_empathy.models.weights import check_model, resolve_model
-    from synth_empathy.pipeline import init_ray
     from synth_empathy.stages.judge import Judge, judge_summary
     from synth_empathy.storage.run_store import storage_options
 

@@ -32,6 +32,7 @@ import uuid
 import numpy as np
 
 from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, load_with_aliases
+from synth_empathy.cluster.kcenter_shards import map_shards_on_ray
 from synth_empathy.core.kcenter import METHODS, SelectionError, resolve_k, select_k_center
 
 SELECTED_FILE = "selected.parquet"
@@ -219,7 +220,7 @@ def run_selection(
         del table
         embed_seconds = 0.0
     start = int(np.random.default_rng(seed).integers(n))
-    res = select_k_center(x, kk, method=method, start=start, seed=seed, shards=shards)
+    res = select_k_center(x, kk, method=method, start=start, seed=seed, shards=shards, map_shards=map_shards_on_ray)
 
     out_fs, out_path = fsspec.core.url_to_fs(output, **(storage_options or {}))
     out_path = out_path.rstrip("/")

@@ -573,22 +573,24 @@ def covering_radius(x: np.ndarray, indices) -> float:
 # ----------------------------------------------------------------------------- sharded
 
 
-def _shard_greedy(x, rows: np.ndarray, k: int, start: int, device: str, fast: bool):
-    """One shard's local greedy (a Ray task); returns the chosen global row indices."""
+def shard_greedy(x, rows: np.ndarray, k: int, start: int, device: str, fast: bool) -> np.ndarray:
+    """One shard's local greedy; returns the chosen global row indices."""
     local_start = int(np.searchsorted(rows, start)) if start in rows else 0
     return rows[_greedy(x[rows], min(k, len(rows)), local_start, device=device, fast=fast)[0]]
 
 
-def _sharded(x, k: int, start: int, seed: int, shards: int, device: str):
-    import ray
+def map_shards_here(x, parts, k: int, start: int, device: str, fast: bool) -> list:
+    """Run every shard in this process, one after another (no Ray: the core stays pure).
+    :func:`synth_empathy.cluster.kcenter_shards.map_shards_on_ray` runs them as Ray tasks."""
+    return [shard_greedy(x, p, k, start, device, fast) for p in parts]
 
+
+def _sharded(x, k: int, start: int, seed: int, shards: int, device: str, map_shards=None):
     n = len(x)
     shards = max(1, min(int(shards), n))
     parts = [np.sort(p) for p in np.array_split(np.random.default_rng(seed).permutation(n), shards)]
     fast = n // shards * k >= _AUTO_FAST_PAIRS
-    task = ray.remote(num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0)(_shard_greedy)
-    xref = ray.put(np.ascontiguousarray(x))
-    local = ray.get([task.remote(xref, p, k, start, device, fast) for p in parts])
+    local = (map_shards or map_shards_here)(x, parts, k, start, device, fast)
     union = np.unique(np.concatenate(local))
     # The start row's shard started from it, so it is in the union.
     merge_fast = len(union) * k >= _AUTO_FAST_PAIRS
@@ -610,11 +612,15 @@ def select_k_center(
     seed: int = 0,
     shards: int = 1,
     device: str = "auto",
+    map_shards=None,
 ) -> KCenterResult:
     """Greedy k-center selection of ``k`` rows of ``x``, with radius, time and memory.
 
     ``seed`` draws the shard split of ``sharded``; the start row is ``start``. Methods
-    are described in the module docstring.
+    are described in the module docstring. ``map_shards(x, parts, k, start, device,
+    fast)`` runs the shards of ``sharded`` (default: here, one after another; the
+    pipeline and ``synth-empathy select`` pass the Ray version from
+    :mod:`synth_empathy.cluster.kcenter_shards`).
     """
     if method not in METHODS:
         raise SelectionError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -630,7 +636,7 @@ def select_k_center(
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     if used == "sharded":
-        idx, dist, radius, details, dev = _sharded(x, k, start, seed, shards, device)
+        idx, dist, radius, details, dev = _sharded(x, k, start, seed, shards, device, map_shards)
     else:
         idx, dist, radius, details, dev = _greedy(x, k, start, device=device, fast=used == "fast")
     seconds = time.perf_counter() - t0

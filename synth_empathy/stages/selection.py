@@ -34,6 +34,7 @@ def embeddings_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
 
 def select(kept: pa.Table, cfg: Any, seed: int) -> tuple[pa.Table, dict[str, Any]]:
     """The selected rows of ``kept`` (in pick order) and the selection's figures."""
+    from synth_empathy.cluster.kcenter_shards import map_shards_on_ray
     from synth_empathy.core.kcenter import resolve_k, select_k_center
 
     if kept.num_rows == 0:
@@ -46,7 +47,16 @@ def select(kept: pa.Table, cfg: Any, seed: int) -> tuple[pa.Table, dict[str, Any
     x = embeddings_matrix(kept)
     k = resolve_k(len(x), cfg.k, cfg.keep_ratio)
     start = int(np.random.default_rng(seed).integers(len(x)))
-    result = select_k_center(x, k, method=cfg.method, start=start, seed=seed, shards=cfg.shards, device=cfg.device)
+    result = select_k_center(
+        x,
+        k,
+        method=cfg.method,
+        start=start,
+        seed=seed,
+        shards=cfg.shards,
+        device=cfg.device,
+        map_shards=map_shards_on_ray,
+    )
     order = np.asarray(result.indices, dtype=np.int64)
     # Distance of each pick from the centers chosen before it: how much new ground it covers.
     at_pick = getattr(result, "distance_at_pick", None)

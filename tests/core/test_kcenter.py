@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from synth_empathy.cli import select as S
+from synth_empathy.cluster.kcenter_shards import map_shards_on_ray
 from synth_empathy.core import kcenter as K
 from synth_empathy.core.kcenter import SelectionError
 
@@ -217,7 +218,7 @@ def test_sharded_on_local_ray_within_documented_bound(local_ray):
     x = clustered(4000, d=32, clusters=25, seed=7)
     k = 40
     exact = K.select_k_center(x, k, method="exact", start=11)
-    sharded = K.select_k_center(x, k, method="auto", start=11, shards=4, seed=1)
+    sharded = K.select_k_center(x, k, method="auto", start=11, shards=4, seed=1, map_shards=map_shards_on_ray)
     assert sharded.method == "sharded"
     assert sharded.indices[0] == 11 and len(np.unique(sharded.indices)) == k
     assert sharded.radius == pytest.approx(K.covering_radius(x, sharded.indices), rel=1e-6)

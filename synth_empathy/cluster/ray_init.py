@@ -1,0 +1,33 @@
+"""Where a job runs: join the configured Ray cluster or start a local one, then check it
+can hold the configured engines before any model loads."""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig
+
+from synth_empathy.cluster.submit import check_cluster
+
+
+def init_ray(cfg: DictConfig, sections: tuple | None = None) -> None:
+    """Join the configured cluster (or start a local Ray) and check it can hold the
+    engines of ``sections`` (None: every stage of the pipeline)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+    if address:  # a cluster (or a Ray job): its own runtime environment stays in charge
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # address="local": a new Ray here even on a node that runs a cluster (plain
+        # ray.init() would join that one, and refuse num_cpus).
+        ray.init(
+            address="local",
+            num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1),
+            include_dashboard=False,
+            log_to_driver=True,
+            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+        )
+    check_cluster(cfg, sections)  # a GPU preset on a cluster without GPUs fails here, not after hours
