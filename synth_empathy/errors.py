@@ -54,6 +54,10 @@ class EvaluationInputError(BadInputError):
     """A held-out set or a model to evaluate cannot be used."""
 
 
+class StageInputError(BadInputError):
+    """A stage's input lacks a column the stage declares it requires."""
+
+
 class DuplicateRowsError(SynthEmpathyError, RuntimeError):
     """A stage's parts hold the same id twice; the stage is not marked done.
 

@@ -2,55 +2,60 @@
 
     seeds -> generations -> samples -> discriminated -> scored -> selected -> export -> judged
 
-Each stage reads the previous stage's Parquet dataset from the run folder, streams it
-through Ray Data (LLM stages through ``ray.data.llm`` engine pools) and writes its own;
-a stage that already has its ``.done.json`` marker is read back instead of recomputed,
-so a re-run with the same ``run_id`` resumes after the last finished stage, and a
-keyed stage that was interrupted keeps its finished Parquet parts and runs only the
-rows (``sample_id``) they do not hold (see :meth:`RunStore.resume`). The
+Each stage (a module of :mod:`synth_empathy.stages`) declares the table it reads, the
+columns it requires and the schema it writes; the :class:`StageRunner` checks the
+contract before anything starts, streams the input through Ray Data (LLM stages through
+``ray.data.llm`` engine pools), and keeps the bookkeeping: a stage with its
+``.done.json`` marker is read back instead of recomputed, and an interrupted keyed
+stage keeps its finished Parquet parts and runs only the rows they do not hold. The
 stages are checkpoints rather than one fused stream on purpose: the generator and the
-discriminator engines then hold the accelerators one after the other, and a crash
-costs at most the stage in progress.
+discriminator engines then hold the accelerators one after the other, and a crash costs
+at most the stage in progress.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pyarrow.compute as pc
 from omegaconf import DictConfig
 from ray.data.expressions import col
 
-from synth_empathy import report, schemas
+from synth_empathy import report
 from synth_empathy.cluster.ray_init import init_ray
 from synth_empathy.config import redacted_yaml
+from synth_empathy.errors import BadInputError
 from synth_empathy.models.weights import check_model, resolve_model
-from synth_empathy.stages import export
-from synth_empathy.stages import selection as diversity
-from synth_empathy.stages.discriminator import Discriminator
-from synth_empathy.stages.generation import Generation, expand_seeds
-from synth_empathy.stages.judge import Judge
-from synth_empathy.stages.quality import score_stage
-from synth_empathy.stages.turns import turns_stage
+from synth_empathy.stages import discriminator, export, generation, judge, quality, seeds, selection, turns
 from synth_empathy.storage.manifest import new_manifest
-from synth_empathy.storage.run_store import RunStore, exclude_ids, new_run_id, storage_options
-from synth_empathy.storage.seed_sources import default_seed_path, read_seeds, validate_seed_source
+from synth_empathy.storage.run_store import RunStore, new_run_id, storage_options
+from synth_empathy.storage.runner import StageRunner
+from synth_empathy.storage.seed_sources import default_seed_path, validate_seed_source
 
 log = logging.getLogger("synth_empathy")
 
 
 def preflight(cfg: DictConfig) -> RunStore:
-    """Every check that can fail on bad input, before Ray starts or a model loads."""
+    """Every check that can fail on bad input, before Ray starts or a model loads.
+
+    A run folder that the output check made is removed again when a later check fails,
+    so a run that never started leaves nothing behind.
+    """
     seeds_path = cfg.seeds.path or default_seed_path()
     validate_seed_source(seeds_path, cfg.seeds.layout, storage_options(seeds_path, cfg.storage))
     store = RunStore(cfg.output, cfg.run_id or new_run_id(), storage_options(cfg.output, cfg.storage))
+    made_here = store.local and not store.fs.exists(store.root)  # object stores get only the probe
     store.check_writable()
-    models = [cfg.generation.engine.model, cfg.discriminator.engine.model, cfg.quality.embedder]
-    for spec in models + ([cfg.judge.engine.model] if cfg.judge.enabled else []):
-        check_model(spec)
+    try:
+        models = [cfg.generation.engine.model, cfg.discriminator.engine.model, cfg.quality.embedder]
+        for spec in models + ([cfg.judge.engine.model] if cfg.judge.enabled else []):
+            check_model(spec)
+    except BadInputError:
+        if made_here:
+            store.fs.rm(store.root, recursive=True)
+        raise
     return store
 
 
@@ -61,131 +66,68 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     store.write_bytes("config.yaml", redacted_yaml(cfg).encode())
     manifest = new_manifest(store, cfg)
     init_ray(cfg)
-    timings: dict[str, float] = {}
-    part_rows = cfg.storage.part_rows
-
-    def stage(name: str, build: Callable[[], None], key: str | None = None) -> None:
-        if store.is_done(name):
-            log.info("[%s] finished in an earlier attempt; reading it back", name)
-            info = store.marker(name)
-            timings[name] = info.get("seconds", 0.0)
-            manifest["stages"][name] = {**info, "done_earlier": True}
-            return
-        log.info("[%s] running", name)
-        start = time.perf_counter()
-        build()
-        timings[name] = round(time.perf_counter() - start, 2)
-        info = {"seconds": timings[name], **store.verify(name, key)}  # raises on a doubled id
-        if key and getattr(store, "salvaged", None):
-            info["salvaged"] = store.salvaged
-            store.salvaged = None
-        store.finish(name, info)
-        manifest["stages"][name] = info
-        store.write_json("manifest.json", manifest)
-        log.info("[%s] done in %.1f s", name, timings[name])
-
-    def keyed(name: str, source: Callable[[], Any], transform: Callable[[Any], Any], schema, llm: bool = False) -> None:
-        """A Ray stage keyed by sample_id, resumable row by row (see RunStore.resume)."""
-
-        def build() -> None:
-            import ray
-
-            done = store.resume(name)
-            ds = source()
-            if len(done):
-                log.info(
-                    "[%s] resuming: %d rows in %d complete parts kept, %d unreadable parts removed",
-                    name,
-                    len(done),
-                    store.salvaged["parts_kept"],
-                    store.salvaged["parts_dropped"],
-                )
-                ds = ds.map_batches(exclude_ids, fn_args=([ray.put(done)],), batch_format="pyarrow")
-            if llm:  # parts of at most part_rows rows: the progress a crash keeps
-                ds = ds.repartition(target_num_rows_per_block=part_rows, strict=True)
-            store.write_dataset(name, transform(ds), schema, resume=True)
-
-        stage(name, build, key="sample_id")
+    runner = StageRunner(store, manifest)
+    part_rows = cfg.storage.part_rows  # rows per Parquet part of an LLM stage: the progress a crash keeps
 
     # 0. Seeds: the dialogues the method starts from.
-    def seeds() -> None:
-        path = cfg.seeds.path or default_seed_path()
-        table = read_seeds(
-            path, layout=cfg.seeds.layout, limit=cfg.seeds.limit, storage_options=storage_options(path, cfg.storage)
-        )
-        store.write_table("seeds", table.to_arrow(), schemas.SEEDS)
-        store.write_json("seeds.json", {"path": table.path, "layout": table.layout, "dropped": table.dropped})
+    def seed_table():
+        table, info = seeds.seed_table(cfg, storage_options(cfg.seeds.path or default_seed_path(), cfg.storage))
+        store.write_json("seeds.json", info)
+        return table
 
-    stage("seeds", seeds)
+    runner.table(seeds.CONTRACT, seed_table)
 
     # 1. Generation: n new multi-round dialogues per seed.
     g = cfg.generation
-    keyed(
-        "generations",
-        lambda: store.read_dataset("seeds").map_batches(
-            expand_seeds, fn_kwargs={"samples_per_seed": g.samples_per_seed}, batch_format="numpy"
-        ),
-        lambda ds: Generation(g.engine, g.sampling, g.min_rounds)(ds, model_path=resolve_model(g.engine.model)),
-        schemas.GENERATIONS,
-        llm=True,
+    runner.keyed(
+        generation.CONTRACT,
+        lambda ds, carry: generation.generation_stage(ds, g, carry, model_path=resolve_model(g.engine.model)),
+        part_rows=part_rows,
     )
 
     # 2. Parse rounds and sample turns: history of k rounds -> the aligned target.
-    keyed(
-        "samples",
-        lambda: store.read_dataset("generations"),
-        lambda ds: turns_stage(ds, seed=cfg.seed, turns_cfg=cfg.turns, max_tokens=g.sampling.max_tokens),
-        schemas.SAMPLES,
+    runner.keyed(
+        turns.CONTRACT,
+        lambda ds, carry: turns.turns_stage(ds, seed=cfg.seed, turns_cfg=cfg.turns, max_tokens=g.sampling.max_tokens),
     )
 
     # 3a. The discriminator answers every sampled history itself.
     d = cfg.discriminator
-    keyed(
-        "discriminated",
-        lambda: store.read_dataset("samples").filter(expr=col("drop_reason").is_null()),
-        lambda ds: Discriminator(d.engine, d.sampling, d.system_prompt, d.input_format, schemas.SAMPLE_CARRY)(
-            ds, model_path=resolve_model(d.engine.model)
-        ),
-        schemas.DISCRIMINATED,
-        llm=True,
+    runner.keyed(
+        discriminator.CONTRACT,
+        lambda ds, carry: discriminator.discriminator_stage(ds, d, carry, model_path=resolve_model(d.engine.model)),
+        where=col("drop_reason").is_null(),
+        part_rows=part_rows,
     )
 
     # 3b. Quality score = 100 x cos(target, discriminator answer); keep >= threshold.
-    keyed(
-        "scored", lambda: store.read_dataset("discriminated"), lambda ds: score_stage(ds, cfg.quality), schemas.SCORED
-    )
+    runner.keyed(quality.CONTRACT, lambda ds, carry: quality.score_stage(ds, cfg.quality))
 
     # 4. Diversity: greedy k-center over the kept rows' embeddings.
-    def selected() -> None:
-        kept = store.read_table("scored", filter=pc.field("kept"))
-        chosen, info = diversity.select(kept, cfg.diversity, cfg.seed)
-        store.write_table("selected", chosen, schemas.SELECTED)
+    def selected():
+        chosen, info = selection.select(store.read_table("scored", filter=pc.field("kept")), cfg.diversity, cfg.seed)
         store.write_json("selection.json", info)
+        return chosen
 
-    stage("selected", selected, key="sample_id")
+    runner.table(selection.CONTRACT, selected)
 
     # 5. Export the selected set for fine-tuning.
     export.write_selected(store)
 
     # 6. A judge LLM rates every selected row on naturalness, coherence and empathy.
     j = cfg.judge
-
-    def judged() -> None:
-        if store.count_rows("selected") == 0:  # no engine start for nothing to judge
-            store.write_table("judged", schemas.JUDGED.empty_table(), schemas.JUDGED)
-            return
-        store.write_dataset(
-            "judged",
-            Judge(j.engine, j.sampling, schemas.SELECTED.names, j.constrained)(
-                store.read_dataset("selected"), model_path=resolve_model(j.engine.model)
-            ),
-            schemas.JUDGED,
+    if j.enabled:
+        no_rows = store.count_rows("selected") == 0  # no engine start for nothing to judge
+        runner.keyed(
+            judge.CONTRACT,
+            lambda ds, carry: judge.judge_stage(ds, j, carry, model_path=resolve_model(j.engine.model)),
+            source=(lambda salvage: None) if no_rows else None,
+            part_rows=part_rows,
         )
 
-    if j.enabled:
-        stage("judged", judged)
-
-    result = report.write_report(store, cfg, timings)
-    manifest.update(counts=result.get("counts", {}), seconds=timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    result = report.write_report(store, cfg, runner.timings)
+    manifest.update(
+        counts=result.get("counts", {}), seconds=runner.timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    )
     store.write_json("manifest.json", manifest)
     return result

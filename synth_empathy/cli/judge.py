@@ -48,6 +48,7 @@ import pyarrow.compute as pc
 from synth_empathy import schemas
 from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, load_with_aliases, setup_logging
 from synth_empathy.errors import JudgeInputError  # noqa: F401 (re-exported)
+from synth_empathy.stages.contract import StageContract
 
 log = logging.getLogger("synth_empathy")
 
@@ -63,6 +64,8 @@ JUDGE_INPUT = pa.schema(
 JUDGE_OUTPUT = pa.schema(list(JUDGE_INPUT) + schemas.JUDGED_COLUMNS)
 REPORT_FILE = "judge_report.json"
 STAGE = "judged"
+# The judge stage's contract over a corpus from outside a run: the rows as read above.
+COMMAND_CONTRACT = StageContract(name=STAGE, input=None, requires=("sample_id", "output"), produces=JUDGE_OUTPUT)
 
 
 # --------------------------------------------------------------------------- reading (pure)
@@ -234,8 +237,9 @@ def run_judging(
     """Judge ``input`` into ``output`` with ``cfg.judge``; returns the report."""
     from synth_empathy.cluster.ray_init import init_ray
     from synth_empathy.models.weights import check_model, resolve_model
-    from synth_empathy.stages.judge import Judge, judge_summary
+    from synth_empathy.stages.judge import judge_stage, judge_summary
     from synth_empathy.storage.run_store import storage_options
+    from synth_empathy.storage.runner import StageRunner
 
     if sample is not None and sample < 1:
         raise JudgeInputError(f"--sample must be at least 1, got {sample}")
@@ -250,27 +254,29 @@ def run_judging(
     store = output_store(output, storage_options(output, cfg.storage))
     store.check_writable()
 
-    resumed, todo = None, rows.slice(0, 0)
-    if store.is_done(STAGE):
-        log.info("[judge] %s is finished; reading it back", store.url)
-    else:
+    todo = rows.slice(0, 0)
+
+    def remaining(salvage):
+        """The rows no salvaged part holds, as a Ray Dataset; None when none is left."""
+        nonlocal todo
         import ray
 
-        done = store.resume(STAGE)
-        resumed = dict(store.salvaged)
-        todo = rows.filter(pc.invert(pc.is_in(rows.column("sample_id"), value_set=done))) if len(done) else rows
-        if len(done):
-            log.info("[judge] resuming: %d rows already judged, %d to go", len(done), todo.num_rows)
-        if todo.num_rows:  # no engine start for nothing to judge
-            init_ray(cfg, sections=("judge",))
-            # Parts of at most part_rows rows: the progress a crash keeps.
-            ds = ray.data.from_arrow(todo).repartition(target_num_rows_per_block=cfg.storage.part_rows, strict=True)
-            log.info("[judge] rating %d rows with %s", todo.num_rows, j.engine.model)
-            judged = Judge(j.engine, j.sampling, JUDGE_INPUT.names, j.constrained)(
-                ds, model_path=resolve_model(j.engine.model)
-            )
-            store.write_dataset(STAGE, judged, JUDGE_OUTPUT, resume=True)
-        store.finish(STAGE, {**store.verify(STAGE), "salvaged": resumed})
+        todo = rows.filter(pc.invert(pc.is_in(rows.column("sample_id"), value_set=salvage.ids)))
+        if salvage.rows_kept:
+            log.info("[judge] resuming: %d rows already judged, %d to go", salvage.rows_kept, todo.num_rows)
+        if todo.num_rows == 0:  # no engine start for nothing to judge
+            return None
+        init_ray(cfg, sections=("judge",))
+        log.info("[judge] rating %d rows with %s", todo.num_rows, j.engine.model)
+        return ray.data.from_arrow(todo)
+
+    marker = StageRunner(store).keyed(
+        COMMAND_CONTRACT,
+        lambda ds, carry: judge_stage(ds, j, carry, model_path=resolve_model(j.engine.model)),
+        source=remaining,
+        columns=rows.column_names,
+        part_rows=cfg.storage.part_rows,
+    )
     seconds = time.perf_counter() - t0
     table = store.read_table(STAGE, columns=["sample_id"] + [c for c, _ in schemas.JUDGED_COLUMNS])
     new = pc.is_in(table.column("sample_id"), value_set=todo.column("sample_id"))
@@ -293,7 +299,7 @@ def run_judging(
             "rows_per_s": round(todo.num_rows / seconds, 3),
             "tokens_per_s": round(tokens / seconds, 2),
         },
-        "resumed": resumed,
+        "resumed": None if marker.get("done_earlier") else marker.get("salvaged"),
     }
     store.write_json(REPORT_FILE, report)
     return report

@@ -13,7 +13,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from synth_empathy import schemas
+from synth_empathy.stages.contract import StageContract
 from synth_empathy.stages.llm import LLMStage
+
+CONTRACT = StageContract(
+    name="discriminated",
+    input="samples",
+    requires=("sample_id", "instruction", "history", "drop_reason"),
+    produces=schemas.DISCRIMINATED,
+)
 
 
 def discriminator_messages(row: dict[str, Any], system_prompt: str, input_format: str = "chat") -> list[dict[str, str]]:
@@ -47,3 +56,10 @@ class Discriminator(LLMStage):
 
     def output_columns(self, row: dict[str, Any], text: str) -> dict[str, Any]:
         return {"disc_response": text.strip()}
+
+
+def discriminator_stage(ds, cfg: Any, carry: Sequence[str], model_path: str | None = None):
+    """Step 3a on a Ray Dataset of samples (those without a drop reason)."""
+    return Discriminator(cfg.engine, cfg.sampling, cfg.system_prompt, cfg.input_format, carry)(
+        ds, model_path=model_path
+    )

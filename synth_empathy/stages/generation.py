@@ -17,9 +17,20 @@ out: generations  ``seed_id, sample_id, emotion, prompt, raw_text, model, num_ge
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
+from synth_empathy import schemas
+from synth_empathy.stages.contract import StageContract
 from synth_empathy.stages.llm import LLMStage
+
+CONTRACT = StageContract(
+    name="generations",
+    input="seeds",
+    requires=("seed_id", "context", "response", "emotion"),
+    produces=schemas.GENERATIONS,
+    makes=("sample_id",),  # expand_seeds gives every (seed, i) its id before the engine
+)
 
 SYSTEM_PROMPT = "You are an empathetic psychologist with both sensibility and rationality."
 
@@ -100,9 +111,11 @@ class Generation(LLMStage):
     name = "generation"
     passthrough = ("seed_id", "sample_id", "emotion")
 
-    def __init__(self, engine, sampling, min_rounds: int = 3) -> None:
+    def __init__(self, engine, sampling, min_rounds: int = 3, passthrough: Sequence[str] | None = None) -> None:
         super().__init__(engine, sampling)
         self.min_rounds = min_rounds
+        if passthrough is not None:
+            self.passthrough = tuple(passthrough)
 
     def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
         return generation_messages(row, self.min_rounds)
@@ -110,3 +123,9 @@ class Generation(LLMStage):
     def output_columns(self, row: dict[str, Any], text: str) -> dict[str, Any]:
         # The prefix was written for the model, so it belongs to the dialogue text.
         return {"raw_text": ANSWER_PREFIX + text, "prompt": json.dumps(row["messages"])}
+
+
+def generation_stage(ds, cfg: Any, carry: Sequence[str], model_path: str | None = None):
+    """Step 1 on a Ray Dataset of seeds: ``samples_per_seed`` rows per seed, then the engine."""
+    ds = ds.map_batches(expand_seeds, fn_kwargs={"samples_per_seed": cfg.samples_per_seed}, batch_format="numpy")
+    return Generation(cfg.engine, cfg.sampling, cfg.min_rounds, carry)(ds, model_path=model_path)

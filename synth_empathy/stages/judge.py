@@ -37,8 +37,17 @@ from typing import Any
 
 import pyarrow as pa
 
+from synth_empathy import schemas
 from synth_empathy.core.judge_scores import ANSWER_PATTERN, ANSWER_PREFIX, CRITERIA, parse_scores  # noqa: F401
+from synth_empathy.stages.contract import StageContract
 from synth_empathy.stages.llm import LLMStage
+
+CONTRACT = StageContract(
+    name="judged",
+    input="selected",
+    requires=("sample_id", "output"),  # and a history or an instruction: judge_messages falls back
+    produces=schemas.JUDGED,
+)
 
 # Each criterion's rubric, one line per score (our words, after the paper's criteria).
 RUBRICS: dict[str, str] = {
@@ -176,3 +185,8 @@ def judge_summary(table: pa.Table) -> dict[str, Any]:
         "criteria": criteria,
         "mean_of_means": round(sum(means) / len(means), 4) if means else None,
     }
+
+
+def judge_stage(ds, cfg: Any, carry: Sequence[str], model_path: str | None = None):
+    """Step 6 on a Ray Dataset of selected rows."""
+    return Judge(cfg.engine, cfg.sampling, carry, cfg.constrained)(ds, model_path=model_path)

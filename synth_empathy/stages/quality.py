@@ -18,7 +18,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from synth_empathy import schemas
 from synth_empathy.models.embedder import encode
+from synth_empathy.stages.contract import StageContract
+
+CONTRACT = StageContract(
+    name="scored",
+    input="discriminated",
+    requires=("sample_id", "instruction", "output", "disc_response", "disc_error"),
+    produces=schemas.SCORED,
+)
 
 
 def quality_scores(targets: np.ndarray, answers: np.ndarray) -> np.ndarray:

@@ -22,6 +22,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from synth_empathy import schemas
+from synth_empathy.stages.contract import StageContract
+
+CONTRACT = StageContract(
+    name="selected",
+    input="scored",
+    requires=("sample_id", "kept", "embedding"),
+    produces=schemas.SELECTED,
+)
+
 
 def embeddings_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
     """An (N, d) float32 matrix from a list<float32> column, without a Python loop."""

@@ -16,8 +16,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from synth_empathy import schemas
 from synth_empathy.core.rounds import parse_rounds
 from synth_empathy.core.turn_sampling import rng_for, sample_turns_result
+from synth_empathy.stages.contract import StageContract
+
+CONTRACT = StageContract(
+    name="samples",
+    input="generations",
+    requires=("seed_id", "sample_id", "emotion", "raw_text", "error"),
+    produces=schemas.SAMPLES,
+)
 
 
 def sample_row(

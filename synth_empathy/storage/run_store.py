@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -74,6 +75,22 @@ def _cause(e: BaseException) -> str:
         code = (getattr(cause, "response", None) or {}).get("Error", {}).get("Code")
         cause = cause.__cause__ or cause.__context__
     return f"{type(e).__name__} ({code}): {text[:300]}" if code else f"{type(e).__name__}: {text[:300]}"
+
+
+@dataclass(frozen=True)
+class Salvage:
+    """What :meth:`RunStore.resume` kept of an unfinished keyed stage."""
+
+    ids: pa.Array  # the ids the kept parts hold, sorted
+    parts_kept: int
+    parts_dropped: int
+
+    @property
+    def rows_kept(self) -> int:
+        return len(self.ids)
+
+    def summary(self) -> dict[str, int]:
+        return {"parts_kept": self.parts_kept, "parts_dropped": self.parts_dropped, "rows_kept": self.rows_kept}
 
 
 def new_run_id() -> str:
@@ -157,18 +174,18 @@ class RunStore:
             return []
         return sorted(p for p in self.fs.find(folder) if not p.rstrip("/").endswith("/" + stage))
 
-    def resume(self, stage: str, key: str = "sample_id") -> pa.Array:
-        """Salvage an unfinished keyed stage; return the ids its complete parts hold.
+    def resume(self, stage: str, key: str = "sample_id") -> Salvage:
+        """Salvage an unfinished keyed stage; return what its complete parts hold.
 
         A part counts only if its footer and its ``key`` column read back (a half-written
         Parquet file has no footer); every other file is deleted, and so is a part whose
         ids another kept part already holds, so what stays holds each id once. The caller
-        then runs the stage on the rows whose ids are not returned and writes new parts
-        next to the kept ones.
+        then runs the stage on the rows whose ids are not in :attr:`Salvage.ids` and
+        writes new parts next to the kept ones.
         """
         folder = self.path(stage)
         self.fs.makedirs(folder, exist_ok=True)
-        kept, dropped, seen = [], 0, set()
+        kept, dropped, seen = 0, 0, set()
         for part in self.parts(stage):
             ids = None
             if part.endswith(".parquet"):
@@ -181,9 +198,14 @@ class RunStore:
                 dropped += 1
                 continue
             seen.update(ids)
-            kept.append(ids)
-        self.salvaged = {"parts_kept": len(kept), "parts_dropped": dropped, "rows_kept": len(seen)}
-        return pa.array(sorted(seen), type=pa.string())
+            kept += 1
+        return Salvage(pa.array(sorted(seen), type=pa.string()), parts_kept=kept, parts_dropped=dropped)
+
+    def columns(self, stage: str) -> list[str]:
+        """The column names of a finished stage, from its Parquet footers alone."""
+        import pyarrow.dataset as pds
+
+        return list(pds.dataset(self._require(stage), filesystem=self.arrow_fs, format="parquet").schema.names)
 
     def write_dataset(self, stage: str, ds, schema: pa.Schema, resume: bool = False) -> None:
         """Stream a Ray Dataset into the stage folder, every batch cast to the schema.

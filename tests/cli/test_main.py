@@ -57,6 +57,8 @@ def test_bad_input_is_one_line_and_exit_2_before_models(case, tmp_path):
     assert lines[-1].startswith("error: ") and expected in lines[-1], result.stderr[-2000:]
     assert sum(line.startswith("error:") for line in lines) == 1
     assert not (tmp_path / "cache").exists(), "a model was prepared before the input was checked"
+    out = tmp_path / "out"
+    assert not out.exists() or not any(out.iterdir()), f"a failed preflight left {list(out.iterdir())}"
 
 
 def test_config_command_prints_the_resolved_config(tmp_path):

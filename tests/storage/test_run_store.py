@@ -89,10 +89,10 @@ def test_resume_keeps_complete_parts_and_drops_half_written_ones(tmp_path):
     (folder / "c.parquet").write_bytes(whole[: len(whole) // 2])  # killed mid-write: no footer
     (folder / "d.parquet").write_bytes(b"")
     _part(folder / "e.parquet", ["s3", "s4"])  # overlaps b: dropped, s4 is redone
-    ids = store.resume("generations")
-    assert ids.to_pylist() == ["s1", "s2", "s3"]
+    salvage = store.resume("generations")
+    assert salvage.ids.to_pylist() == ["s1", "s2", "s3"]
     assert sorted(p.name for p in folder.iterdir()) == ["a.parquet", "b.parquet"]
-    assert store.salvaged == {"parts_kept": 2, "parts_dropped": 3, "rows_kept": 3}
+    assert salvage.summary() == {"parts_kept": 2, "parts_dropped": 3, "rows_kept": 3}
     assert not store.is_done("generations")  # salvaging never marks a stage done
     with pytest.raises(RuntimeError, match="not finished"):
         store.read_table("generations")
@@ -111,7 +111,7 @@ def test_verify_refuses_doubled_ids_and_finish_marks_done(tmp_path):
 
 def test_resume_of_an_untouched_stage_is_empty(tmp_path):
     store = RunStore(str(tmp_path), "r")
-    assert len(store.resume("samples")) == 0
+    assert store.resume("samples").rows_kept == 0
     assert (tmp_path / "r" / "samples").is_dir()
 
 

@@ -1,0 +1,132 @@
+"""Stage bookkeeping, in one place: done markers, resume, salvage, verification, manifest.
+
+The pipeline and every standalone command (``judge``, ``select``, ``train``...) run their
+stages through a :class:`StageRunner`, so "nothing lost, nothing doubled" is one piece of
+code, not a habit:
+
+* a stage with its ``<stage>.done.json`` marker is read back, never recomputed;
+* a keyed stage (:class:`~synth_empathy.stages.contract.StageContract` with a ``key``)
+  that was interrupted keeps the parts that read back whole (:meth:`RunStore.resume`),
+  and only rows whose ids those parts do not hold go through it again;
+* the stage's ``requires`` are checked against its input's schema before anything
+  starts, and the columns it carries through are derived from that schema;
+* the marker is written only after every part reads back and no id appears twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from synth_empathy.stages.contract import StageContract
+from synth_empathy.storage.run_store import RunStore, Salvage, exclude_ids
+
+log = logging.getLogger("synth_empathy")
+
+# transform(ds, carry) -> ds: the stage's Ray Data wrapper, given the columns it carries
+Transform = Callable[[Any, tuple[str, ...]], Any]
+
+
+class StageRunner:
+    def __init__(self, store: RunStore, manifest: dict[str, Any] | None = None) -> None:
+        self.store = store
+        self.manifest = manifest
+        self.timings: dict[str, float] = {}
+
+    # -- any stage ---------------------------------------------------------------------
+    def run(self, name: str, build: Callable[[], dict[str, Any] | None], key: str | None = "sample_id") -> dict:
+        """Run ``build`` (which writes the stage's table) unless the stage is done; mark it done.
+
+        ``build`` may return figures to keep in the marker. Returns the marker's content.
+        """
+        store = self.store
+        if store.is_done(name):
+            log.info("[%s] finished in an earlier attempt; reading it back", name)
+            info = {**store.marker(name), "done_earlier": True}
+            self.timings[name] = info.get("seconds", 0.0)
+            self._record(name, info)
+            return info
+        log.info("[%s] running", name)
+        start = time.perf_counter()
+        extra = build() or {}
+        self.timings[name] = round(time.perf_counter() - start, 2)
+        info = {"seconds": self.timings[name], **store.verify(name, key), **extra}  # raises on a doubled id
+        store.finish(name, info)
+        self._record(name, info)
+        log.info("[%s] done in %.1f s", name, self.timings[name])
+        return info
+
+    def table(self, contract: StageContract, make: Callable[[], pa.Table]) -> dict:
+        """A stage computed in memory in one piece (seeds, selection): written whole or not at all."""
+        return self.run(
+            contract.name, lambda: self.store.write_table(contract.name, make(), contract.produces), key=contract.key
+        )
+
+    # -- keyed Ray stages ----------------------------------------------------------------
+    def keyed(
+        self,
+        contract: StageContract,
+        transform: Transform,
+        *,
+        source: Callable[[Salvage], Any] | None = None,
+        columns: list[str] | None = None,
+        where: Any = None,
+        part_rows: int | None = None,
+    ) -> dict:
+        """A Ray Data stage keyed by ``contract.key``, resumable row by row.
+
+        The input is ``contract.input``'s table (optionally filtered by the Ray Data
+        expression ``where``) less the rows a salvaged part already holds; or, for input
+        from outside the run, ``source(salvage)`` with its ``columns``: a Ray Dataset of
+        the rows still to do, or None when none is left (then no engine starts).
+        ``part_rows`` cuts the input into blocks of at most that many rows, each of which
+        becomes one part: the progress a crash keeps (LLM stages).
+        """
+        store = self.store
+        if store.is_done(contract.name):
+            return self.run(contract.name, lambda: None, key=contract.key)
+        if columns is None:
+            columns = store.columns(contract.input)
+        where_from = f"input table {contract.input!r}" if source is None else "its input"
+        contract.check(columns, where_from)  # before any engine starts
+        carry = contract.carried(columns)
+
+        def build() -> dict[str, Any]:
+            import ray
+
+            salvage = store.resume(contract.name, contract.key)
+            if salvage.rows_kept:
+                log.info(
+                    "[%s] resuming: %d rows in %d complete parts kept, %d unreadable parts removed",
+                    contract.name,
+                    salvage.rows_kept,
+                    salvage.parts_kept,
+                    salvage.parts_dropped,
+                )
+            if source is not None:
+                ds = source(salvage)
+            else:
+                ds = store.read_dataset(contract.input)
+                if where is not None:
+                    ds = ds.filter(expr=where)
+                if salvage.rows_kept:
+                    ds = ds.map_batches(exclude_ids, fn_args=([ray.put(salvage.ids)],), batch_format="pyarrow")
+            if ds is not None:
+                if part_rows:
+                    ds = ds.repartition(target_num_rows_per_block=part_rows, strict=True)
+                store.write_dataset(contract.name, transform(ds, carry), contract.produces, resume=True)
+            if not store.parts(contract.name):  # nothing to do and nothing kept: still a table with its schema
+                store.write_table(contract.name, contract.produces.empty_table(), contract.produces)
+            return {"salvaged": salvage.summary()}
+
+        return self.run(contract.name, build, key=contract.key)
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def _record(self, name: str, info: dict[str, Any]) -> None:
+        if self.manifest is not None:
+            self.manifest.setdefault("stages", {})[name] = info
+            self.store.write_json("manifest.json", self.manifest)
