@@ -1,6 +1,7 @@
 # Two commands for a fresh machine with Python 3.11 and pip:
 #   make run   - the main job on the embedded default (ARGS="key=value ..." to override)
 #   make test  - the test suite
+#   make lint  - ruff format --check and ruff check (CI runs it before the tests)
 # Both install into .venv first; a second call installs nothing new unless
 # pyproject.toml changed.
 
@@ -10,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test install bench clean-venv
+.PHONY: run test lint install bench clean-venv
 
 install: $(STAMP)
 
@@ -29,6 +30,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 clean-venv:
 	rm -rf $(VENV)

@@ -119,6 +119,16 @@ class QualityConfig:
     replicas: int = opt(1, "embedding actors")
     cpus_per_replica: float = opt(2.0, "CPUs per embedding actor; Ray sets the actor's torch threads to this number")
     gpus_per_replica: float = opt(0.0, "GPUs per embedding actor")
+    drop_repeats: bool = opt(
+        True,
+        "drop a row that would be kept when its target or the discriminator's answer repeats "
+        "a line of its history (agreement by copying: scores ~100 and says nothing new)",
+    )
+    repeat_similarity: Optional[float] = opt(
+        0.95,
+        "a repeat is also a cosine >= this between the target (or answer) and a history line, "
+        "in the embedder's space; null = exact repeats only (case, spaces, punctuation ignored)",
+    )
 
 
 @dataclass

@@ -3,12 +3,17 @@
 An embedding model embeds the generated target (``output``) and the discriminator's
 answer (``disc_response``); the quality score is 100 x their cosine similarity. Rows
 scoring below the threshold T are dropped (kept in the table, marked with a reason).
-The same pass embeds ``instruction + output`` of the rows it keeps: the vectors that
+A row that would be kept but whose target or discriminator answer repeats a line of its
+history (:mod:`synth_empathy.core.repetition`) is dropped too, with the reason
+``target_repeats_history`` or ``answer_repeats_history``: that agreement is copying,
+not empathy. The same pass embeds ``instruction + output`` of the rows it keeps: the vectors that
 diversity selection (step 4) works on, so no row is embedded twice.
 
 in:  discriminated samples ``sample_id, instruction, output, disc_response, disc_error, ...``
 out: ``+ quality_score`` (0-100, null when there was nothing to compare), ``kept``,
-     ``drop_reason``, ``embedding`` (list<float32>, kept rows only)
+     ``drop_reason``, ``embedding`` (list<float32>, kept rows only); drop reasons
+     ``discriminator_error``, ``empty_discriminator_answer``, ``below_quality_threshold``,
+     ``target_repeats_history``, ``answer_repeats_history``
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ import numpy as np
 import pyarrow as pa
 
 from synth_empathy import schemas
+from synth_empathy.core.repetition import max_similarity, repetition_reason
 from synth_empathy.models.embedder import encode
 from synth_empathy.stages.contract import StageContract
 
 CONTRACT = StageContract(
     name="scored",
     input="discriminated",
-    requires=("sample_id", "instruction", "output", "disc_response", "disc_error"),
+    requires=("sample_id", "instruction", "output", "history", "disc_response", "disc_error"),
     produces=schemas.SCORED,
 )
 
@@ -52,7 +58,14 @@ def diversity_text(instruction: str, output: str) -> str:
     return f"{instruction} {output}"
 
 
-def score_batch(batch: pa.Table, embedder: str, threshold: float, batch_size: int = 64) -> pa.Table:
+def score_batch(
+    batch: pa.Table,
+    embedder: str,
+    threshold: float,
+    batch_size: int = 64,
+    drop_repeats: bool = True,
+    repeat_similarity: float | None = 0.95,
+) -> pa.Table:
     """The whole step for one batch: the batch with the four new columns appended."""
     n = batch.num_rows
     outputs = [str(x or "") for x in batch.column("output").to_pylist()]
@@ -62,15 +75,22 @@ def score_batch(batch: pa.Table, embedder: str, threshold: float, batch_size: in
     scorable = [i for i in range(n) if reasons[i] is None]
 
     scores: list[float | None] = [None] * n
+    vectors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     if scorable:
         both = encode([outputs[i] for i in scorable] + [answers[i] for i in scorable], embedder, batch_size)
         m = len(scorable)
-        for i, s in zip(scorable, quality_scores(both[:m], both[m:])):
+        for j, (i, s) in enumerate(zip(scorable, quality_scores(both[:m], both[m:]))):
             scores[i] = float(s)
+            vectors[i] = (both[j], both[m + j])
     kept = [scores[i] is not None and scores[i] >= threshold for i in range(n)]
     for i in scorable:
         if not kept[i]:
             reasons[i] = "below_quality_threshold"
+    if drop_repeats:
+        for i, reason in _repeats(
+            batch, [i for i in range(n) if kept[i]], outputs, answers, vectors, embedder, batch_size, repeat_similarity
+        ).items():
+            kept[i], reasons[i] = False, reason
 
     embeddings: list[list[float] | None] = [None] * n
     keep_idx = [i for i in range(n) if kept[i]]
@@ -90,24 +110,81 @@ def score_batch(batch: pa.Table, embedder: str, threshold: float, batch_size: in
     return batch
 
 
+def _history_lines(value) -> list[str]:
+    return [str(turn["content"]) for turn in (value or []) if turn and turn.get("content")]
+
+
+def _repeats(batch, rows, outputs, answers, vectors, embedder, batch_size, similarity) -> dict[int, str]:
+    """{row: reason} for the candidate ``rows`` whose target or answer repeats their history.
+
+    Only rows that would be kept are checked (the others are dropped anyway), so the
+    history lines embedded here are those of a few rows, not of the whole batch.
+    """
+    if not rows:
+        return {}
+    histories = batch.column("history").to_pylist()
+    lines = {i: _history_lines(histories[i]) for i in rows}
+    line_vecs: dict[int, np.ndarray] = {}
+    if similarity is not None:
+        flat = [line for i in rows for line in lines[i]]
+        vecs = encode(flat, embedder, batch_size) if flat else np.zeros((0, 0), dtype=np.float32)
+        at = 0
+        for i in rows:
+            line_vecs[i] = vecs[at : at + len(lines[i])]
+            at += len(lines[i])
+    found = {}
+    for i in rows:
+        target_sim = answer_sim = None
+        if similarity is not None:
+            target_sim = max_similarity(vectors[i][0], line_vecs[i])
+            answer_sim = max_similarity(vectors[i][1], line_vecs[i])
+        reason = repetition_reason(
+            outputs[i],
+            answers[i],
+            lines[i],
+            target_similarity=target_sim,
+            answer_similarity=answer_sim,
+            threshold=similarity,
+        )
+        if reason:
+            found[i] = reason
+    return found
+
+
 class QualityScorer:
     """Ray Data actor: loads the embedder once, then scores batch after batch."""
 
-    def __init__(self, embedder: str, threshold: float, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        embedder: str,
+        threshold: float,
+        batch_size: int = 64,
+        drop_repeats: bool = True,
+        repeat_similarity: float | None = 0.95,
+    ) -> None:
         from synth_empathy.models.embedder import load_embedder
 
         load_embedder(embedder, None)  # at actor start; same cache key as encode() uses
         self.embedder, self.threshold, self.batch_size = embedder, threshold, batch_size
+        self.drop_repeats, self.repeat_similarity = drop_repeats, repeat_similarity
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return score_batch(batch, self.embedder, self.threshold, self.batch_size)
+        return score_batch(
+            batch, self.embedder, self.threshold, self.batch_size, self.drop_repeats, self.repeat_similarity
+        )
 
 
 def score_stage(ds, cfg: Any):
     """Apply step 3b to a Ray Dataset of discriminated samples."""
     return ds.map_batches(
         QualityScorer,
-        fn_constructor_kwargs=dict(embedder=cfg.embedder, threshold=cfg.threshold, batch_size=cfg.batch_size),
+        fn_constructor_kwargs=dict(
+            embedder=cfg.embedder,
+            threshold=cfg.threshold,
+            batch_size=cfg.batch_size,
+            drop_repeats=cfg.drop_repeats,
+            repeat_similarity=cfg.repeat_similarity,
+        ),
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         concurrency=cfg.replicas,

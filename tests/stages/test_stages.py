@@ -108,6 +108,7 @@ def test_score_batch_with_the_real_embedder_applies_the_threshold():
         "output": ["I'm so sorry about your cat.", "I'm so sorry about your cat.", "x", "y"],
         "disc_response": ["I'm so sorry about your cat.", "The stock market closed higher today.", "", "z"],
         "disc_error": [None, None, None, "engine error"],
+        "history": [[{"role": "user", "content": "my cat died"}]] * 4,
     }
     out = score_batch(pa.table(rows), "packaged:all-minilm-l6-v2", threshold=60)
     scores = out.column("quality_score").to_pylist()
@@ -124,3 +125,42 @@ def test_score_batch_with_the_real_embedder_applies_the_threshold():
     emb = out.column("embedding").to_pylist()
     assert len(emb[0]) == 384 and emb[1] is None
     assert abs(np.linalg.norm(emb[0]) - 1) < 1e-4
+
+
+def test_agreement_by_copying_the_history_is_dropped_with_a_reason():
+    """The degenerate top scorer: the target repeats round 1's response, the
+    discriminator copies the same line, the cosine of identical strings is 1."""
+    history = [
+        {"role": "user", "content": "My cat died last night."},
+        {"role": "assistant", "content": "I'm so sorry. Was she with you for long?"},
+        {"role": "user", "content": "Fifteen years. The house feels empty."},
+    ]
+    rows = {
+        "sample_id": ["copy", "answer-copies", "near-copy", "fine"],
+        "instruction": ["..."] * 4,
+        "output": [
+            "I'm so sorry. Was she with you for long?",  # the target repeats a history line
+            "Fifteen years is a lifetime together; missing her makes sense.",
+            "i'm SO sorry - was she with you for long",  # the same line, other case/punctuation
+            "Fifteen years is a lifetime together; missing her makes sense.",
+        ],
+        "disc_response": [
+            "I'm so sorry. Was she with you for long?",
+            "I'm so sorry. Was she with you for long?",  # the answer copies the history
+            "I'm so sorry. Was she with you for long?",
+            "Fifteen years together is a lifetime; it makes sense that you miss her.",
+        ],
+        "disc_error": [None] * 4,
+        "history": [history] * 4,
+    }
+    out = score_batch(pa.table(rows), "packaged:all-minilm-l6-v2", threshold=0)
+    assert out.column("drop_reason").to_pylist() == [
+        "target_repeats_history",
+        "answer_repeats_history",
+        "target_repeats_history",
+        None,
+    ]
+    assert out.column("kept").to_pylist() == [False, False, False, True]
+    assert out.column("quality_score").to_pylist()[0] == pytest.approx(100.0, abs=0.01)  # the score stays
+    off = score_batch(pa.table(rows), "packaged:all-minilm-l6-v2", threshold=0, drop_repeats=False)
+    assert off.column("kept").to_pylist() == [True] * 4
