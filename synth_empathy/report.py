@@ -2,7 +2,7 @@
 
 Everything is computed from the run folder's stage tables (not from counters kept in
 memory), so the report of a resumed run is as complete as that of a run in one go, and
-``synth-empathy report <run folder>`` can rebuild it at any time.
+a report can be rebuilt from a run folder at any time (:func:`write_report`).
 """
 
 from __future__ import annotations

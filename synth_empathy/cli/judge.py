@@ -50,7 +50,7 @@ from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_
 from synth_empathy.errors import JudgeInputError  # noqa: F401 (re-exported)
 from synth_empathy.stages.contract import StageContract
 
-log = logging.getLogger("synth_empathy")
+log = logging.getLogger(__name__)
 
 # What the judge reads: the sampled dialogue and the answer to rate.
 JUDGE_INPUT = pa.schema(

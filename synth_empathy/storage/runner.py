@@ -25,7 +25,7 @@ import pyarrow as pa
 from synth_empathy.stages.contract import StageContract
 from synth_empathy.storage.run_store import RunStore, Salvage, exclude_ids
 
-log = logging.getLogger("synth_empathy")
+log = logging.getLogger(__name__)
 
 # transform(ds, carry) -> ds: the stage's Ray Data wrapper, given the columns it carries
 Transform = Callable[[Any, tuple[str, ...]], Any]

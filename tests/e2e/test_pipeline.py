@@ -172,3 +172,17 @@ def test_judge_command_rates_a_runs_export_and_resumes_by_id(run, tmp_path):
         assert set(judged.column(criterion).to_pylist()) <= {1, 2, 3}
     assert judged.schema.names[:4] == ["sample_id", "instruction", "output", "history"]
     assert f"judged {n} of {n} rows" in again.stdout
+
+
+def test_the_run_folder_loads_as_a_hugging_face_dataset(run):
+    import datasets
+
+    run_dir, _, _ = run
+    card = (run_dir / "README.md").read_text()
+    assert card.startswith("---\n") and "config_name: selected" in card and "task_categories" in card
+    loaded = datasets.load_dataset(str(run_dir), "selected", split="train")
+    table = read(run_dir, "selected")
+    assert sorted(loaded["sample_id"]) == sorted(table.column("sample_id").to_pylist())
+    assert set(loaded.column_names) == set(table.column_names)
+    scored = datasets.load_dataset(str(run_dir), "scored", split="train")
+    assert len(scored) == read(run_dir, "scored").num_rows
