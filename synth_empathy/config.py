@@ -174,6 +174,12 @@ class RayConfig:
         "logical CPUs of a local Ray; default max(4, cores): a CPU engine holds one in "
         "Ray's books while Ray Data's readers and maps need their own",
     )
+    verbose_progress: bool = opt(
+        False,
+        "also log Ray Data's own per-operator progress (a multi-line dump every 10 s when the "
+        "output is not a terminal); off: one progress line per LLM stage (rows, tok/s, ETA)",
+    )
+    progress_interval_s: float = opt(20.0, "seconds between the progress lines of an LLM stage")
 
 
 @dataclass

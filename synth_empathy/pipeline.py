@@ -76,7 +76,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     store.write_bytes("config.yaml", redacted_yaml(cfg).encode())
     manifest = new_manifest(store, cfg)
     init_ray(cfg)
-    runner = StageRunner(store, manifest)
+    runner = StageRunner(store, manifest, cfg.ray.progress_interval_s)
     part_rows = cfg.storage.part_rows  # rows per Parquet part of an LLM stage: the progress a crash keeps
 
     # 0. Seeds: the dialogues the method starts from.

@@ -270,7 +270,7 @@ def run_judging(
         log.info("[judge] rating %d rows with %s", todo.num_rows, j.engine.model)
         return ray.data.from_arrow(todo)
 
-    marker = StageRunner(store).keyed(
+    marker = StageRunner(store, progress_interval=cfg.ray.progress_interval_s).keyed(
         COMMAND_CONTRACT,
         lambda ds, carry: judge_stage(ds, j, carry, model_path=resolve_model(j.engine.model)),
         source=remaining,

@@ -30,4 +30,16 @@ def init_ray(cfg: DictConfig, sections: tuple | None = None) -> None:
             log_to_driver=True,
             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
         )
+    quiet_ray_data_progress(cfg)
     check_cluster(cfg, sections)  # a GPU preset on a cluster without GPUs fails here, not after hours
+
+
+def quiet_ray_data_progress(cfg: DictConfig) -> None:
+    """Ray Data's progress bars in a terminal; in a log (a job, CI, a file) its multi-line
+    per-operator dump every 10 s buries everything else, so it is off there unless
+    ``ray.verbose_progress``. The stage runner logs one line per update instead."""
+    import sys
+
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = bool(cfg.ray.verbose_progress or sys.stdout.isatty())

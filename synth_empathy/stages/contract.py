@@ -24,6 +24,7 @@ class StageContract:
     produces: pa.Schema  # the schema of every part it writes
     key: str | None = "sample_id"  # unique row id, the unit of resume; None: not keyed
     makes: tuple[str, ...] = ()  # output columns the stage makes before its core runs (ids), carried like input
+    tokens: str | None = None  # the column counting generated tokens (LLM stages): progress and tokens/s
 
     def check(self, columns: Sequence[str], where: str) -> None:
         """One-line error when ``columns`` (the input's) lack what the stage reads."""

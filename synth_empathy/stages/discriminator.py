@@ -22,6 +22,7 @@ CONTRACT = StageContract(
     input="samples",
     requires=("sample_id", "instruction", "history", "drop_reason"),
     produces=schemas.DISCRIMINATED,
+    tokens="disc_num_tokens",
 )
 
 

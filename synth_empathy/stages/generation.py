@@ -30,6 +30,7 @@ CONTRACT = StageContract(
     requires=("seed_id", "context", "response", "emotion"),
     produces=schemas.GENERATIONS,
     makes=("sample_id",),  # expand_seeds gives every (seed, i) its id before the engine
+    tokens="num_generated_tokens",
 )
 
 SYSTEM_PROMPT = "You are an empathetic psychologist with both sensibility and rationality."

@@ -47,6 +47,7 @@ CONTRACT = StageContract(
     input="selected",
     requires=("sample_id", "output"),  # and a history or an instruction: judge_messages falls back
     produces=schemas.JUDGED,
+    tokens="judge_num_tokens",
 )
 
 # Each criterion's rubric, one line per score (our words, after the paper's criteria).

@@ -18,11 +18,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from synth_empathy.stages.contract import StageContract
+from synth_empathy.storage.progress import StageProgress
 from synth_empathy.storage.run_store import RunStore, Salvage, exclude_ids
 
 log = logging.getLogger(__name__)
@@ -32,9 +35,12 @@ Transform = Callable[[Any, tuple[str, ...]], Any]
 
 
 class StageRunner:
-    def __init__(self, store: RunStore, manifest: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, store: RunStore, manifest: dict[str, Any] | None = None, progress_interval: float = 20.0
+    ) -> None:
         self.store = store
         self.manifest = manifest
+        self.progress_interval = progress_interval  # seconds between progress lines of an LLM stage
         self.timings: dict[str, float] = {}
 
     # -- any stage ---------------------------------------------------------------------
@@ -118,7 +124,13 @@ class StageRunner:
             if ds is not None:
                 if part_rows:
                     ds = ds.repartition(target_num_rows_per_block=part_rows, strict=True)
-                store.write_dataset(contract.name, transform(ds, carry), contract.produces, resume=True)
+                total = self._rows_to_do(contract, salvage, ds if source is not None else None, where)
+                with (
+                    StageProgress(store, contract.name, total, contract.tokens, self.progress_interval)
+                    if (contract.tokens)
+                    else nullcontext()
+                ):
+                    store.write_dataset(contract.name, transform(ds, carry), contract.produces, resume=True)
             if not store.parts(contract.name):  # nothing to do and nothing kept: still a table with its schema
                 store.write_table(contract.name, contract.produces.empty_table(), contract.produces)
             return {"salvaged": salvage.summary()}
@@ -126,6 +138,18 @@ class StageRunner:
         return self.run(contract.name, build, key=contract.key)
 
     # -- bookkeeping ---------------------------------------------------------------------
+    def _rows_to_do(self, contract: StageContract, salvage: Salvage, ds: Any, where: Any) -> int:
+        """Rows this attempt has to run: from the input table's footers and key column (or
+        the given dataset's count), less what the salvaged parts hold."""
+        if ds is not None:
+            return ds.count()
+        key = contract.key or "sample_id"
+        filt = where.to_pyarrow() if where is not None else None
+        ids = self.store.read_table(contract.input, columns=[key], filter=filt).column(key)
+        if not salvage.rows_kept:
+            return len(ids)
+        return len(ids) - int(pc.sum(pc.is_in(ids, value_set=salvage.ids)).as_py() or 0)
+
     def _record(self, name: str, info: dict[str, Any]) -> None:
         if self.manifest is not None:
             self.manifest.setdefault("stages", {})[name] = info
