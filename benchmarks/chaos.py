@@ -27,7 +27,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -37,6 +36,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from machine import cpu_name
 
 STAGES = ["seeds", "generations", "samples", "discriminated", "scored", "selected", "judged"]
 KEYED = ["generations", "samples", "discriminated", "scored", "judged"]
@@ -55,16 +55,6 @@ SMALL_RUN = [
     "judge.engine.max_num_seqs=2",
 ]
 TAG_VAR = "SE_CHAOS_TAG"
-
-
-def cpu_name() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
-    flags = sorted({f for f in ("avx512f", "avx512_bf16", "amx_bf16", "avx2") if f" {f}" in text})
-    return f"{model} ({os.cpu_count()} cores; {' '.join(flags)})"
 
 
 def tagged(tag: str) -> dict[int, str]:

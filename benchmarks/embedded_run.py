@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_name
 
 
 def main(argv: list[str]) -> int:
@@ -42,7 +43,7 @@ def main(argv: list[str]) -> int:
     )
     print("| --- | --- | ---: | ---: | --- | --- | --- |")
     print(
-        f"| {time.strftime('%Y-%m-%d')} | {platform.machine()}, {os.cpu_count()} cores | {wall:.0f} | {wall / 600:.2f} | "
+        f"| {time.strftime('%Y-%m-%d')} | {cpu_name()} | {wall:.0f} | {wall / 600:.2f} | "
         f"{stages} | {c['seeds']} / {c['generations']} / {c['samples']} / {c['kept']} / {c['selected']} | "
         f"{load_before:.1f} / {load_after:.1f} |"
     )

@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -188,7 +188,7 @@ def run_case(name: str, spec) -> dict:
         "k": k,
         "repeats": repeats,
         "date": dt.date.today().isoformat(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
     }
 

@@ -31,6 +31,8 @@ import threading
 import time
 from typing import Any
 
+from machine import cpu_name
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "out")
 
@@ -481,7 +483,7 @@ def main() -> None:
             json.dump(results, f, indent=1, default=str)
     summary = summarise(results, args)
     doc = {
-        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_name(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "cpu": cpu_name(), "python": platform.python_version()},
         "args": {k: v for k, v in vars(args).items() if k not in ("child", "child_out", "passthrough")},
         "total_s": time.perf_counter() - t0,
         "summary": summary,
@@ -492,14 +494,6 @@ def main() -> None:
         json.dump(doc, f, indent=1, default=str)
     print(json.dumps(summary, indent=1))
     print(f"written {path}")
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except Exception:
-        return platform.processor()
 
 
 if __name__ == "__main__":

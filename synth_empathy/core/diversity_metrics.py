@@ -16,7 +16,7 @@ drawn (seeded) from the same kept rows, the baseline k-center selection has to b
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,14 +26,15 @@ def _tokens(text: Any) -> list[str]:
     return str(text or "").lower().split()
 
 
-def distinct_n(texts: Iterable[Any], n: int) -> float:
-    """Distinct n-grams / all n-grams over ``texts`` (0.0 when there are no n-grams)."""
+def distinct_n(texts: Iterable[Any], n: int, tokenize: Callable[[Any], list[str]] | None = None) -> float:
+    """Distinct n-grams / all n-grams over ``texts`` (0.0 when there are no n-grams);
+    ``tokenize`` defaults to the lower-cased whitespace split described above."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     seen = set()
     total = 0
     for text in texts:
-        tokens = _tokens(text)
+        tokens = (tokenize or _tokens)(text)
         for i in range(len(tokens) - n + 1):
             seen.add(tuple(tokens[i : i + n]))
             total += 1
