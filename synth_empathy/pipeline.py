@@ -92,6 +92,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     runner.keyed(
         generation.CONTRACT,
         lambda ds, carry: generation.generation_stage(ds, g, carry, model_path=resolve_model(g.engine.model)),
+        prepare=lambda ds: generation.expand_stage(ds, g),  # one row per seed and sample, with its id
         part_rows=part_rows,
     )
 

@@ -126,7 +126,11 @@ class Generation(LLMStage):
         return {"raw_text": ANSWER_PREFIX + text, "prompt": json.dumps(row["messages"])}
 
 
+def expand_stage(ds, cfg: Any):
+    """One row per (seed, sample index), each with its ``sample_id``: the rows resume skips by id."""
+    return ds.map_batches(expand_seeds, fn_kwargs={"samples_per_seed": cfg.samples_per_seed}, batch_format="numpy")
+
+
 def generation_stage(ds, cfg: Any, carry: Sequence[str], model_path: str | None = None):
-    """Step 1 on a Ray Dataset of seeds: ``samples_per_seed`` rows per seed, then the engine."""
-    ds = ds.map_batches(expand_seeds, fn_kwargs={"samples_per_seed": cfg.samples_per_seed}, batch_format="numpy")
+    """Step 1 on a Ray Dataset of expanded seed rows (:func:`expand_stage`)."""
     return Generation(cfg.engine, cfg.sampling, cfg.min_rounds, carry)(ds, model_path=model_path)

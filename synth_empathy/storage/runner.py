@@ -81,12 +81,14 @@ class StageRunner:
         source: Callable[[Salvage], Any] | None = None,
         columns: list[str] | None = None,
         where: Any = None,
+        prepare: Callable[[Any], Any] | None = None,
         part_rows: int | None = None,
     ) -> dict:
         """A Ray Data stage keyed by ``contract.key``, resumable row by row.
 
         The input is ``contract.input``'s table (optionally filtered by the Ray Data
-        expression ``where``) less the rows a salvaged part already holds; or, for input
+        expression ``where``, then ``prepare``: the stage's own step that makes its row ids,
+        e.g. one row per seed and sample) less the rows a salvaged part already holds; or, for input
         from outside the run, ``source(salvage)`` with its ``columns``: a Ray Dataset of
         the rows still to do, or None when none is left (then no engine starts).
         ``part_rows`` cuts the input into blocks of at most that many rows, each of which
@@ -119,12 +121,16 @@ class StageRunner:
                 ds = store.read_dataset(contract.input)
                 if where is not None:
                     ds = ds.filter(expr=where)
+                if prepare is not None:
+                    ds = prepare(ds)
                 if salvage.rows_kept:
                     ds = ds.map_batches(exclude_ids, fn_args=([ray.put(salvage.ids)],), batch_format="pyarrow")
             if ds is not None:
                 if part_rows:
                     ds = ds.repartition(target_num_rows_per_block=part_rows, strict=True)
-                total = self._rows_to_do(contract, salvage, ds if source is not None else None, where)
+                # ids made by `prepare` are not in the input table: count the prepared rows then
+                counted = source is not None or (contract.key or "sample_id") not in columns
+                total = self._rows_to_do(contract, salvage, ds if counted else None, where)
                 with (
                     StageProgress(store, contract.name, total, contract.tokens, self.progress_interval)
                     if (contract.tokens)
