@@ -219,7 +219,7 @@ class TrainConfig:
     )
     heldout_salt: str = opt("synth-empathy/heldout/v1", "salt of the held-out hash; another salt, another split")
     limit: Optional[int] = opt(
-        320, "train on a seeded random subset of at most this many pairs; null = all (sized for ~10 min on 2 CPU cores)"
+        800, "train on a seeded random subset of at most this many pairs; null = all (sized for ~10 min on 2 CPU cores)"
     )
     output: str = opt("./runs/discriminator", "output folder (or s3:// URL): model/, checkpoints/, report, loss plot")
     method: str = opt("full", "full (every weight) | lora (adapter, merged into the base at the end)")
@@ -241,7 +241,7 @@ class TrainConfig:
     )
     save_dtype: str = opt("bfloat16", "dtype of the saved model's weights")
     save_steps: int = opt(
-        20, "write a checkpoint every this many optimizer steps (a killed run resumes from it); 0 = never"
+        25, "write a checkpoint every this many optimizer steps (a killed run resumes from it); 0 = never"
     )
     keep_checkpoints: int = opt(1, "most recent checkpoints kept")
     log_steps: int = opt(5, "log the loss every this many steps")

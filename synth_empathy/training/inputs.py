@@ -51,9 +51,16 @@ def _first_record(path: str, storage_options: dict | None) -> Any:
     return None
 
 
+_EXPECTED_KEYS = {"messages", "instruction", "output", "context", "response", "turns"}
+
+
+def _is_json(path: str) -> bool:
+    return _strip_compression(path).lower().endswith(_JSON_SUFFIXES)
+
+
 def is_export(path: str, storage_options: dict | None = None) -> bool:
     """True for a JSONL file of alpaca or chat records (the pipeline's exports)."""
-    if not _strip_compression(path).lower().endswith(_JSON_SUFFIXES):
+    if not _is_json(path):
         return False
     try:
         first = _first_record(path, storage_options)
@@ -85,6 +92,15 @@ def read_source(
         return rows, {"path": path, "kind": "export", "rows": len(rows), "heldout": 0, "dropped": dict(dropped)}
     from synth_empathy.storage.seed_sources import read_seeds
 
+    try:
+        first = _first_record(path, storage_options) if _is_json(path) else None
+    except (OSError, UnicodeDecodeError):
+        first = None  # missing or unreadable: the seed reader says so in its own words
+    if isinstance(first, dict) and not _EXPECTED_KEYS & set(first):
+        raise TrainingInputError(
+            f"train.data {path}: none of the expected columns (alpaca instruction/input/output, chat messages, "
+            f"seed context/response or dialogue turns); its first record has: {', '.join(sorted(first)[:8])}"
+        )
     try:
         seeds = read_seeds(path, layout=layout, storage_options=storage_options)
     except SeedError as e:
