@@ -58,16 +58,39 @@ def _is_json(path: str) -> bool:
     return _strip_compression(path).lower().endswith(_JSON_SUFFIXES)
 
 
+def _first_of_list(path: str, storage_options: dict | None) -> Any:
+    """The first record of a JSON file holding one list (LLaMA-Factory's .json datasets)."""
+    try:
+        with fsspec.open(path, "rt", encoding="utf-8", compression="infer", **(storage_options or {})) as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data[0] if isinstance(data, list) and data else None
+
+
+def _export_lines(path: str, storage_options: dict | None):
+    """The records of an export as JSON lines, from JSONL or from a JSON list."""
+    with fsspec.open(path, "rt", encoding="utf-8", compression="infer", **(storage_options or {})) as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        try:
+            return [json.dumps(r) for r in json.loads(text)]
+        except ValueError:
+            pass
+    return text.splitlines()
+
+
 def is_export(path: str, storage_options: dict | None = None) -> bool:
-    """True for a JSONL file of alpaca or chat records (the pipeline's exports)."""
+    """True for JSONL (or a JSON list) of alpaca or chat records: the pipeline's exports,
+    or a LLaMA-Factory dataset file such as the authors' ED + selected ``.json``."""
     if not _is_json(path):
         return False
     try:
         first = _first_record(path, storage_options)
     except (OSError, UnicodeDecodeError):
         return False  # the seed reader reports it properly
-    if isinstance(first, list):  # a JSON list: seed layouts only
-        return False
+    if first is None and _strip_compression(path).lower().endswith(".json"):
+        first = _first_of_list(path, storage_options)
     return isinstance(first, dict) and ("messages" in first or ("instruction" in first and "output" in first))
 
 
@@ -82,8 +105,7 @@ def read_source(
     """``(rows, info)`` for one source; ``info`` says its kind, how many rows were read,
     held out and dropped (by reason)."""
     if is_export(path, storage_options):
-        with fsspec.open(path, "rt", encoding="utf-8", compression="infer", **(storage_options or {})) as f:
-            rows, dropped = jsonl_rows(f)
+        rows, dropped = jsonl_rows(_export_lines(path, storage_options))
         if not rows and set(dropped) <= {"unknown_record", "unreadable_line"}:
             raise TrainingInputError(
                 f"train.data {path}: none of the expected columns (alpaca instruction/input/output or chat "

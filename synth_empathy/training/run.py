@@ -199,6 +199,7 @@ def prepare(cfg: Any) -> dict[str, Any]:
             f"train.cutoff_len={t.cutoff_len} is not longer than the prompt template alone ({overhead} tokens: "
             f"system prompt and chat markup around an empty turn)"
         )
+    available = len(rows)
     if t.limit is not None and len(rows) > t.limit:
         rows = random.Random(f"{cfg.seed}/limit").sample(rows, t.limit)
     examples, too_long, long_lengths = encode_rows(tokenizer, rows, d.system_prompt, d.input_format, t.cutoff_len)
@@ -217,7 +218,8 @@ def prepare(cfg: Any) -> dict[str, Any]:
         )
     data_report = {
         "sources": sources,
-        "pairs_read": len(rows) + (0 if t.limit is None else 0),
+        "pairs_available": available,
+        "pairs_sampled": len(rows),
         "rows_too_long": too_long.get("too_long", 0),
         "too_long_max_tokens": max(long_lengths) if long_lengths else None,
         "dropped": dict(dropped + too_long),
