@@ -202,6 +202,72 @@ class StorageConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapter (peft), used when ``train.method`` is ``lora``; merged into the base at the end."""
+
+    r: int = opt(16, "adapter rank")
+    alpha: int = opt(32, "LoRA alpha (the update is scaled by alpha / r)")
+    dropout: float = opt(0.05, "dropout on the adapter's input")
+    target_modules: List[str] = opt(
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "module names to adapt (checked against the model before training starts)",
+    )
+
+
+@dataclass
+class TrainConfig:
+    """Method step 0: supervised fine-tuning of the discriminator (``synth-empathy train``).
+
+    The default trains the packaged SmolLM2-135M on ED's validation split (turn-level CSV
+    beside the checkout), held out by dialogue, in about ten minutes on a 2-core CPU."""
+
+    model: str = opt("packaged:smollm2", "base model: a local folder, a hub id, or packaged:<name>")
+    data: List[str] = opt(
+        ["../shared/data/ed/valid.csv"],
+        "training sources, mixed in order: ED or any seed file (read by the seed readers, split by "
+        "dialogue) and/or the pipeline's selected.alpaca.jsonl / selected.chat.jsonl exports",
+    )
+    data_layout: str = opt("auto", "seed layout of the non-JSONL sources (as seeds.layout)")
+    heldout_fraction: float = opt(
+        0.1,
+        "share of ED dialogues held out for evaluation, never trained on (by a hash of the "
+        "dialogue's opening turn: synth_empathy.core.heldout); 0 = use every dialogue",
+    )
+    heldout_salt: str = opt("synth-empathy/heldout/v1", "salt of the held-out hash; another salt, another split")
+    limit: Optional[int] = opt(
+        800, "train on a seeded random subset of at most this many pairs; null = all (sized for ~10 min on 2 CPU cores)"
+    )
+    output: str = opt("./runs/discriminator", "output folder (or s3:// URL): model/, checkpoints/, report, loss plot")
+    method: str = opt("full", "full (every weight) | lora (adapter, merged into the base at the end)")
+    lora: LoraConfig = sub(LoraConfig, "the adapter, for method=lora")
+    cutoff_len: int = opt(192, "most tokens of prompt + answer; longer pairs are dropped and counted, not truncated")
+    epochs: float = opt(1.0, "passes over the training pairs (ignored when max_steps is set)")
+    max_steps: Optional[int] = opt(None, "stop after this many optimizer steps instead")
+    learning_rate: float = opt(5e-5, "peak learning rate (AdamW)")
+    lr_scheduler: str = opt("cosine", "cosine | linear | constant, after warmup")
+    warmup_ratio: float = opt(0.1, "share of the steps spent warming the learning rate up")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 = none")
+    batch_size: int = opt(8, "pairs per micro-batch per worker")
+    gradient_accumulation: int = opt(1, "micro-batches per optimizer step")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory, ~30% slower)")
+    dtype: str = opt(
+        "auto",
+        "compute dtype: auto (bfloat16 on a GPU or a CPU with native bf16, else float32) | float32 | bfloat16 | float16",
+    )
+    save_dtype: str = opt("bfloat16", "dtype of the saved model's weights")
+    save_steps: int = opt(
+        25, "write a checkpoint every this many optimizer steps (a killed run resumes from it); 0 = never"
+    )
+    keep_checkpoints: int = opt(1, "most recent checkpoints kept")
+    log_steps: int = opt(5, "log the loss every this many steps")
+    use_ray: bool = opt(True, "run under Ray Train's TorchTrainer; false = the plain loop in this process")
+    num_workers: int = opt(1, "Ray Train data-parallel workers")
+    use_gpu: bool = opt(False, "one GPU per worker")
+    cpus_per_worker: float = opt(2.0, "CPUs per worker (also its torch threads when it has no GPU)")
+
+
+@dataclass
 class PipelineConfig:
     """The whole Synth-Empathy job."""
 
@@ -217,6 +283,7 @@ class PipelineConfig:
     judge: JudgeConfig = sub(JudgeConfig, "step 6")
     ray: RayConfig = sub(RayConfig, "where the job runs")
     storage: StorageConfig = sub(StorageConfig, "object storage access, and checkpoint granularity")
+    train: TrainConfig = sub(TrainConfig, "step 0: fine-tuning the discriminator (synth-empathy train)")
 
 
 # --------------------------------------------------------------------------- loading

@@ -18,3 +18,26 @@ def s3fs_client(endpoint: str):
     import s3fs
 
     return s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
+
+
+# Short pipeline-like samples for the training tests: a few tokens each, so real
+# training steps on the packaged model stay cheap.
+TRAINING_SAMPLES = [
+    ("i lost my job today.", "oh no, i am so sorry. what happened?"),
+    ("my dog is sick again.", "that sounds scary. is he seeing a vet?"),
+    ("i passed my exam!", "congratulations, you worked so hard for it!"),
+    ("my sister moved away.", "you must miss her a lot already."),
+]
+
+
+def training_rows() -> list[dict]:
+    """:data:`TRAINING_SAMPLES` as the pipeline's sample rows (one history turn each)."""
+    return [
+        {
+            "sample_id": f"s{i}",
+            "instruction": f"Speaker: {context}\nListener:",
+            "history": [{"role": "user", "content": context}],
+            "output": answer,
+        }
+        for i, (context, answer) in enumerate(TRAINING_SAMPLES)
+    ]

@@ -5,6 +5,7 @@
     synth-empathy config --docs                           every option, default, meaning
     synth-empathy select ...                              k-center selection on its own
     synth-empathy judge INPUT OUTPUT [...]                rate any dataset with the judge
+    synth-empathy train [--preset NAME] [key=value ...]   fine-tune the discriminator (step 0)
     synth-empathy submit ...                              send a run to a Ray cluster as a job
 
 Bad input (an unknown preset or key, a missing seed file, an unwritable output, a
@@ -32,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--docs", action="store_true", help="print every option as a table")
     sub.add_parser("select", help="greedy k-center selection over a Parquet dataset", add_help=False)
     sub.add_parser("judge", help="rate a Parquet or JSONL dataset with the judge LLM", add_help=False)
+    sub.add_parser("train", help="fine-tune the discriminator on ED and/or selected data", add_help=False)
     sub.add_parser("submit", help="submit a run to a Ray cluster as a job", add_help=False)
     return p
 
@@ -46,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         from synth_empathy.cli import judge as judging
 
         return judging.main(argv[1:])
+    if argv[:1] == ["train"]:
+        from synth_empathy.cli import train as training
+
+        return training.main(argv[1:])
     if argv[:1] == ["submit"]:
         from synth_empathy.cluster import submit
 

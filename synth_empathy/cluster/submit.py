@@ -38,6 +38,7 @@ JOBS: dict[str, str] = {
     "run": "jobs/run_pipeline.py",
     "select": "jobs/select_diverse.py",
     "judge": "jobs/judge.py",
+    "train": "jobs/train.py",
 }
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 

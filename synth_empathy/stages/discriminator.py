@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from synth_empathy import schemas
+from synth_empathy.core.discriminator_input import discriminator_messages
 from synth_empathy.stages.contract import StageContract
 from synth_empathy.stages.llm import LLMStage
 
@@ -24,20 +25,6 @@ CONTRACT = StageContract(
     produces=schemas.DISCRIMINATED,
     tokens="disc_num_tokens",
 )
-
-
-def discriminator_messages(row: dict[str, Any], system_prompt: str, input_format: str = "chat") -> list[dict[str, str]]:
-    """What the discriminator reads: the history, ending where the listener speaks.
-
-    ``instruction`` sends the sample's instruction text as written in the training
-    data (what an ED-tuned discriminator saw in training); ``chat`` sends the same
-    history as user (speaker) / assistant (listener) turns, so an untuned chat model
-    answers as the listener instead of commenting on a transcript.
-    """
-    system = [{"role": "system", "content": system_prompt}]
-    if input_format == "instruction":
-        return system + [{"role": "user", "content": row["instruction"]}]
-    return system + [{"role": t["role"], "content": t["content"]} for t in row["history"]]
 
 
 class Discriminator(LLMStage):

@@ -1,0 +1,315 @@
+"""``synth-empathy train``: check everything, read and tokenise the data, then train.
+
+Order (every check before a worker starts or the model's weights load):
+
+1. the output folder: empty or missing (a fresh run), or a training run of this tool
+   (``train_run.json``); a folder with other files is refused;
+2. the base model's tokenizer and config; for LoRA every ``train.lora.target_modules``
+   name must match a module of the model (checked on an empty, weightless copy);
+3. the sources (:mod:`synth_empathy.training.inputs`): a source with none of the
+   expected columns or an empty result after the readers' drops is an error;
+4. ``train.cutoff_len`` must exceed the prompt template alone; pairs longer than it are
+   dropped with reason ``too_long`` and counted in the report;
+5. the run's fingerprint (settings that change the result, and a hash of the tokenised
+   examples) against ``train_run.json``: the same run resumes from its last checkpoint
+   (a finished one is read back), a different one is refused.
+
+Then :func:`synth_empathy.training.loop.train_loop` runs here (``train.use_ray=false``)
+or in Ray Train's workers (:mod:`synth_empathy.cluster.ray_train`). An ``s3://`` (any
+fsspec URL) output is trained in a local staging folder under the cache and uploaded at
+the end (model, report, plot); checkpoints stay in the staging folder, so resuming such
+a run works on the same machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from omegaconf import OmegaConf
+
+from synth_empathy.core.sft_data import encode_rows, template_length
+from synth_empathy.errors import TrainingInputError
+from synth_empathy.training import loop
+from synth_empathy.training.inputs import read_sources
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "train_run.json"
+# Settings that do not change what is trained: they may differ when a run resumes.
+_NOT_IN_FINGERPRINT = ("output", "save_steps", "keep_checkpoints", "log_steps", "use_ray", "cpus_per_worker")
+
+
+def _is_remote(url: str) -> bool:
+    return fsspec.core.split_protocol(url)[0] not in (None, "file", "local")
+
+
+def local_dir(output: str) -> str:
+    """Where training writes: ``output`` itself, or a staging folder for a remote URL."""
+    if not _is_remote(output):
+        return os.path.abspath(os.path.expanduser(fsspec.core.split_protocol(output)[1]))
+    from synth_empathy.models.weights import cache_dir
+
+    return str(cache_dir() / "train-staging" / hashlib.sha256(output.encode()).hexdigest()[:16])
+
+
+def check_output(path: str) -> dict[str, Any] | None:
+    """The folder's ``train_run.json`` (None for an empty or missing folder); refuses a
+    folder that holds anything else."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise TrainingInputError(f"train.output {path} is a file, not a folder")
+    if not p.exists() or not any(p.iterdir()):
+        return None
+    run_file = p / RUN_FILE
+    if not run_file.is_file():
+        shown = ", ".join(sorted(x.name for x in p.iterdir())[:4])
+        raise TrainingInputError(
+            f"train.output {path} already holds files that are not a training run of this tool ({shown}); "
+            f"choose another train.output"
+        )
+    try:
+        return json.loads(run_file.read_text())
+    except ValueError:
+        raise TrainingInputError(
+            f"train.output {path}: {RUN_FILE} is unreadable; choose another train.output"
+        ) from None
+
+
+def check_lora_targets(model_path: str, targets: list[str]) -> None:
+    """Every LoRA target must name a module of the model (by its last name part, as peft
+    matches plain names); checked on a weightless copy."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not targets:
+        raise TrainingInputError("train.lora.target_modules is empty")
+    config = AutoConfig.from_pretrained(model_path)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n}
+    leaf = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and not list(m.children())}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        near = sorted(n for n in leaf if "proj" in n or "fc" in n or "linear" in n)[:10]
+        raise TrainingInputError(
+            f"train.lora.target_modules: {', '.join(missing)} not in model {model_path}; "
+            f"its linear layers include: {', '.join(near)}"
+        )
+
+
+def validate(t: Any) -> None:
+    """Cross-field checks of the ``train`` section."""
+    if t.method not in ("full", "lora"):
+        raise TrainingInputError(f"train.method must be full or lora, got {t.method!r}")
+    if t.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise TrainingInputError(f"train.dtype must be auto, float32, bfloat16 or float16, got {t.dtype!r}")
+    if t.save_dtype not in ("float32", "bfloat16", "float16"):
+        raise TrainingInputError(f"train.save_dtype must be float32, bfloat16 or float16, got {t.save_dtype!r}")
+    if t.lr_scheduler not in ("cosine", "linear", "constant"):
+        raise TrainingInputError(f"train.lr_scheduler must be cosine, linear or constant, got {t.lr_scheduler!r}")
+    if not 0 <= t.heldout_fraction < 1:
+        raise TrainingInputError(f"train.heldout_fraction must be in [0, 1), got {t.heldout_fraction}")
+    for key in ("cutoff_len", "batch_size", "gradient_accumulation", "num_workers"):
+        if t[key] < 1:
+            raise TrainingInputError(f"train.{key} must be >= 1, got {t[key]}")
+    if t.limit is not None and t.limit < 1:
+        raise TrainingInputError(f"train.limit must be >= 1 or null, got {t.limit}")
+    if t.max_steps is None and t.epochs <= 0:
+        raise TrainingInputError(f"train.epochs must be > 0, got {t.epochs}")
+
+
+def settings_of(cfg: Any, model_path: str) -> dict[str, Any]:
+    """The plain settings dict the loop takes (the ``train`` section + seed + model path)."""
+    s = OmegaConf.to_container(cfg.train, resolve=True)
+    s.update(model_path=model_path, seed=int(cfg.seed))
+    return s
+
+
+def fingerprint(settings: dict[str, Any], cfg: Any, examples: list[dict[str, list[int]]]) -> dict[str, Any]:
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e["input_ids"], e["labels"]]).encode())
+    kept = {k: v for k, v in settings.items() if k not in _NOT_IN_FINGERPRINT and k != "model_path"}
+    kept["discriminator"] = {
+        "system_prompt": cfg.discriminator.system_prompt,
+        "input_format": cfg.discriminator.input_format,
+    }
+    return {"settings": kept, "examples": len(examples), "examples_sha256": h.hexdigest()}
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += _differences(a[k], b[k], f"{prefix}{k}.")
+        elif a.get(k) != b.get(k):
+            out.append(prefix + k)
+    return out
+
+
+def prepare(cfg: Any) -> dict[str, Any]:
+    """Every check and the tokenised data; nothing trains yet. Returns what :func:`run_training` needs."""
+    from transformers import AutoTokenizer
+
+    from synth_empathy.models.weights import check_model, resolve_model
+    from synth_empathy.storage.run_store import storage_options
+
+    t = cfg.train
+    validate(t)
+    out_dir = local_dir(t.output)
+    previous = check_output(out_dir)
+    check_model(t.model)
+    model_path = resolve_model(t.model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except Exception as e:  # OSError, ValueError: no such model, no tokenizer files
+        raise TrainingInputError(f"train.model {t.model}: cannot load its tokenizer ({type(e).__name__})") from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise TrainingInputError(f"train.model {t.model}: its tokenizer has no chat template")
+    if t.method == "lora":
+        check_lora_targets(model_path, list(t.lora.target_modules))
+
+    d = cfg.discriminator
+    rows, sources, dropped = read_sources(
+        list(t.data),
+        layout=t.data_layout,
+        heldout_fraction=t.heldout_fraction,
+        heldout_salt=t.heldout_salt,
+        storage_options_for=lambda p: storage_options(p, cfg.storage),
+    )
+    if not rows:
+        raise TrainingInputError(
+            f"no training pair left in train.data after the readers' drops and the held-out split "
+            f"(dropped: {dict(dropped) or 'none'}; held out: {sum(s['heldout'] for s in sources)})"
+        )
+    try:
+        overhead = template_length(tokenizer, d.system_prompt, d.input_format)
+    except ValueError as e:
+        raise TrainingInputError(f"train.model {t.model}: {e}") from None
+    if t.cutoff_len <= overhead:
+        raise TrainingInputError(
+            f"train.cutoff_len={t.cutoff_len} is not longer than the prompt template alone ({overhead} tokens: "
+            f"system prompt and chat markup around an empty turn)"
+        )
+    available = len(rows)
+    if t.limit is not None and len(rows) > t.limit:
+        rows = random.Random(f"{cfg.seed}/limit").sample(rows, t.limit)
+    examples, too_long, long_lengths = encode_rows(tokenizer, rows, d.system_prompt, d.input_format, t.cutoff_len)
+    if not examples:
+        raise TrainingInputError(
+            f"every one of {len(rows)} training pairs is longer than train.cutoff_len={t.cutoff_len} tokens "
+            f"(shortest {min(long_lengths)}); raise train.cutoff_len"
+        )
+    settings = settings_of(cfg, model_path)
+    fp = fingerprint(settings, cfg, examples)
+    if previous is not None and previous.get("fingerprint") != fp:
+        changed = _differences(previous.get("fingerprint", {}), fp)
+        raise TrainingInputError(
+            f"train.output {t.output} holds a different training run (differs in: {', '.join(changed[:6])}); "
+            f"choose another train.output, or remove that folder to start over"
+        )
+    data_report = {
+        "sources": sources,
+        "pairs_available": available,
+        "pairs_sampled": len(rows),
+        "rows_too_long": too_long.get("too_long", 0),
+        "too_long_max_tokens": max(long_lengths) if long_lengths else None,
+        "dropped": dict(dropped + too_long),
+        "cutoff_len": t.cutoff_len,
+        "template_tokens": overhead,
+        "input_format": d.input_format,
+        "system_prompt": d.system_prompt,
+        "base_model": t.model,
+        "output": t.output,
+    }
+    return {
+        "settings": settings,
+        "examples": examples,
+        "out_dir": out_dir,
+        "fingerprint": fp,
+        "previous": previous,
+        "data_report": data_report,
+    }
+
+
+def run_training(cfg: Any) -> dict[str, Any]:
+    """Check, prepare and train; returns the report (also in ``<output>/train_report.json``)."""
+    t0 = time.perf_counter()
+    p = prepare(cfg)
+    t = cfg.train
+    out_dir = p["out_dir"]
+    report_path = Path(out_dir) / loop.REPORT
+    if p["previous"] is not None and report_path.is_file():
+        log.info("[train] %s is finished; reading its report back", out_dir)
+        report = json.loads(report_path.read_text())
+        _upload(cfg, out_dir)
+        return report
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / RUN_FILE).write_text(json.dumps({"fingerprint": p["fingerprint"], "output": t.output}, indent=2))
+    log.info(
+        "[train] %d pairs (%d too long for cutoff_len=%d), %s fine-tuning of %s into %s",
+        len(p["examples"]),
+        p["data_report"]["rows_too_long"],
+        t.cutoff_len,
+        t.method,
+        t.model,
+        out_dir,
+    )
+    if t.use_ray:
+        from synth_empathy.cluster import ray_train
+        from synth_empathy.pipeline import init_ray
+
+        init_ray(cfg, sections=("train",))
+        ray_train.fit(
+            p["settings"],
+            p["examples"],
+            out_dir,
+            num_workers=t.num_workers,
+            use_gpu=t.use_gpu,
+            cpus_per_worker=t.cpus_per_worker,
+            extra_report=p["data_report"],
+        )
+    else:
+        loop.train_loop(p["settings"], p["examples"], out_dir, p["data_report"])
+    report = json.loads(report_path.read_text())
+    report["command_seconds"] = round(time.perf_counter() - t0, 2)
+    report["use_ray"] = bool(t.use_ray)
+    loop._write_json(report_path, report)
+    _upload(cfg, out_dir)
+    return report
+
+
+def _upload(cfg: Any, out_dir: str) -> None:
+    """Copy the model, report and plot of a staged run to its remote ``train.output``."""
+    url = cfg.train.output
+    if not _is_remote(url):
+        return
+    from synth_empathy.storage.run_store import storage_options
+
+    fs, root = fsspec.core.url_to_fs(url, **storage_options(url, cfg.storage))
+    root = root.rstrip("/")
+    try:
+        fs.put(str(Path(out_dir) / loop.MODEL), f"{root}/{loop.MODEL}", recursive=True)
+        for name in (loop.REPORT, loop.PLOT, RUN_FILE):
+            fs.put(str(Path(out_dir) / name), f"{root}/{name}")
+    except Exception as e:
+        from synth_empathy.errors import StorageError
+
+        raise StorageError(f"train.output {url}: upload failed ({type(e).__name__}: {e})") from None
+    log.info("[train] uploaded the model and report to %s", url)
+
+
+def counts_line(report: dict[str, Any]) -> str:
+    return (
+        f"trained {report['steps']} steps on {report['examples']} pairs ({report['rows_too_long']} too long, "
+        f"dropped) in {report['seconds']} s, {report['tokens_per_s']} tokens/s, loss {report['loss_first']} -> "
+        f"{report['loss_last']} -> {report['model']}"
+    )
