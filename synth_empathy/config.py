@@ -163,6 +163,41 @@ class JudgeConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """What a corpus is worth: models answer held-out ED-style dialogues, scored against the references.
+
+    The models are asked as the discriminator is (discriminator.system_prompt and
+    discriminator.input_format), so a discriminator trained by ``train`` meets the prompt
+    layout it was trained on."""
+
+    models: List[str] = opt(
+        ["packaged:smollm2"],
+        "models to compare side by side (engine model specs; 'label=spec' names a column)",
+    )
+    data: str = opt("", "held-out dialogues: a seed file or URL (any seeds.layout); empty = the shipped seed file")
+    layout: str = opt("auto", "layout of `data`, as seeds.layout")
+    heldout_only: bool = opt(
+        False,
+        "answer only the dialogues that training holds out (train.heldout_fraction, "
+        "train.heldout_salt: the same split, by opening turn); false = every dialogue of `data`",
+    )
+    limit: Optional[int] = opt(48, "answer at most this many held-out pairs (the first by seed_id)")
+    engine: EngineConfig = sub(
+        EngineConfig, "engine settings for every model (its `model` is replaced by each of `models`)"
+    )
+    sampling: SamplingConfig = sub(
+        SamplingConfig,
+        "answer sampling: greedy, so models compare without sampling noise",
+        temperature=0.0,
+        top_p=1.0,
+        max_tokens=64,
+    )
+    judge: bool = opt(
+        False, "also rate every answer with the judge (judge.* settings): naturalness, coherence, empathy"
+    )
+
+
+@dataclass
 class RayConfig:
     address: str = opt(
         "",
@@ -281,6 +316,7 @@ class PipelineConfig:
     quality: QualityConfig = sub(QualityConfig, "step 3b")
     diversity: DiversityConfig = sub(DiversityConfig, "step 4")
     judge: JudgeConfig = sub(JudgeConfig, "step 6")
+    evaluate: EvaluateConfig = sub(EvaluateConfig, "synth-empathy evaluate: models answer held-out dialogues")
     ray: RayConfig = sub(RayConfig, "where the job runs")
     storage: StorageConfig = sub(StorageConfig, "object storage access, and checkpoint granularity")
     train: TrainConfig = sub(TrainConfig, "step 0: fine-tuning the discriminator (synth-empathy train)")

@@ -6,6 +6,7 @@
     synth-empathy select ...                              k-center selection on its own
     synth-empathy judge INPUT OUTPUT [...]                rate any dataset with the judge
     synth-empathy train [--preset NAME] [key=value ...]   fine-tune the discriminator (step 0)
+    synth-empathy evaluate OUTPUT [--model M ...]         models answer held-out dialogues, scored
     synth-empathy submit ...                              send a run to a Ray cluster as a job
 
 Bad input (an unknown preset or key, a missing seed file, an unwritable output, a
@@ -16,11 +17,21 @@ starts or a model loads.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
 from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, setup_logging
 from synth_empathy.config import docs_table, load_config, redacted_yaml
+
+# command -> (module with main(argv), help); `run` and `config` are this module's own
+COMMANDS = {
+    "select": ("synth_empathy.cli.select", "greedy k-center selection over a Parquet dataset"),
+    "judge": ("synth_empathy.cli.judge", "rate a Parquet or JSONL dataset with the judge LLM"),
+    "train": ("synth_empathy.cli.train", "fine-tune the discriminator on ED and/or selected data"),
+    "evaluate": ("synth_empathy.cli.evaluate", "models answer held-out dialogues, scored against the references"),
+    "submit": ("synth_empathy.cluster.submit", "submit a run to a Ray cluster as a job"),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,31 +42,15 @@ def _parser() -> argparse.ArgumentParser:
         add_config_arguments(c)
         if name == "config":
             c.add_argument("--docs", action="store_true", help="print every option as a table")
-    sub.add_parser("select", help="greedy k-center selection over a Parquet dataset", add_help=False)
-    sub.add_parser("judge", help="rate a Parquet or JSONL dataset with the judge LLM", add_help=False)
-    sub.add_parser("train", help="fine-tune the discriminator on ED and/or selected data", add_help=False)
-    sub.add_parser("submit", help="submit a run to a Ray cluster as a job", add_help=False)
+    for name, (_, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["select"]:
-        from synth_empathy.cli import select as selection
-
-        return selection.main(argv[1:])
-    if argv[:1] == ["judge"]:
-        from synth_empathy.cli import judge as judging
-
-        return judging.main(argv[1:])
-    if argv[:1] == ["train"]:
-        from synth_empathy.cli import train as training
-
-        return training.main(argv[1:])
-    if argv[:1] == ["submit"]:
-        from synth_empathy.cluster import submit
-
-        return submit.main(argv[1:])
+    if argv[:1] and argv[0] in COMMANDS:  # each command parses its own arguments
+        return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
     return _run_or_config(argv)
 
 
