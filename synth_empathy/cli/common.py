@@ -29,6 +29,13 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         raise ConfigError(f"{self.prog}: {message}")
 
+    def parse_args(self, args=None, namespace=None):
+        # key=value overrides may come after flags (`evaluate OUT --limit 4 k=v`): plain
+        # parse_args gives every positional out in one go and then refuses the late ones.
+        if self._subparsers is None:
+            return self.parse_intermixed_args(args, namespace)
+        return super().parse_args(args, namespace)
+
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     from synth_empathy.config import preset_names
