@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
+import logging
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from synth_empathy.errors import ConfigError  # noqa: F401 (re-exported)
+
+log = logging.getLogger("synth_empathy")
 
 
 def opt(default: Any, doc: str) -> Any:
@@ -47,15 +50,34 @@ class EngineConfig:
     batch_size: int = opt(16, "rows per batch sent to an engine")
     helper_cpus: float = opt(0.25, "CPUs per chat-template / tokenizer / detokenizer actor around the engine")
     max_model_len: int = opt(2048, "context length the engine reserves per sequence")
-    dtype: str = opt("bfloat16", "weight and activation dtype")
-    memory_utilization: float = opt(
-        0.15,
+    dtype: str = opt(
+        "auto",
+        "auto | bfloat16 | float16 | float32 (half, float: vLLM's aliases). auto: bfloat16 where "
+        "it is native (CPU flag avx512_bf16 or amx_bf16, a GPU that computes bf16), else float32 "
+        "on a CPU and float16 on a GPU; the choice and its reason land in resolved",
+    )
+    memory_utilization: Union[float, int, str] = opt(
+        "auto",
         "vLLM gpu_memory_utilization; on the CPU backend the share of the NUMA node's RAM "
-        "kept for KV cache (0.15 of 24 GiB holds ~150 sequences of SmolLM2 at 2k tokens)",
+        "kept for KV cache. auto: 0.15 in bf16/fp16 (of 24 GiB ~150 sequences of SmolLM2 at "
+        "2k tokens), 0.3 in float32 (0.15 did not start), 0.9 on a GPU; a number is kept",
+    )
+    cpu_threads_bind: str = opt(
+        "auto",
+        "CPU engines: cores for vLLM's compute threads. auto: every core, none held back "
+        "for vLLM's scheduler (VLLM_CPU_NUM_OF_RESERVED_CPU=0; measured faster on 2 cores, "
+        "benchmarks/README.md); vllm: vLLM's own (one core held back); nobind; or "
+        "VLLM_CPU_OMP_THREADS_BIND ids like 0-1 or 0-3|4-7",
     )
     enforce_eager: bool = opt(True, "skip graph capture/compilation (faster start, CPU-safe)")
     max_num_seqs: Optional[int] = opt(None, "most sequences an engine runs at once (vLLM default)")
     extra: Dict[str, Any] = opt({}, "further vLLM engine keyword arguments, passed as given")
+    resolved: Dict[str, Any] = opt(
+        {},
+        "filled at config load, not set by hand: the dtype, memory share and engine "
+        "environment that auto chose on this machine and why (kept in config.yaml and "
+        "manifest.json)",
+    )
 
 
 @dataclass
@@ -256,6 +278,8 @@ def load_config(preset: str = "default", overrides: List[str] | None = None) -> 
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key = item.split("=", 1)[0].strip()
+        if key.split(".")[-2:-1] == ["resolved"] or key.endswith(".resolved"):
+            raise ConfigError(f"{key} is filled at config load from this machine; set the option it reports instead")
         if key not in {k for k, _, _ in all_keys()} and not any(
             key.startswith(k + ".") for k, d, _ in all_keys() if isinstance(d, dict)
         ):
@@ -266,7 +290,44 @@ def load_config(preset: str = "default", overrides: List[str] | None = None) -> 
             raise ConfigError(f"cannot parse override {item!r}: {str(e).splitlines()[0]}") from None
         cfg = _merge(cfg, layer, "the command line")
     validate(cfg)
+    resolve_hardware(cfg)
     return cfg
+
+
+ENGINES = ("generation", "discriminator", "judge")
+
+
+def resolve_hardware(cfg: DictConfig, hw: Any = None) -> None:
+    """Fill each engine's ``resolved`` with what ``auto`` chose on this machine and why,
+    log it, and log one warning per distinct known-slow choice (emulated bf16).
+
+    Resolved here, at load, so that config.yaml and manifest.json (both written from the
+    loaded config) record it. ``hw`` (a :class:`~synth_empathy.core.hardware.Hardware`)
+    replaces this machine's facts in tests. Engines on GPUs this process cannot see keep
+    ``dtype: auto`` for vLLM to decide on their node.
+    """
+    from synth_empathy.core import hardware
+
+    slow: Dict[str, List[str]] = {}
+    for name in ENGINES:
+        e = cfg[name].engine
+        r = hardware.resolve_engine(e, f"{name}.engine", hw)
+        warning = r.pop("warning", None)
+        if warning:
+            slow.setdefault(warning, []).append(f"{name}.engine")
+        e.resolved = r
+        env = " ".join(f"{k}={v}" for k, v in r["env"].items()) or "none"
+        log.info(
+            "%s.engine: dtype %s (%s); memory_utilization %s (%s); engine env %s",
+            name,
+            r["dtype"],
+            r["dtype_reason"],
+            r["memory_utilization"],
+            r["memory_reason"],
+            env,
+        )
+    for warning, where in slow.items():
+        hardware.warn_once(f"{warning} ({', '.join(where)} set dtype=bfloat16)")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -297,6 +358,15 @@ def validate(cfg: DictConfig) -> None:
     t = cfg.turns
     if not 0 <= t.min_history <= t.max_history:
         raise ConfigError("need 0 <= turns.min_history <= turns.max_history")
+    from synth_empathy.core.hardware import canonical_dtype, check_threads_bind
+
+    for name in ENGINES:
+        e = cfg[name].engine
+        canonical_dtype(e.dtype, f"{name}.engine.dtype")
+        check_threads_bind(e.cpu_threads_bind, f"{name}.engine.cpu_threads_bind")
+        m = e.memory_utilization
+        if isinstance(m, str) and m != "auto" or not isinstance(m, str) and not 0 < m <= 1:
+            raise ConfigError(f"{name}.engine.memory_utilization must be auto or a number in (0, 1], got {m!r}")
     for name in ("generation", "discriminator"):
         e = cfg[name].engine
         if e.replicas < 1:
