@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib.resources
 import logging
+import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
@@ -43,7 +44,9 @@ class EngineConfig:
     model: str = opt("packaged:smollm2", "model: a local folder, a hub id, or packaged:<name>")
     replicas: int = opt(1, "engine replicas (Ray actors) working in parallel")
     gpus_per_replica: int = opt(0, "GPUs per replica; 0 runs vLLM's CPU backend")
-    cpus_per_replica: float = opt(1.0, "CPUs reserved per replica when it has no GPU")
+    cpus_per_replica: float = opt(
+        1.0, "CPUs reserved per replica when it has no GPU; with cpu_threads_bind=auto also the cores it computes on"
+    )
     tensor_parallel_size: int = opt(1, "tensor parallel degree inside one replica")
     pipeline_parallel_size: int = opt(1, "pipeline parallel degree inside one replica")
     accelerator_type: Optional[str] = opt(None, "Ray accelerator type to ask for (e.g. H100)")
@@ -64,10 +67,10 @@ class EngineConfig:
     )
     cpu_threads_bind: str = opt(
         "auto",
-        "CPU engines: cores for vLLM's compute threads. auto: every core, none held back "
-        "for vLLM's scheduler (VLLM_CPU_NUM_OF_RESERVED_CPU=0; measured faster on 2 cores, "
-        "benchmarks/README.md); vllm: vLLM's own (one core held back); nobind; or "
-        "VLLM_CPU_OMP_THREADS_BIND ids like 0-1 or 0-3|4-7",
+        "CPU engines: cores for vLLM's compute threads. auto: as many as cpus_per_replica "
+        "(cores 0..c-1; 1 = core 0, the faster choice on a shared 2-core machine, 2 = both, "
+        "faster on an idle one: benchmarks/README.md); vllm: vLLM's own (all but one core "
+        "of the node); nobind; or VLLM_CPU_OMP_THREADS_BIND ids like 0-1 or 0-3|4-7",
     )
     enforce_eager: bool = opt(True, "skip graph capture/compilation (faster start, CPU-safe)")
     max_num_seqs: Optional[int] = opt(None, "most sequences an engine runs at once (vLLM default)")
@@ -308,23 +311,26 @@ def resolve_hardware(cfg: DictConfig, hw: Any = None) -> None:
     """
     from synth_empathy.core import hardware
 
+    local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    max_cores = hardware.local_cores() if local else None
     slow: Dict[str, List[str]] = {}
     for name in ENGINES:
         e = cfg[name].engine
-        r = hardware.resolve_engine(e, f"{name}.engine", hw)
+        r = hardware.resolve_engine(e, f"{name}.engine", hw, max_cores)
         warning = r.pop("warning", None)
         if warning:
             slow.setdefault(warning, []).append(f"{name}.engine")
         e.resolved = r
         env = " ".join(f"{k}={v}" for k, v in r["env"].items()) or "none"
         log.info(
-            "%s.engine: dtype %s (%s); memory_utilization %s (%s); engine env %s",
+            "%s.engine: dtype %s (%s); memory_utilization %s (%s); engine env %s%s",
             name,
             r["dtype"],
             r["dtype_reason"],
             r["memory_utilization"],
             r["memory_reason"],
             env,
+            f" ({r['threads_reason']})" if "threads_reason" in r else "",
         )
     for warning, where in slow.items():
         hardware.warn_once(f"{warning} ({', '.join(where)} set dtype=bfloat16)")

@@ -6,7 +6,9 @@ AMD EPYC: 18 generated tokens/s in bf16, 64 in float32, 3.6x). :func:`choose_dty
 turns a requested dtype (``auto`` or an explicit one) into the dtype to run and the
 reason, from facts about the machine (:class:`Hardware`) that tests can inject; the vLLM
 engine arguments (:mod:`synth_empathy.stages.llm`), the config loader (which records the
-choice in config.yaml and manifest.json) and the k-center ``fast`` path all ask it.
+choice in config.yaml and manifest.json) and the k-center ``fast`` path all ask it. The
+KV-cache share (:func:`memory_share`) and the CPU engine's thread binding
+(:func:`cpu_threads_env`) are decided here too.
 
 No Ray here, and torch only when the CUDA facts are asked for.
 """
@@ -14,6 +16,7 @@ No Ray here, and torch only when the CUDA facts are asked for.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -171,24 +174,44 @@ def memory_share(requested: float | str, device: str, dtype: str) -> tuple[float
     return share, f"auto: {share} of the node's RAM for {dtype} on the CPU backend"
 
 
-def cpu_threads_env(bind: str) -> dict[str, str]:
-    """Environment for a CPU engine's worker, from ``engine.cpu_threads_bind``.
+def cpu_threads_env(
+    bind: str, cpus: float = 1.0, ranks: int = 1, max_cores: int | None = None
+) -> tuple[dict[str, str], str]:
+    """Environment for a CPU engine's worker from ``engine.cpu_threads_bind``, and why.
 
-    vLLM (0.32) binds its compute threads once at engine start: by default it holds one
-    core back for its scheduler process and binds the rest, which leaves a 2-core machine
-    computing on core 0 alone. ``auto`` holds none back (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``;
-    vLLM still picks the cores: one per physical core of the NUMA node); ``vllm`` keeps
-    vLLM's own choice; anything else is a ``VLLM_CPU_OMP_THREADS_BIND`` value (``0-1``,
-    ``0-3|4-7`` for two ranks, ``nobind``).
+    vLLM (0.32) binds its compute threads once at engine start; left alone it holds one
+    core back for its scheduler process and binds the rest of the node. ``auto`` binds
+    as many cores as the replica reserves in Ray (``cpus``, at least 1, at most
+    ``max_cores`` when the engine runs on this machine): cores 0..c-1 through
+    ``VLLM_CPU_OMP_THREADS_BIND``. On a 2-core EPYC shared with other jobs one core was
+    the faster choice (float32 132.7 vs 19.8 tokens/s; compute threads on every core
+    stall whenever another process takes one of them), on an idle one both cores were
+    (124 vs 64, AVX2), so the replica's reservation, which also tells Ray what to keep
+    free, decides. ``vllm`` keeps vLLM's own binding; anything else is passed as
+    ``VLLM_CPU_OMP_THREADS_BIND`` (``0-1``, ``0-3|4-7`` for two ranks, ``nobind``).
     """
-    if bind == "auto":
-        return {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     if bind == "vllm":
-        return {}
-    return {"VLLM_CPU_OMP_THREADS_BIND": bind}
+        return {}, "vllm: vLLM's own binding (one core held back for its scheduler)"
+    if bind != "auto":
+        return {"VLLM_CPU_OMP_THREADS_BIND": bind}, "set in the config"
+    if ranks > 1:
+        return {}, "auto with several CPU ranks: vLLM's own binding (one NUMA node a rank)"
+    c = max(1, int(cpus))
+    if max_cores:
+        c = min(c, max_cores)
+    ids = "0" if c == 1 else f"0-{c - 1}"
+    return {"VLLM_CPU_OMP_THREADS_BIND": ids}, f"auto: {c} core(s), as many as the replica reserves"
 
 
 _CPU_IDS = r"\d+(-\d+)?(,\d+(-\d+)?)*"
+
+
+def local_cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def check_threads_bind(bind: str, where: str = "cpu_threads_bind") -> None:
@@ -208,11 +231,12 @@ def warn_once(message: str) -> None:
         log.warning(message)
 
 
-def resolve_engine(engine, where: str = "engine", hw: Hardware | None = None) -> dict:
+def resolve_engine(engine, where: str = "engine", hw: Hardware | None = None, max_cores: int | None = None) -> dict:
     """What an EngineConfig runs with here: dtype, memory share, CPU thread env, and why.
 
     Pure apart from :func:`detect` (pass ``hw`` to test); warnings are returned under
-    ``warning``, not logged.
+    ``warning``, not logged. ``max_cores``: the cores of the machine the engine runs on,
+    when known (a local Ray), to keep ``auto`` from binding cores that are not there.
     """
     device = "cuda" if engine.gpus_per_replica else "cpu"
     if hw is None:
@@ -225,8 +249,14 @@ def resolve_engine(engine, where: str = "engine", hw: Hardware | None = None) ->
         "dtype_reason": choice.reason,
         "memory_utilization": mem,
         "memory_reason": mem_reason,
-        "env": cpu_threads_env(engine.cpu_threads_bind) if device == "cpu" else {},
     }
+    if device == "cpu":
+        ranks = engine.tensor_parallel_size * engine.pipeline_parallel_size
+        out["env"], out["threads_reason"] = cpu_threads_env(
+            engine.cpu_threads_bind, engine.cpus_per_replica, ranks, max_cores
+        )
+    else:
+        out["env"] = {}
     if choice.warning:
         out["warning"] = choice.warning
     return out

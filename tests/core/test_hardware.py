@@ -66,10 +66,15 @@ def test_memory_share_follows_the_dtype_unless_given():
 
 
 def test_thread_binding_env():
-    assert H.cpu_threads_env("auto") == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-    assert H.cpu_threads_env("vllm") == {}
-    assert H.cpu_threads_env("0-1") == {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}
-    assert H.cpu_threads_env("nobind") == {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    # auto: as many cores as the replica reserves, from core 0; clamped to a local machine.
+    assert H.cpu_threads_env("auto", 1.0)[0] == {"VLLM_CPU_OMP_THREADS_BIND": "0"}
+    assert H.cpu_threads_env("auto", 0.5)[0] == {"VLLM_CPU_OMP_THREADS_BIND": "0"}
+    assert H.cpu_threads_env("auto", 2.0)[0] == {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}
+    assert H.cpu_threads_env("auto", 8.0, max_cores=2)[0] == {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}
+    assert H.cpu_threads_env("auto", 2.0, ranks=2)[0] == {}  # tp x pp ranks: vLLM's own per-rank lists
+    assert H.cpu_threads_env("vllm", 2.0)[0] == {}
+    assert H.cpu_threads_env("0-3|4-7", 1.0) == ({"VLLM_CPU_OMP_THREADS_BIND": "0-3|4-7"}, "set in the config")
+    assert H.cpu_threads_env("nobind")[0] == {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     for ok in ("auto", "vllm", "nobind", "0", "0-1", "0,2-3", "0-3|4-7"):
         H.check_threads_bind(ok)
     for bad in ("", "all", "0-", "0-1|", "1;2"):
@@ -92,7 +97,8 @@ def test_config_load_records_the_choice_on_both_machines():
     g, d = cfg.generation.engine.resolved, cfg.discriminator.engine.resolved
     assert (g.dtype, g.memory_utilization, g.memory_reason) == ("float32", 0.2, "set in the config")
     assert (d.dtype, d.memory_utilization) == ("float32", 0.3)
-    assert "no avx512_bf16" in d.dtype_reason and d.env == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert "no avx512_bf16" in d.dtype_reason and d.env == {"VLLM_CPU_OMP_THREADS_BIND": "0"}
+    assert d.threads_reason == "auto: 1 core(s), as many as the replica reserves"
     assert cfg.generation.engine.dtype == "auto"  # what was asked stays
     resolve_hardware(cfg, ZEN4)
     d = cfg.discriminator.engine.resolved

@@ -20,7 +20,7 @@ def test_engine_kwargs_use_the_loaded_choice(hw, dtype, share):
     kw = llm.engine_kwargs(cfg.generation.engine)
     assert kw["dtype"] == dtype and kw["gpu_memory_utilization"] == share
     assert kw["max_num_seqs"] == 8 and kw["swap_space"] == 1 and kw["enforce_eager"] is True
-    assert llm.engine_env(cfg.generation.engine) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert llm.engine_env(cfg.generation.engine) == {"VLLM_CPU_OMP_THREADS_BIND": "0"}
 
 
 def test_explicit_values_pass_through():
@@ -39,6 +39,10 @@ def test_explicit_values_pass_through():
     # vllm: vLLM's own binding, nothing set.
     cfg = load_config("default", ["generation.engine.cpu_threads_bind=vllm"])
     assert llm.engine_env(cfg.generation.engine) == {}
+    # auto follows the replica's reservation (clamped to the cores of a local machine).
+    cfg = load_config("default", ["generation.engine.cpus_per_replica=2"])
+    bind = llm.engine_env(cfg.generation.engine)["VLLM_CPU_OMP_THREADS_BIND"]
+    assert bind == ("0-1" if H.local_cores() >= 2 else "0")
 
 
 def test_gpu_engines_get_no_cpu_binding():
@@ -63,7 +67,7 @@ def test_processor_config_carries_the_env_to_the_engine_actor():
     resolve_hardware(cfg, ZEN4)
     stage = llm.LLMStage(cfg.generation.engine, cfg.generation.sampling)
     pc = stage.processor_config(model_path="/nonexistent/model")
-    assert pc.runtime_env == {"env_vars": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}}
+    assert pc.runtime_env == {"env_vars": {"VLLM_CPU_OMP_THREADS_BIND": "0"}}
     assert pc.engine_kwargs["dtype"] == "bfloat16"
     cfg = load_config("default", ["generation.engine.cpu_threads_bind=vllm"])
     assert llm.LLMStage(cfg.generation.engine, cfg.generation.sampling).processor_config("/m").runtime_env is None
