@@ -43,7 +43,9 @@ def diversity_text(instruction: str, output: str) -> str:
     return f"{instruction} {output}"
 
 
-def score_batch(batch: pa.Table, embedder: str, threshold: float, batch_size: int = 64) -> pa.Table:
+def score_batch(
+    batch: pa.Table, embedder: str, threshold: float, batch_size: int = 64, dtype: str = "float32"
+) -> pa.Table:
     """The whole step for one batch: the batch with the four new columns appended."""
     n = batch.num_rows
     outputs = [str(x or "") for x in batch.column("output").to_pylist()]
@@ -54,7 +56,9 @@ def score_batch(batch: pa.Table, embedder: str, threshold: float, batch_size: in
 
     scores: list[float | None] = [None] * n
     if scorable:
-        both = encode([outputs[i] for i in scorable] + [answers[i] for i in scorable], embedder, batch_size)
+        both = encode(
+            [outputs[i] for i in scorable] + [answers[i] for i in scorable], embedder, batch_size, dtype=dtype
+        )
         m = len(scorable)
         for i, s in zip(scorable, quality_scores(both[:m], both[m:])):
             scores[i] = float(s)
@@ -67,7 +71,9 @@ def score_batch(batch: pa.Table, embedder: str, threshold: float, batch_size: in
     keep_idx = [i for i in range(n) if kept[i]]
     if keep_idx:
         instructions = batch.column("instruction").to_pylist()
-        vecs = encode([diversity_text(instructions[i], outputs[i]) for i in keep_idx], embedder, batch_size)
+        vecs = encode(
+            [diversity_text(instructions[i], outputs[i]) for i in keep_idx], embedder, batch_size, dtype=dtype
+        )
         for i, v in zip(keep_idx, vecs):
             embeddings[i] = v.tolist()
 
@@ -84,21 +90,26 @@ def score_batch(batch: pa.Table, embedder: str, threshold: float, batch_size: in
 class QualityScorer:
     """Ray Data actor: loads the embedder once, then scores batch after batch."""
 
-    def __init__(self, embedder: str, threshold: float, batch_size: int = 64) -> None:
+    def __init__(self, embedder: str, threshold: float, batch_size: int = 64, dtype: str = "float32") -> None:
         from synth_empathy.models.embedder import load_embedder
 
-        load_embedder(embedder, None)  # at actor start; same cache key as encode() uses
-        self.embedder, self.threshold, self.batch_size = embedder, threshold, batch_size
+        load_embedder(embedder, None, dtype)  # at actor start; same cache key as encode() uses
+        self.embedder, self.threshold, self.batch_size, self.dtype = embedder, threshold, batch_size, dtype
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return score_batch(batch, self.embedder, self.threshold, self.batch_size)
+        return score_batch(batch, self.embedder, self.threshold, self.batch_size, self.dtype)
 
 
 def score_stage(ds, cfg: Any):
     """Apply step 3b to a Ray Dataset of discriminated samples."""
     return ds.map_batches(
         QualityScorer,
-        fn_constructor_kwargs=dict(embedder=cfg.embedder, threshold=cfg.threshold, batch_size=cfg.batch_size),
+        fn_constructor_kwargs=dict(
+            embedder=cfg.embedder,
+            threshold=cfg.threshold,
+            batch_size=cfg.batch_size,
+            dtype=getattr(cfg, "dtype", "float32"),
+        ),
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         concurrency=cfg.replicas,
