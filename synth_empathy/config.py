@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
-import logging
 import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -21,8 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from synth_empathy.errors import ConfigError  # noqa: F401 (re-exported)
-
-log = logging.getLogger("synth_empathy")
 
 
 def opt(default: Any, doc: str) -> Any:
@@ -307,8 +304,9 @@ ENGINES = ("generation", "discriminator", "judge")
 
 
 def resolve_hardware(cfg: DictConfig, hw: Any = None) -> None:
-    """Fill each engine's ``resolved`` with what ``auto`` chose on this machine and why,
-    log it, and log one warning per distinct known-slow choice (emulated bf16).
+    """Fill each engine's ``resolved`` with what ``auto`` chose on this machine and why
+    (logged when the stage builds its engine), and log one warning per distinct
+    known-slow choice (emulated bf16) at once.
 
     Resolved here, at load, so that config.yaml and manifest.json (both written from the
     loaded config) record it. ``hw`` (a :class:`~synth_empathy.core.hardware.Hardware`)
@@ -327,17 +325,6 @@ def resolve_hardware(cfg: DictConfig, hw: Any = None) -> None:
         if warning:
             slow.setdefault(warning, []).append(f"{name}.engine")
         e.resolved = r
-        env = " ".join(f"{k}={v}" for k, v in r["env"].items()) or "none"
-        log.info(
-            "%s.engine: dtype %s (%s); memory_utilization %s (%s); engine env %s%s",
-            name,
-            r["dtype"],
-            r["dtype_reason"],
-            r["memory_utilization"],
-            r["memory_reason"],
-            env,
-            f" ({r['threads_reason']})" if "threads_reason" in r else "",
-        )
     for warning, where in slow.items():
         hardware.warn_once(f"{warning} ({', '.join(where)} set dtype=bfloat16)")
 

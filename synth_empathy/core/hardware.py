@@ -221,6 +221,16 @@ def check_threads_bind(bind: str, where: str = "cpu_threads_bind") -> None:
     raise ConfigError(f"{where} must be auto, vllm, nobind or CPU ids like 0-1 or 0-3|4-7, got {bind!r}")
 
 
+def describe(resolved: dict) -> str:
+    """One log line of :func:`resolve_engine`'s answer."""
+    env = " ".join(f"{k}={v}" for k, v in (resolved.get("env") or {}).items()) or "none"
+    line = (
+        f"dtype {resolved['dtype']} ({resolved['dtype_reason']}); memory_utilization "
+        f"{resolved['memory_utilization']} ({resolved['memory_reason']}); engine env {env}"
+    )
+    return line + (f" ({resolved['threads_reason']})" if resolved.get("threads_reason") else "")
+
+
 _warned: set[str] = set()
 
 

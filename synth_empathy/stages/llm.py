@@ -13,10 +13,13 @@ dropped with the reason ``<stage>_error``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from synth_empathy.core import hardware
 from synth_empathy.models.weights import resolve_model
+
+log = logging.getLogger("synth_empathy")
 
 
 def resolved(engine: Any) -> dict[str, Any]:
@@ -106,6 +109,7 @@ class LLMStage:
         # each they alone would fill a small machine and leave the engine unscheduled.
         light = dict(num_cpus=e.helper_cpus, concurrency=e.replicas)
         env = engine_env(e)
+        log.info("[%s] engine: %s", self.name, hardware.describe(resolved(e)))
         return vLLMEngineProcessorConfig(
             chat_template_stage=ChatTemplateStageConfig(**light),
             tokenize_stage=TokenizerStageConfig(**light),

@@ -116,8 +116,9 @@ def test_emulated_bf16_warns_once(caplog):
     assert len(warnings) == 1, warnings
     assert "3.6x slower than float32" in warnings[0]
     assert "generation.engine, discriminator.engine set dtype=bfloat16" in warnings[0]
-    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert any(m.startswith("generation.engine: dtype bfloat16 (set in the config)") for m in infos)
+    assert H.describe(cfg.generation.engine.resolved).startswith(
+        "dtype bfloat16 (set in the config); memory_utilization 0.15 ("
+    )
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="synth_empathy"):
         resolve_hardware(cfg, ZEN4)

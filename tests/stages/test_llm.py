@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -62,11 +64,13 @@ def test_an_unloaded_engine_config_is_resolved_on_the_spot(monkeypatch):
     assert llm.engine_kwargs(e)["dtype"] == "bfloat16"
 
 
-def test_processor_config_carries_the_env_to_the_engine_actor():
+def test_processor_config_carries_the_env_to_the_engine_actor(caplog):
     cfg = load_config("default")
     resolve_hardware(cfg, ZEN4)
     stage = llm.LLMStage(cfg.generation.engine, cfg.generation.sampling)
-    pc = stage.processor_config(model_path="/nonexistent/model")
+    with caplog.at_level(logging.INFO, logger="synth_empathy"):
+        pc = stage.processor_config(model_path="/nonexistent/model")
+    assert "[llm] engine: dtype bfloat16 (cpu has avx512_bf16); memory_utilization 0.15" in caplog.text
     assert pc.runtime_env == {"env_vars": {"VLLM_CPU_OMP_THREADS_BIND": "0"}}
     assert pc.engine_kwargs["dtype"] == "bfloat16"
     cfg = load_config("default", ["generation.engine.cpu_threads_bind=vllm"])
