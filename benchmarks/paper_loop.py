@@ -112,8 +112,10 @@ def main(argv: list[str]) -> int:
         **s,
         "untuned": keep_figures(src),
         "tuned": keep_figures(dst),
-        "train": {n: json.loads((out / d / "train_report.json").read_text()) for n, d in
-                  (("disc-ed", "disc-ed"), ("ed-only", "ed-only"), ("ed+selected", "ed-selected"))},  # fmt: skip
+        "train": {
+            n: json.loads((out / d / "train_report.json").read_text())
+            for n, d in (("disc-ed", "disc-ed"), ("ed-only", "ed-only"), ("ed+selected", "ed-selected"))
+        },  # fmt: skip
         "evaluation": {m: r["metrics"] for m, r in evaluation["models"].items()},
         "seconds": timings,
     }

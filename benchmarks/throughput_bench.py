@@ -88,10 +88,14 @@ def llm_plain(args) -> dict[str, Any]:
 
     from synth_empathy.models.weights import resolve_model
     from synth_empathy.stages.generation import generation_messages
-    from synth_empathy.stages.llm import engine_kwargs
+    from synth_empathy.stages.llm import engine_env, engine_kwargs
 
     cfg = config().generation
     kwargs = engine_kwargs(cfg.engine)
+    # The pipeline hands the engine this env through the actor's runtime_env; the plain
+    # engine gets the same (an explicit --bind, already in the env, still wins).
+    for k, v in engine_env(cfg.engine).items():
+        os.environ.setdefault(k, v)
     if args.plain_executor:
         kwargs["distributed_executor_backend"] = args.plain_executor
     prompts = [generation_messages(r) for r in seed_rows(args.rows)]

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
+import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -40,22 +41,43 @@ class EngineConfig:
     model: str = opt("packaged:smollm2", "model: a local folder, a hub id, or packaged:<name>")
     replicas: int = opt(1, "engine replicas (Ray actors) working in parallel")
     gpus_per_replica: int = opt(0, "GPUs per replica; 0 runs vLLM's CPU backend")
-    cpus_per_replica: float = opt(1.0, "CPUs reserved per replica when it has no GPU")
+    cpus_per_replica: float = opt(
+        1.0, "CPUs reserved per replica when it has no GPU; with cpu_threads_bind=auto also the cores it computes on"
+    )
     tensor_parallel_size: int = opt(1, "tensor parallel degree inside one replica")
     pipeline_parallel_size: int = opt(1, "pipeline parallel degree inside one replica")
     accelerator_type: Optional[str] = opt(None, "Ray accelerator type to ask for (e.g. H100)")
     batch_size: int = opt(16, "rows per batch sent to an engine")
     helper_cpus: float = opt(0.25, "CPUs per chat-template / tokenizer / detokenizer actor around the engine")
     max_model_len: int = opt(2048, "context length the engine reserves per sequence")
-    dtype: str = opt("bfloat16", "weight and activation dtype")
-    memory_utilization: float = opt(
-        0.15,
+    dtype: str = opt(
+        "auto",
+        "auto | bfloat16 | float16 | float32 (half, float: vLLM's aliases). auto: bfloat16 where "
+        "it is native (CPU flag avx512_bf16 or amx_bf16, a GPU that computes bf16), else float32 "
+        "on a CPU and float16 on a GPU; the choice and its reason land in resolved",
+    )
+    memory_utilization: Union[float, int, str] = opt(
+        "auto",
         "vLLM gpu_memory_utilization; on the CPU backend the share of the NUMA node's RAM "
-        "kept for KV cache (0.15 of 24 GiB holds ~150 sequences of SmolLM2 at 2k tokens)",
+        "kept for KV cache. auto: 0.15 in bf16/fp16 (of 24 GiB ~150 sequences of SmolLM2 at "
+        "2k tokens), 0.3 in float32 (0.15 did not start), 0.9 on a GPU; a number is kept",
+    )
+    cpu_threads_bind: str = opt(
+        "auto",
+        "CPU engines: cores for vLLM's compute threads. auto: as many as cpus_per_replica "
+        "(cores 0..c-1; 1 = core 0, the faster choice on a shared 2-core machine, 2 = both, "
+        "faster on an idle one: benchmarks/README.md); vllm: vLLM's own (all but one core "
+        "of the node); nobind; or VLLM_CPU_OMP_THREADS_BIND ids like 0-1 or 0-3|4-7",
     )
     enforce_eager: bool = opt(True, "skip graph capture/compilation (faster start, CPU-safe)")
     max_num_seqs: Optional[int] = opt(None, "most sequences an engine runs at once (vLLM default)")
     extra: Dict[str, Any] = opt({}, "further vLLM engine keyword arguments, passed as given")
+    resolved: Dict[str, Any] = opt(
+        {},
+        "filled at config load, not set by hand: the dtype, memory share and engine "
+        "environment that auto chose on this machine and why (kept in config.yaml and "
+        "manifest.json)",
+    )
 
 
 @dataclass
@@ -116,6 +138,12 @@ class QualityConfig:
     embedder: str = opt("packaged:all-minilm-l6-v2", "sentence-transformers model for scores")
     threshold: float = opt(60.0, "keep rows whose quality score is >= this (paper: 50 or 60)")
     batch_size: int = opt(64, "texts per embedding batch")
+    dtype: str = opt(
+        "float32",
+        "embedder dtype: float32 | auto | bfloat16 | float16; auto = bfloat16 where native, "
+        "decided on the embedding actor's machine. float32 by default: bf16 was faster on an "
+        "AVX512-BF16 CPU but moved scores by up to 0.72 points (benchmarks/README.md)",
+    )
     replicas: int = opt(1, "embedding actors")
     cpus_per_replica: float = opt(2.0, "CPUs per embedding actor; Ray sets the actor's torch threads to this number")
     gpus_per_replica: float = opt(0.0, "GPUs per embedding actor")
@@ -375,6 +403,8 @@ def load_config(preset: str = "default", overrides: List[str] | None = None) -> 
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key = item.split("=", 1)[0].strip()
+        if key.split(".")[-2:-1] == ["resolved"] or key.endswith(".resolved"):
+            raise ConfigError(f"{key} is filled at config load from this machine; set the option it reports instead")
         if key not in {k for k, _, _ in all_keys()} and not any(
             key.startswith(k + ".") for k, d, _ in all_keys() if isinstance(d, dict)
         ):
@@ -385,7 +415,37 @@ def load_config(preset: str = "default", overrides: List[str] | None = None) -> 
             raise ConfigError(f"cannot parse override {item!r}: {str(e).splitlines()[0]}") from None
         cfg = _merge(cfg, layer, "the command line")
     validate(cfg)
+    resolve_hardware(cfg)
     return cfg
+
+
+ENGINES = ("generation", "discriminator", "judge")
+
+
+def resolve_hardware(cfg: DictConfig, hw: Any = None) -> None:
+    """Fill each engine's ``resolved`` with what ``auto`` chose on this machine and why
+    (logged when the stage builds its engine), and log one warning per distinct
+    known-slow choice (emulated bf16) at once.
+
+    Resolved here, at load, so that config.yaml and manifest.json (both written from the
+    loaded config) record it. ``hw`` (a :class:`~synth_empathy.core.hardware.Hardware`)
+    replaces this machine's facts in tests. Engines on GPUs this process cannot see keep
+    ``dtype: auto`` for vLLM to decide on their node.
+    """
+    from synth_empathy.core import hardware
+
+    local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    max_cores = hardware.local_cores() if local else None
+    slow: Dict[str, List[str]] = {}
+    for name in ENGINES:
+        e = cfg[name].engine
+        r = hardware.resolve_engine(e, f"{name}.engine", hw, max_cores)
+        warning = r.pop("warning", None)
+        if warning:
+            slow.setdefault(warning, []).append(f"{name}.engine")
+        e.resolved = r
+    for warning, where in slow.items():
+        hardware.warn_once(f"{warning} ({', '.join(where)} set dtype=bfloat16)")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -416,6 +476,16 @@ def validate(cfg: DictConfig) -> None:
     t = cfg.turns
     if not 0 <= t.min_history <= t.max_history:
         raise ConfigError("need 0 <= turns.min_history <= turns.max_history")
+    from synth_empathy.core.hardware import canonical_dtype, check_threads_bind
+
+    canonical_dtype(cfg.quality.dtype, "quality.dtype")
+    for name in ENGINES:
+        e = cfg[name].engine
+        canonical_dtype(e.dtype, f"{name}.engine.dtype")
+        check_threads_bind(e.cpu_threads_bind, f"{name}.engine.cpu_threads_bind")
+        m = e.memory_utilization
+        if isinstance(m, str) and m != "auto" or not isinstance(m, str) and not 0 < m <= 1:
+            raise ConfigError(f"{name}.engine.memory_utilization must be auto or a number in (0, 1], got {m!r}")
     for name in ("generation", "discriminator"):
         e = cfg[name].engine
         if e.replicas < 1:

@@ -48,6 +48,10 @@ def test_overrides_apply_and_are_typed():
         ("default", ["diversity.keep_ratio=1.5"], "keep_ratio must be in (0, 1]"),
         ("default", ["diversity.k=10"], "exactly one of diversity.k and diversity.keep_ratio"),
         ("default", ["discriminator.input_format=xml"], "input_format must be chat or instruction"),
+        ("default", ["generation.engine.dtype=float64x"], "generation.engine.dtype must be one of auto, bfloat16"),
+        ("default", ["judge.engine.memory_utilization=most"], "must be auto or a number in (0, 1]"),
+        ("default", ["discriminator.engine.cpu_threads_bind=both"], "cpu_threads_bind must be auto, vllm"),
+        ("default", ["generation.engine.resolved.dtype=float32"], "filled at config load"),
     ],
 )
 def test_config_errors_are_one_line_and_name_the_problem(preset, overrides, expected):
@@ -75,7 +79,7 @@ def test_every_option_is_documented():
 
     def leaves(d, p=""):
         for k, v in d.items():
-            if isinstance(v, dict) and v and not k == "extra":
+            if isinstance(v, dict) and v and k not in ("extra", "resolved"):
                 yield from leaves(v, p + k + ".")
             else:
                 yield p + k

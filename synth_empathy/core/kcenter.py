@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from synth_empathy.core import hardware
 from synth_empathy.errors import SelectionError  # noqa: F401 (re-exported)
 
 METHODS = ("auto", "exact", "fast", "sharded")
@@ -253,15 +254,6 @@ class _BF16:
         """Per row of ``a``: (smallest |b|^2 - 2ab, its column), |a|^2 left out; all bf16,
         the |b|^2 added inside the product so the big matrix is written once."""
         return self.t.addmm(bn[None, :], a, b2.T).min(dim=1)
-
-
-def _bf16_native() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except Exception:  # no torch, or a torch without these probes: stay in float32
-        return False
 
 
 def _backend(device: str):
@@ -496,7 +488,7 @@ def _greedy(x, k: int, start: int, *, device: str = "cpu", fast: bool = False, p
     be = _backend(device)
     uniq, rep, xs = _prepare(x)
     approx = None
-    if fast and be.host and _bf16_native():
+    if fast and be.host and hardware.bf16_native():
         # All products through torch then: numpy's BLAS threads and torch's OpenMP
         # threads, each spinning while the other works, would fight over the cores.
         be, approx = _Torch("cpu"), _BF16()

@@ -15,12 +15,37 @@ import numpy as np
 from synth_empathy.models.weights import resolve_model
 
 
+def embedder_dtype(requested: str = "float32", device: str | None = None, hw=None) -> str:
+    """The torch dtype name to load the embedder in, decided where it runs.
+
+    ``auto`` asks :func:`synth_empathy.core.hardware.choose_dtype` (bfloat16 only where
+    native); an explicit name is kept; float32 whenever the answer is left open.
+    """
+    from synth_empathy.core import hardware
+
+    on_gpu = (device or "").startswith("cuda")
+    if hw is None:
+        hw = hardware.detect(with_cuda=requested == "auto" and (on_gpu or device is None))
+    if device is None and hw.cuda:
+        on_gpu = True  # sentence-transformers picks the GPU when it sees one
+    choice = hardware.choose_dtype(requested, "cuda" if on_gpu else "cpu", hw, "quality.dtype")
+    if choice.warning:
+        hardware.warn_once(choice.warning)
+    return "float32" if choice.dtype == "auto" else choice.dtype
+
+
 @lru_cache(maxsize=4)
-def load_embedder(model: str, device: str | None = None):
-    """A sentence-transformers model, loaded once per process (per Ray actor)."""
+def load_embedder(model: str, device: str | None = None, dtype: str = "float32"):
+    """A sentence-transformers model, loaded once per process (per Ray actor), in
+    ``dtype`` (see :func:`embedder_dtype`); vectors come out float32 either way."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(resolve_model(model), device=device)
+    dtype = embedder_dtype(dtype, device)
+    if dtype == "float32":
+        return SentenceTransformer(resolve_model(model), device=device)
+    import torch
+
+    return SentenceTransformer(resolve_model(model), device=device, model_kwargs={"torch_dtype": getattr(torch, dtype)})
 
 
 def encode(
@@ -28,9 +53,10 @@ def encode(
     model: str = "packaged:all-minilm-l6-v2",
     batch_size: int = 64,
     device: str | None = None,
+    dtype: str = "float32",
 ) -> np.ndarray:
     """Embed ``texts`` as an (N, d) float32 array of unit vectors."""
-    embedder = load_embedder(model, device)
+    embedder = load_embedder(model, device, dtype)
     if len(texts) == 0:
         return np.zeros((0, embedder.get_sentence_embedding_dimension()), dtype=np.float32)
     vectors = embedder.encode(

@@ -13,17 +13,34 @@ dropped with the reason ``<stage>_error``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from synth_empathy.core import hardware
 from synth_empathy.models.weights import resolve_model
+
+log = logging.getLogger(__name__)
+
+
+def resolved(engine: Any) -> dict[str, Any]:
+    """What the engine runs with on this machine (dtype, memory share, env): filled in by
+    :func:`synth_empathy.config.load_config`, else decided here the same way."""
+    r = engine.get("resolved") if hasattr(engine, "get") else getattr(engine, "resolved", None)
+    if r:
+        return dict(r)
+    r = hardware.resolve_engine(engine)
+    if r.get("warning"):
+        hardware.warn_once(r["warning"])
+    return r
 
 
 def engine_kwargs(engine: Any) -> dict[str, Any]:
-    """vLLM engine arguments from an EngineConfig."""
+    """vLLM engine arguments from an EngineConfig (``auto`` dtype and memory share resolved)."""
+    r = resolved(engine)
     kwargs: dict[str, Any] = {
-        "dtype": engine.dtype,
+        "dtype": r["dtype"],
         "max_model_len": engine.max_model_len,
-        "gpu_memory_utilization": engine.memory_utilization,
+        "gpu_memory_utilization": r["memory_utilization"],
         "enforce_eager": engine.enforce_eager,
         "tensor_parallel_size": engine.tensor_parallel_size,
         "pipeline_parallel_size": engine.pipeline_parallel_size,
@@ -32,6 +49,12 @@ def engine_kwargs(engine: Any) -> dict[str, Any]:
         kwargs["max_num_seqs"] = engine.max_num_seqs
     kwargs.update(dict(engine.extra or {}))
     return kwargs
+
+
+def engine_env(engine: Any) -> dict[str, str]:
+    """Environment variables of the engine's actor (and so of vLLM's worker, which
+    inherits them): the CPU thread binding of ``engine.cpu_threads_bind``."""
+    return {k: str(v) for k, v in (resolved(engine).get("env") or {}).items()}
 
 
 def placement(engine: Any) -> dict[str, Any]:
@@ -85,6 +108,8 @@ class LLMStage:
         # The text stages around the engine are light; at Ray Data's default of one CPU
         # each they alone would fill a small machine and leave the engine unscheduled.
         light = dict(num_cpus=e.helper_cpus, concurrency=e.replicas)
+        env = engine_env(e)
+        log.info("[%s] engine: %s", self.name, hardware.describe(resolved(e)))
         return vLLMEngineProcessorConfig(
             chat_template_stage=ChatTemplateStageConfig(**light),
             tokenize_stage=TokenizerStageConfig(**light),
@@ -99,6 +124,8 @@ class LLMStage:
             # Engine metrics go through ray.serve's Prometheus wrapper; without
             # ray[serve] installed the engine actor dies on start-up.
             log_engine_metrics=_serve_usable(),
+            # vLLM reads its CPU binding from the environment when the engine starts.
+            runtime_env={"env_vars": env} if env else None,
         )
 
     def preprocess(self, row: dict[str, Any]) -> dict[str, Any]:

@@ -65,6 +65,7 @@ def score_batch(
     batch_size: int = 64,
     drop_repeats: bool = True,
     repeat_similarity: float | None = 0.95,
+    dtype: str = "float32",
 ) -> pa.Table:
     """The whole step for one batch: the batch with the four new columns appended."""
     n = batch.num_rows
@@ -77,7 +78,9 @@ def score_batch(
     scores: list[float | None] = [None] * n
     vectors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     if scorable:
-        both = encode([outputs[i] for i in scorable] + [answers[i] for i in scorable], embedder, batch_size)
+        both = encode(
+            [outputs[i] for i in scorable] + [answers[i] for i in scorable], embedder, batch_size, dtype=dtype
+        )
         m = len(scorable)
         for j, (i, s) in enumerate(zip(scorable, quality_scores(both[:m], both[m:]))):
             scores[i] = float(s)
@@ -88,7 +91,15 @@ def score_batch(
             reasons[i] = "below_quality_threshold"
     if drop_repeats:
         for i, reason in _repeats(
-            batch, [i for i in range(n) if kept[i]], outputs, answers, vectors, embedder, batch_size, repeat_similarity
+            batch,
+            [i for i in range(n) if kept[i]],
+            outputs,
+            answers,
+            vectors,
+            embedder,
+            batch_size,
+            repeat_similarity,
+            dtype,
         ).items():
             kept[i], reasons[i] = False, reason
 
@@ -96,7 +107,9 @@ def score_batch(
     keep_idx = [i for i in range(n) if kept[i]]
     if keep_idx:
         instructions = batch.column("instruction").to_pylist()
-        vecs = encode([diversity_text(instructions[i], outputs[i]) for i in keep_idx], embedder, batch_size)
+        vecs = encode(
+            [diversity_text(instructions[i], outputs[i]) for i in keep_idx], embedder, batch_size, dtype=dtype
+        )
         for i, v in zip(keep_idx, vecs):
             embeddings[i] = v.tolist()
 
@@ -114,7 +127,7 @@ def _history_lines(value) -> list[str]:
     return [str(turn["content"]) for turn in (value or []) if turn and turn.get("content")]
 
 
-def _repeats(batch, rows, outputs, answers, vectors, embedder, batch_size, similarity) -> dict[int, str]:
+def _repeats(batch, rows, outputs, answers, vectors, embedder, batch_size, similarity, dtype) -> dict[int, str]:
     """{row: reason} for the candidate ``rows`` whose target or answer repeats their history.
 
     Only rows that would be kept are checked (the others are dropped anyway), so the
@@ -127,7 +140,7 @@ def _repeats(batch, rows, outputs, answers, vectors, embedder, batch_size, simil
     line_vecs: dict[int, np.ndarray] = {}
     if similarity is not None:
         flat = [line for i in rows for line in lines[i]]
-        vecs = encode(flat, embedder, batch_size) if flat else np.zeros((0, 0), dtype=np.float32)
+        vecs = encode(flat, embedder, batch_size, dtype=dtype) if flat else np.zeros((0, 0), dtype=np.float32)
         at = 0
         for i in rows:
             line_vecs[i] = vecs[at : at + len(lines[i])]
@@ -161,16 +174,23 @@ class QualityScorer:
         batch_size: int = 64,
         drop_repeats: bool = True,
         repeat_similarity: float | None = 0.95,
+        dtype: str = "float32",
     ) -> None:
         from synth_empathy.models.embedder import load_embedder
 
-        load_embedder(embedder, None)  # at actor start; same cache key as encode() uses
-        self.embedder, self.threshold, self.batch_size = embedder, threshold, batch_size
+        load_embedder(embedder, None, dtype)  # at actor start; same cache key as encode() uses
+        self.embedder, self.threshold, self.batch_size, self.dtype = embedder, threshold, batch_size, dtype
         self.drop_repeats, self.repeat_similarity = drop_repeats, repeat_similarity
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return score_batch(
-            batch, self.embedder, self.threshold, self.batch_size, self.drop_repeats, self.repeat_similarity
+            batch,
+            self.embedder,
+            self.threshold,
+            self.batch_size,
+            self.drop_repeats,
+            self.repeat_similarity,
+            self.dtype,
         )
 
 
@@ -184,6 +204,7 @@ def score_stage(ds, cfg: Any):
             batch_size=cfg.batch_size,
             drop_repeats=cfg.drop_repeats,
             repeat_similarity=cfg.repeat_similarity,
+            dtype=cfg.dtype,
         ),
         batch_size=cfg.batch_size,
         batch_format="pyarrow",

@@ -1,7 +1,8 @@
 """The run's manifest: what ran, with which code and packages, and how it went.
 
-``<run>/manifest.json`` holds the resolved configuration with secrets redacted, package
-versions, the code revision when the package runs from a git checkout, the number of
+``<run>/manifest.json`` holds the resolved configuration with secrets redacted (each
+engine's ``resolved``: the dtype, memory share and environment ``auto`` chose, and why),
+the machine's CPU model and native-bf16 flag, package versions, the code revision when the package runs from a git checkout, the number of
 attempts of this run id, and per-stage counts and timings as stages finish.
 """
 
@@ -13,7 +14,8 @@ import subprocess
 import time
 from typing import Any
 
-from synth_empathy.config import redact
+from synth_empathy.config import ENGINES, redact
+from synth_empathy.core import hardware
 
 
 def code_revision() -> str | None:
@@ -56,12 +58,20 @@ def package_versions() -> dict[str, str | None]:
     return found
 
 
+def _has_gpu_engine(cfg: Any) -> bool:
+    try:
+        return any(cfg[name].engine.gpus_per_replica for name in ENGINES)
+    except (KeyError, AttributeError, TypeError):  # a partial config (tests)
+        return False
+
+
 def new_manifest(store: Any, cfg: Any) -> dict[str, Any]:
     """The manifest of a new attempt, written at once; attempts count up per run id."""
     manifest: dict[str, Any] = {
         "run_id": store.run_id,
         "output": store.url,
         "config": redact(cfg),
+        "hardware": hardware.detect(with_cuda=_has_gpu_engine(cfg)).describe(),
         "versions": package_versions(),
         "code_revision": code_revision(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from synth_empathy.core import hardware
 from synth_empathy.core.sft_data import IGNORE_INDEX, collate
 
 log = logging.getLogger(__name__)
@@ -57,39 +58,13 @@ STATE = "state.pt"
 # --------------------------------------------------------------------------- device and dtype
 
 
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def native_cpu_bf16() -> bool:
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
 def compute_dtype(name: str, device: Any):
     import torch
 
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-        return torch.bfloat16 if native_cpu_bf16() else torch.float32
+        return torch.bfloat16 if hardware.bf16_native() else torch.float32  # one detection for every part
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
@@ -98,8 +73,9 @@ def device_description(device: Any) -> str:
 
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    flags = sorted(cpu_flags() & {"avx512f", "avx512_bf16", "amx_bf16", "avx2"})
-    return f"cpu ({cpu_name()}; {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; {' '.join(flags)})"
+    hw = hardware.detect()
+    flags = sorted(hw.cpu_flags & {"avx512f", "avx512_bf16", "amx_bf16", "avx2"})
+    return f"cpu ({hw.cpu_model or platform.machine()}; {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; {' '.join(flags)})"
 
 
 # --------------------------------------------------------------------------- schedule

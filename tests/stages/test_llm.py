@@ -1,0 +1,77 @@
+"""vLLM engine arguments and environment from the config (synth_empathy.stages.llm), no engine."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from omegaconf import OmegaConf
+
+from synth_empathy.config import EngineConfig, load_config, resolve_hardware
+from synth_empathy.core import hardware as H
+from synth_empathy.stages import llm
+
+AVX2 = H.Hardware(cpu_model="AMD EPYC 7B13", cpu_flags=frozenset({"avx2"}))
+ZEN4 = H.Hardware(cpu_model="AMD EPYC 9B14", cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16"}))
+
+
+@pytest.mark.parametrize("hw, dtype, share", [(AVX2, "float32", 0.3), (ZEN4, "bfloat16", 0.15)])
+def test_engine_kwargs_use_the_loaded_choice(hw, dtype, share):
+    cfg = load_config("default", ["generation.engine.max_num_seqs=8", "generation.engine.extra.swap_space=1"])
+    resolve_hardware(cfg, hw)
+    kw = llm.engine_kwargs(cfg.generation.engine)
+    assert kw["dtype"] == dtype and kw["gpu_memory_utilization"] == share
+    assert kw["max_num_seqs"] == 8 and kw["swap_space"] == 1 and kw["enforce_eager"] is True
+    assert llm.engine_env(cfg.generation.engine) == {"VLLM_CPU_OMP_THREADS_BIND": "0"}
+
+
+def test_explicit_values_pass_through():
+    cfg = load_config(
+        "default",
+        [
+            "generation.engine.dtype=half",
+            "generation.engine.memory_utilization=0.25",
+            "generation.engine.cpu_threads_bind=0-1",
+        ],
+    )
+    resolve_hardware(cfg, AVX2)
+    kw = llm.engine_kwargs(cfg.generation.engine)
+    assert (kw["dtype"], kw["gpu_memory_utilization"]) == ("float16", 0.25)
+    assert llm.engine_env(cfg.generation.engine) == {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}
+    # vllm: vLLM's own binding, nothing set.
+    cfg = load_config("default", ["generation.engine.cpu_threads_bind=vllm"])
+    assert llm.engine_env(cfg.generation.engine) == {}
+    # auto follows the replica's reservation (clamped to the cores of a local machine).
+    cfg = load_config("default", ["generation.engine.cpus_per_replica=2"])
+    bind = llm.engine_env(cfg.generation.engine)["VLLM_CPU_OMP_THREADS_BIND"]
+    assert bind == ("0-1" if H.local_cores() >= 2 else "0")
+
+
+def test_gpu_engines_get_no_cpu_binding():
+    cfg = load_config("single-gpu")
+    resolve_hardware(cfg, AVX2)  # a CPU-only driver: vLLM decides the dtype on the GPU node
+    e = cfg.generation.engine
+    assert llm.engine_kwargs(e)["dtype"] == "auto" and llm.engine_env(e) == {}
+    assert llm.engine_kwargs(e)["gpu_memory_utilization"] == e.memory_utilization
+
+
+def test_an_unloaded_engine_config_is_resolved_on_the_spot(monkeypatch):
+    monkeypatch.setattr(H, "detect", lambda with_cuda=False: AVX2)
+    e = OmegaConf.structured(EngineConfig)
+    assert llm.engine_kwargs(e)["dtype"] == "float32"
+    assert llm.engine_kwargs(EngineConfig())["gpu_memory_utilization"] == 0.3
+    monkeypatch.setattr(H, "detect", lambda with_cuda=False: ZEN4)
+    assert llm.engine_kwargs(e)["dtype"] == "bfloat16"
+
+
+def test_processor_config_carries_the_env_to_the_engine_actor(caplog):
+    cfg = load_config("default")
+    resolve_hardware(cfg, ZEN4)
+    stage = llm.LLMStage(cfg.generation.engine, cfg.generation.sampling)
+    with caplog.at_level(logging.INFO, logger="synth_empathy"):
+        pc = stage.processor_config(model_path="/nonexistent/model")
+    assert "[llm] engine: dtype bfloat16 (cpu has avx512_bf16); memory_utilization 0.15" in caplog.text
+    assert pc.runtime_env == {"env_vars": {"VLLM_CPU_OMP_THREADS_BIND": "0"}}
+    assert pc.engine_kwargs["dtype"] == "bfloat16"
+    cfg = load_config("default", ["generation.engine.cpu_threads_bind=vllm"])
+    assert llm.LLMStage(cfg.generation.engine, cfg.generation.sampling).processor_config("/m").runtime_env is None
