@@ -39,6 +39,7 @@ JOBS: dict[str, str] = {
     "select": "jobs/select_diverse.py",
     "judge": "jobs/judge.py",
     "train": "jobs/train.py",
+    "evaluate": "jobs/evaluate.py",
 }
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
