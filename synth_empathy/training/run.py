@@ -200,8 +200,15 @@ def prepare(cfg: Any) -> dict[str, Any]:
             f"system prompt and chat markup around an empty turn)"
         )
     available = len(rows)
-    if t.limit is not None and len(rows) > t.limit:
-        rows = random.Random(f"{cfg.seed}/limit").sample(rows, t.limit)
+    # The limit samples the seed sources (ED) only and every export row is kept: "ED plus
+    # the selection" then trains on the same ED pairs as "ED alone", plus the selection.
+    seed_rows, export_rows, at = [], [], 0
+    for s in sources:
+        (export_rows if s["kind"] == "export" else seed_rows).extend(rows[at : at + s["rows"]])
+        at += s["rows"]
+    if t.limit is not None and len(seed_rows) > t.limit:
+        seed_rows = random.Random(f"{cfg.seed}/limit").sample(seed_rows, t.limit)
+    rows = seed_rows + export_rows
     examples, too_long, long_lengths = encode_rows(tokenizer, rows, d.system_prompt, d.input_format, t.cutoff_len)
     if not examples:
         raise TrainingInputError(

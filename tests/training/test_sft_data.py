@@ -64,3 +64,22 @@ def test_heldout_split_is_by_opening_turn_and_deterministic():
     contexts = [f"Speaker: dialogue {i}" for i in range(2000)]
     share = sum(heldout.is_heldout(c, 0.1) for c in contexts) / len(contexts)
     assert 0.07 < share < 0.13
+
+
+def test_the_limit_samples_ed_and_keeps_every_export_row(chat_jsonl, tmp_path):
+    """ED + selection trains on the same ED pairs as ED alone, plus every selected row."""
+    from pathlib import Path
+
+    from synth_empathy.config import load_config
+    from synth_empathy.training.run import prepare
+
+    valid = Path(__file__).resolve().parents[3] / "shared" / "data" / "ed" / "valid.csv"
+    if not valid.exists():
+        pytest.skip("the ED split in ../shared is not beside this checkout")
+    base = ["train.limit=10", "train.cutoff_len=512"]
+    ed = prepare(load_config(overrides=[*base, f"train.data=[{valid}]", f"train.output={tmp_path}/a"]))
+    mix = prepare(load_config(overrides=[*base, f"train.data=[{valid},{chat_jsonl}]", f"train.output={tmp_path}/b"]))
+    n_export = mix["data_report"]["sources"][1]["rows"]
+    assert n_export > 0 and ed["data_report"]["pairs_sampled"] == 10
+    assert mix["data_report"]["pairs_sampled"] == 10 + n_export
+    assert mix["examples"][: len(ed["examples"])] == ed["examples"]  # the same ED pairs, then the selection
