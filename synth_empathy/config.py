@@ -219,7 +219,7 @@ class TrainConfig:
     )
     heldout_salt: str = opt("synth-empathy/heldout/v1", "salt of the held-out hash; another salt, another split")
     limit: Optional[int] = opt(
-        800, "train on a seeded random subset of at most this many pairs; null = all (sized for ~10 min on 2 CPU cores)"
+        600, "train on a seeded random subset of at most this many pairs; null = all (sized for ~10 min on 2 CPU cores)"
     )
     output: str = opt("./runs/discriminator", "output folder (or s3:// URL): model/, checkpoints/, report, loss plot")
     method: str = opt("full", "full (every weight) | lora (adapter, merged into the base at the end)")
