@@ -298,7 +298,7 @@ class TrainConfig:
     )
     heldout_salt: str = opt("synth-empathy/heldout/v1", "salt of the held-out hash; another salt, another split")
     limit: Optional[int] = opt(
-        800,
+        600,
         "train on a seeded random subset of at most this many pairs of the seed sources (ED; every "
         "export row is kept, so ED+selection adds to the same ED pairs); null = all (~10 min on 2 CPU cores)",
     )

@@ -412,7 +412,8 @@ def train_loop(
         "loss_curve": curve,
         **(extra_report or {}),
     }
-    plot_loss(curve, Path(output_dir) / PLOT, f"{s['method']} fine-tuning, {n} pairs, {report['device'][:60]}")
+    where = report["device"].split(";")[0] + (")" if "(" in report["device"] else "")
+    plot_loss(curve, Path(output_dir) / PLOT, f"{s['method']} fine-tuning, {n} pairs, {report['dtype']}, {where}")
     _write_json(Path(output_dir) / REPORT, report)
     if world > 1:
         dist.barrier()

@@ -272,7 +272,7 @@ def run_training(cfg: Any) -> dict[str, Any]:
     )
     if t.use_ray:
         from synth_empathy.cluster import ray_train
-        from synth_empathy.pipeline import init_ray
+        from synth_empathy.cluster.ray_init import init_ray
 
         init_ray(cfg, sections=("train",))
         ray_train.fit(

@@ -101,14 +101,17 @@ def test_a_killed_lora_run_resumes_from_its_checkpoint_and_the_merged_model_load
 
 
 @pytest.mark.e2e
-def test_ray_train_runs_the_same_loop(chat_jsonl, tmp_path):
+def test_ray_train_runs_the_same_loop_and_vllm_serves_the_result(chat_jsonl, tmp_path):
+    """TorchTrainer with one CPU worker, then the model folder as a vLLM engine's model
+    (through the judge command, which runs the same Ray Data LLM stage as the pipeline)."""
     from synth_empathy.training.run import run_training
 
+    out = tmp_path / "out"
     cfg = load_config(
         "default",
         [
             f"train.data=[{chat_jsonl}]",
-            f"train.output={tmp_path / 'out'}",
+            f"train.output={out}",
             "train.method=lora",
             "train.batch_size=2",
             "train.max_steps=2",
@@ -118,4 +121,12 @@ def test_ray_train_runs_the_same_loop(chat_jsonl, tmp_path):
     )
     report = run_training(cfg)
     assert report["use_ray"] and report["steps"] == 2 and report["workers"] == 1
-    assert (tmp_path / "out" / loop.MODEL / "model.safetensors").is_file()
+    model = out / loop.MODEL
+    assert (model / "model.safetensors").is_file()
+
+    env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    judged = tmp_path / "judged"
+    cmd = [sys.executable, "-m", "synth_empathy", "judge", chat_jsonl, str(judged), f"judge.engine.model={model}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert json.loads((judged / "judge_report.json").read_text())["rows_judged"] == 4
