@@ -49,7 +49,12 @@ def sh(step: str, args: list[str], log_dir: Path, timings: dict) -> None:
 
 
 def keep_figures(run: Path) -> dict:
+    import pyarrow.parquet as pq
+
     report = json.loads((run / "report.json").read_text())
+    scores = [
+        s for s in pq.read_table(run / "scored", columns=["quality_score"]).column(0).to_pylist() if s is not None
+    ]
     c = report["counts"]
     scored = report["dropped"].get("scored", {})
     return {
@@ -60,6 +65,8 @@ def keep_figures(run: Path) -> dict:
         "repeats_removed": scored.get("target_repeats_history", 0) + scored.get("answer_repeats_history", 0),
         "dropped": scored,
         "quality_mean": report["quality"]["mean"],
+        # the keep rate at other thresholds T: the distribution, not just one cut
+        "at_or_above": {t: sum(s >= t for s in scores) for t in (30, 40, 50, 60)},
     }
 
 
