@@ -16,6 +16,7 @@ against the exact method's. Peak memory is the largest resident set (VmRSS, samp
     python benchmarks/kcenter_bench.py                  # every case, one after the other
     python benchmarks/kcenter_bench.py --case syn-100k-90
     python benchmarks/kcenter_bench.py --quick          # small sizes, a smoke test
+    python benchmarks/kcenter_bench.py --device cuda    # the GPU cases (kcenter_gpu_bench.py)
 
 Results go to benchmarks/out/kcenter.jsonl and a Markdown table on stdout.
 """
@@ -286,7 +287,14 @@ def main(argv=None) -> int:
     p.add_argument("--case", action="append", help=f"one of {', '.join([*CASES, *QUICK])}")
     p.add_argument("--quick", action="store_true", help="small sizes only")
     p.add_argument("--table", action="store_true", help="print the table of benchmarks/out/kcenter.jsonl")
-    a = p.parse_args(argv)
+    p.add_argument("--device", default="cpu", help="cpu (these cases) or cuda (kcenter_gpu_bench.py's cases)")
+    a, rest = p.parse_known_args(argv)
+    if a.device != "cpu":
+        import kcenter_gpu_bench
+
+        return kcenter_gpu_bench.main(["--device", a.device, *[f for c in a.case or () for f in ("--case", c)], *rest])
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
     results = OUT / "kcenter.jsonl"
     if a.table:
         print(table([json.loads(s) for s in results.read_text().splitlines() if s.strip()]))

@@ -167,7 +167,15 @@ class DiversityConfig:
     k: Optional[int] = opt(None, "select exactly k rows instead of keep_ratio")
     method: str = opt("auto", "auto | exact | fast | sharded")
     shards: int = opt(1, "shards for the sharded two-round method")
-    device: str = opt("auto", "auto | cpu | cuda")
+    device: str = opt(
+        "auto",
+        "auto | cpu | cuda | cuda:N | torch-cpu (the GPU's device-resident code on the CPU); auto = cuda when torch sees a GPU",
+    )
+    storage_dtype: str = opt(
+        "auto",
+        "on a GPU, the rows' dtype in device memory: auto (float32 when it fits in 45 % of free "
+        "GPU memory, else float16) | float32 | float16 | bfloat16; 16-bit moves each row by <= 2**-11 |x| (float16)",
+    )
 
 
 @dataclass
@@ -461,6 +469,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"diversity.k must be >= 1, got {d.k}")
     if d.method not in ("auto", "exact", "fast", "sharded"):
         raise ConfigError(f"diversity.method must be auto, exact, fast or sharded, got {d.method!r}")
+    if d.storage_dtype not in ("auto", "float32", "float16", "bfloat16"):
+        raise ConfigError(
+            f"diversity.storage_dtype must be auto, float32, float16 or bfloat16, got {d.storage_dtype!r}"
+        )
+    if not (d.device in ("auto", "cpu", "cuda", "torch-cpu") or str(d.device).startswith("cuda:")):
+        raise ConfigError(f"diversity.device must be auto, cpu, cuda, cuda:N or torch-cpu, got {d.device!r}")
     if cfg.discriminator.input_format not in ("chat", "instruction"):
         raise ConfigError(
             f"discriminator.input_format must be chat or instruction, got {cfg.discriminator.input_format!r}"

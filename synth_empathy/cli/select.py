@@ -167,6 +167,8 @@ def run_selection(
     ratio: float | None = None,
     method: str = "auto",
     shards: int = 1,
+    device: str = "auto",
+    storage: str = "auto",
     seed: int = 0,
     embedder: str = "packaged:all-minilm-l6-v2",
     storage_options: dict | None = None,
@@ -220,7 +222,17 @@ def run_selection(
         del table
         embed_seconds = 0.0
     start = int(np.random.default_rng(seed).integers(n))
-    res = select_k_center(x, kk, method=method, start=start, seed=seed, shards=shards, map_shards=map_shards_on_ray)
+    res = select_k_center(
+        x,
+        kk,
+        method=method,
+        start=start,
+        seed=seed,
+        shards=shards,
+        device=device,
+        storage=storage,
+        map_shards=map_shards_on_ray,
+    )
 
     out_fs, out_path = fsspec.core.url_to_fs(output, **(storage_options or {}))
     out_path = out_path.rstrip("/")
@@ -361,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio=None if d.k is not None else d.keep_ratio,
         method=d.method,
         shards=d.shards,
+        device=d.device,
+        storage=d.storage_dtype,
         seed=cfg.seed,
         embedder=cfg.quality.embedder,
         storage_options={**storage_options(a.input, cfg.storage), **_storage_options(a.storage_option)},

@@ -40,10 +40,13 @@ memory-bound matrix-vector product per step. Methods here:
 
 Exact duplicate rows are collapsed first (the lowest index stands for its copies; copies
 are picked only once every distinct row is, lowest index first), so ties behave as in
-the plain form. With ``device="auto"`` the products run in float32 on a GPU through torch
-when ``torch.cuda.is_available()``; the CPU path never needs a GPU library. FAISS's flat
-index computes the same BLAS product plus a min, but cannot give each row its own range
-of new centers, which the lazy bounds need, so the products are called directly.
+the plain form. On a GPU (``device="cuda"``, or ``auto`` when torch sees one) the greedy
+runs device-resident instead (:mod:`synth_empathy.core.kcenter_device`: pool rounds,
+CUDA-graph steps, one product per round; ``fast`` there means TF32 products); the lazy
+bounds above need per-row bookkeeping that keeps a GPU waiting on the host. The CPU path
+never needs a GPU library. FAISS's flat index computes the same BLAS product plus a
+min, but cannot give each row its own range of new centers, which the lazy bounds need,
+so the products are called directly.
 """
 
 from __future__ import annotations

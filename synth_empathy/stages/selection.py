@@ -65,6 +65,7 @@ def select(kept: pa.Table, cfg: Any, seed: int) -> tuple[pa.Table, dict[str, Any
         seed=seed,
         shards=cfg.shards,
         device=cfg.device,
+        storage=cfg.storage_dtype,
         map_shards=map_shards_on_ray,
     )
     order = np.asarray(result.indices, dtype=np.int64)

@@ -19,38 +19,25 @@ from synth_empathy.core.kcenter import SelectionError
 torch = pytest.importorskip("torch")
 D = pytest.importorskip("synth_empathy.core.kcenter_device")
 
-from core.test_kcenter import clustered, problems, reference  # noqa: E402
+from core.test_kcenter import check_picks, clustered, problems  # noqa: E402
 
 
 @settings(max_examples=80, deadline=None)
 @given(problems())
 def test_device_greedy_matches_brute_force_pick_by_pick(p):
     x, k, start, pool = p
-    want, radius = reference(x, k, start)
     idx, dist, got_radius, details, dev = D.greedy(x, k, start, device="torch-cpu", pool_size=pool)
     assert dev == "torch-cpu"
     assert idx.dtype == np.int64
-    assert idx.tolist() == want.tolist()
+    radius = check_picks(x, idx, k, start)
     assert got_radius == pytest.approx(radius, abs=1e-4)
     assert math.isinf(dist[0]) and np.all(np.diff(dist[1:]) <= 1e-5)  # farthest-first
-
-
-def farthest_first_within(x: np.ndarray, idx: np.ndarray, rel: float) -> float:
-    """Checks in float64 that every pick was the farthest row from the picks before it,
-    up to ``rel`` (float32 near-ties); returns the covering radius."""
-    x = np.asarray(x, dtype=np.float64)
-    m = ((x - x[idx[0]]) ** 2).sum(axis=1)
-    for j in idx[1:]:
-        assert m[j] >= m.max() * (1 - rel), f"pick {j} at {m[j]} is not the farthest ({m.max()})"
-        m = np.minimum(m, ((x - x[j]) ** 2).sum(axis=1))
-    return float(np.sqrt(m.max()))
 
 
 def test_rounds_pick_many_and_compaction_keeps_the_picks():
     x = clustered(1500, d=24, seed=3)
     idx, dist, got_radius, det, _ = D.greedy(x, 1350, 7, device="torch-cpu", pool_size=64)
-    assert idx[0] == 7 and len(set(idx.tolist())) == 1350
-    radius = farthest_first_within(x, idx, rel=1e-5)  # this data has float32 near-ties
+    radius = check_picks(x, idx, 1350, 7)  # this data has float32 near-ties
     assert got_radius == pytest.approx(radius, abs=1e-5)
     assert det["compactions"] >= 1  # keep 90 %: the chosen rows left the live arrays
     assert det["rounds"] < 1350 / 4  # several exact picks per round, not one
@@ -118,3 +105,10 @@ def test_bad_settings_are_one_line_errors():
     if not torch.cuda.is_available():
         with pytest.raises(SelectionError, match="no GPU is visible"):
             K.select_k_center(torch.from_numpy(x), 2, device="cuda")
+
+
+def test_out_of_memory_message_names_the_size_and_the_settings():
+    e = D._oom(torch.device("cpu"), 3 * 2**30, "the 1,000,000 x 768 embeddings as float32", "float32")
+    msg = str(e)
+    assert "\n" not in msg and "needs 3.0 GiB" in msg
+    assert "diversity.storage_dtype=float16" in msg and "diversity.shards=N" in msg
