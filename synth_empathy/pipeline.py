@@ -19,7 +19,6 @@ import logging
 import time
 from typing import Any
 
-import pyarrow.compute as pc
 from omegaconf import DictConfig
 from ray.data.expressions import col
 
@@ -114,16 +113,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # 3b. Quality score = 100 x cos(target, discriminator answer); keep >= threshold.
     runner.keyed(quality.CONTRACT, lambda ds, carry: quality.score_stage(ds, cfg.quality))
 
-    # 4. Diversity: greedy k-center over the kept rows' embeddings.
+    # 4. Diversity: greedy k-center over the kept rows' embeddings (only ids and
+    # embeddings are read whole; the selected rows are written by streaming the scored parts).
     def selected():
-        chosen, info = selection.select(store.read_table("scored", filter=pc.field("kept")), cfg.diversity, cfg.seed)
-        store.write_json("selection.json", info)
-        return chosen
+        store.write_json("selection.json", selection.select_stage(store, cfg.diversity, cfg.seed))
 
-    runner.table(selection.CONTRACT, selected)
+    runner.run(selection.CONTRACT.name, selected, key=selection.CONTRACT.key)
 
     # 5. Export the selected set for fine-tuning.
-    export.write_selected(store)
+    start = time.perf_counter()
+    counts = export.write_selected(store)
+    log.info("[export] %d rows in %.1f s", counts[export.ALPACA], time.perf_counter() - start)
 
     # 6. A judge LLM rates every selected row on naturalness, coherence and empathy.
     j = cfg.judge
@@ -138,6 +138,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     result = report.write_report(store, cfg, runner.timings)
     dataset_card.write_dataset_card(store, cfg, result)  # the run folder is a dataset repository
+    log.info("dataset card: %s/README.md", store.url)
     manifest.update(
         counts=result.get("counts", {}), seconds=runner.timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z")
     )

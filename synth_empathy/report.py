@@ -3,6 +3,11 @@
 Everything is computed from the run folder's stage tables (not from counters kept in
 memory), so the report of a resumed run is as complete as that of a run in one go, and
 a report can be rebuilt from a run folder at any time (:func:`write_report`).
+
+Counts, drop reasons and score statistics are exact, from projected numeric columns
+(Arrow compute, no Python rows). The diversity metrics read texts and embeddings, so
+they use bounded samples: at most ``DIVERSITY_ROWS`` kept rows and half as many
+selected rows, drawn with the run's seed; the report says how many of how many.
 """
 
 from __future__ import annotations
@@ -14,19 +19,32 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
-from synth_empathy.core.diversity_metrics import diversity_report
-from synth_empathy.stages.judge import judge_summary
+from synth_empathy.core.diversity_metrics import bounded_sample, diversity_report
+from synth_empathy.stages.judge import CRITERIA, judge_summary
 
 log = logging.getLogger(__name__)
 
 STAGES = ("seeds", "generations", "samples", "discriminated", "scored", "selected")
+DIVERSITY_ROWS = 20_000  # kept rows the diversity metrics read at most (selected rows: half)
+
+
+def _counts(table, column: str) -> Counter:
+    """Non-null values of a column and how often each occurs, without Python rows."""
+    counts = pc.value_counts(pc.drop_null(table.column(column)))
+    return Counter(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
 
 
 def _value_counts(table, column: str) -> dict[str, int]:
-    counts = Counter(v for v in table.column(column).to_pylist() if v is not None)
+    counts = _counts(table, column)
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _scores(table) -> np.ndarray:
+    """The non-null quality scores as float64."""
+    return pc.drop_null(table.column("quality_score")).to_numpy().astype(np.float64, copy=False)
 
 
 def _read_json(store, name: str) -> dict[str, Any]:
@@ -86,7 +104,8 @@ def build_report(store, cfg, timings: dict[str, float]) -> dict[str, Any]:
             entry["tokens_per_s"] = round(tokens["judge"] / secs, 2) if secs else None
         throughput[name] = entry
 
-    scores = np.array([s for s in scored.column("quality_score").to_pylist() if s is not None])
+    scores = _scores(scored)
+    selected_scores = _scores(selected)
     return {
         "run_id": store.run_id,
         "output": store.url,
@@ -101,9 +120,7 @@ def build_report(store, cfg, timings: dict[str, float]) -> dict[str, Any]:
             "scored": int(len(scores)),
             "mean": float(scores.mean()) if len(scores) else None,
             "median": float(np.median(scores)) if len(scores) else None,
-            "kept_mean": float(np.mean([s for s in selected.column("quality_score").to_pylist() if s is not None]))
-            if selected.num_rows
-            else None,
+            "kept_mean": float(selected_scores.mean()) if len(selected_scores) else None,
         },
         "history_lengths": {
             "samples": _value_counts_int(samples.filter(pc.is_null(samples.column("drop_reason"))), "n_history"),
@@ -111,7 +128,9 @@ def build_report(store, cfg, timings: dict[str, float]) -> dict[str, Any]:
         },
         "selection": _read_json(store, "selection.json"),
         "diversity": _diversity(store, cfg.seed),
-        "judge": judge_summary(store.read_table("judged")) if store.is_done("judged") else None,
+        "judge": judge_summary(store.read_table("judged", columns=[*CRITERIA, "judge_reason"]))
+        if store.is_done("judged")
+        else None,
         "models": {
             "generator": cfg.generation.engine.model,
             "discriminator": cfg.discriminator.engine.model,
@@ -120,23 +139,50 @@ def build_report(store, cfg, timings: dict[str, float]) -> dict[str, Any]:
     }
 
 
-def _diversity(store, seed: int) -> dict[str, Any]:
-    """distinct-n and mean pairwise distance: the selected set vs random same-size subsets."""
-    kept = store.read_table("scored", columns=["sample_id", "output", "embedding"], filter=pc.field("kept"))
-    if kept.num_rows == 0:
-        return {}
+def _diversity(store, seed: int, max_rows: int = DIVERSITY_ROWS) -> dict[str, Any]:
+    """distinct-n and mean pairwise distance: the selected set vs random same-size subsets.
+
+    From bounded samples (:func:`bounded_sample`, ids in ``sample_id`` order so the draw
+    is a function of the rows and the seed): only the sampled rows' texts and embeddings
+    are read, in one projected scan of the scored stage.
+    """
+    import pyarrow.dataset as pds
+
     from synth_empathy.stages.selection import embeddings_matrix
 
-    x = embeddings_matrix(kept)
-    chosen = set(store.read_table("selected", columns=["sample_id"]).column("sample_id").to_pylist())
-    ids, outputs = kept.column("sample_id").to_pylist(), kept.column("output").to_pylist()
-    idx = [i for i, sid in enumerate(ids) if sid in chosen]
-    return diversity_report([outputs[i] for i in idx], x[idx], outputs, x, seed=seed)
+    data = pds.dataset(store.fresh(store.path("scored")), filesystem=store.arrow_fs, format="parquet")
+    kept_ids = data.to_table(columns=["sample_id"], filter=pc.field("kept")).column("sample_id").combine_chunks()
+    if len(kept_ids) == 0:
+        return {}
+    selected_ids = store.read_table("selected", columns=["sample_id"]).column("sample_id").combine_chunks()
+    kept_ids, selected_ids = (a.take(pc.sort_indices(a)) for a in (kept_ids, selected_ids))
+    kept_s = kept_ids.take(pa.array(bounded_sample(len(kept_ids), max_rows, seed)))
+    selected_s = selected_ids.take(pa.array(bounded_sample(len(selected_ids), max_rows // 2, seed + 1)))
+    wanted = pc.unique(pa.concat_arrays([kept_s, selected_s]))
+    rows = data.to_table(
+        columns=["sample_id", "output", "embedding"],
+        filter=pc.field("kept") & pc.field("sample_id").isin(wanted),
+        batch_size=8192,
+        batch_readahead=2,
+        fragment_readahead=1,
+    )
+
+    def fetch(ids):
+        part = rows.take(pc.index_in(ids, value_set=rows.column("sample_id")))
+        return part.column("output").to_pylist(), embeddings_matrix(part)
+
+    report = diversity_report(*fetch(selected_s), *fetch(kept_s), seed=seed)
+    report["sampled"] = {
+        "max_rows": max_rows,
+        "kept": {"rows": len(kept_ids), "used": len(kept_s)},
+        "selected": {"rows": len(selected_ids), "used": len(selected_s)},
+    }
+    return report
 
 
 def _value_counts_int(table, column: str) -> dict[str, int]:
-    counts = Counter(table.column(column).to_pylist())
-    return {str(k): counts[k] for k in sorted(k for k in counts if k is not None)}
+    counts = _counts(table, column)
+    return {str(k): counts[k] for k in sorted(counts)}
 
 
 def _plots(store, report: dict[str, Any]) -> list[str]:
@@ -146,13 +192,11 @@ def _plots(store, report: dict[str, Any]) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
-    scores = [
-        s
-        for s in store.read_table("scored", columns=["quality_score"]).column("quality_score").to_pylist()
-        if s is not None
-    ]
+    scores = _scores(store.read_table("scored", columns=["quality_score"]))
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(scores, bins=np.linspace(min([0.0] + scores), 100, 41), color="#4c78a8")
+    # counted by numpy, drawn as 40 weighted bars: the figure holds 40 values, not every score
+    counts, edges = np.histogram(scores, bins=np.linspace(scores.min(initial=0.0), 100, 41))
+    ax.hist(edges[:-1], bins=edges, weights=counts, color="#4c78a8")
     t = report["quality"]["threshold"]
     ax.axvline(t, color="#d62728", linestyle="--", label=f"threshold T = {t:g}")
     ax.set_xlabel("quality score (100 x cosine)")
@@ -240,6 +284,13 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"\n(random: mean of {div['random']['repeats']} seeded random subsets of the kept rows, same size as the selection)"
         )
+        sampled = div.get("sampled")
+        if sampled:  # bounded samples: say from how many rows
+            k, sel = sampled["kept"], sampled["selected"]
+            lines.append(
+                f"\nRows the metrics read: {k['used']:,} of {k['rows']:,} kept and {sel['used']:,} of "
+                f"{sel['rows']:,} selected (at most {sampled['max_rows']:,} kept rows, a seeded uniform sample)"
+            )
     jd = report.get("judge")
     if jd:
         lines += [

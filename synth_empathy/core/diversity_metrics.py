@@ -12,6 +12,10 @@ Two views of a set of answers:
 
 :func:`diversity_report` puts the selected set beside random subsets of the same size
 drawn (seeded) from the same kept rows, the baseline k-center selection has to beat.
+On a large run the report gives it bounded samples (:func:`bounded_sample`): a uniform
+random sample of the kept rows and a smaller one of the selected rows; a random subset
+of a uniform sample of the kept rows is a uniform random subset of them, so the
+comparison at equal size stays fair.
 """
 
 from __future__ import annotations
@@ -81,6 +85,14 @@ def mean_pairwise_distance(vectors: Any, max_pairs: int = 200_000, seed: int = 0
     j = j + (j >= i)  # uniform over the other n-1 rows
     d2 = sq[i] + sq[j] - 2.0 * np.einsum("ij,ij->i", x[i], x[j])
     return float(np.sqrt(np.maximum(d2, 0.0)).mean())
+
+
+def bounded_sample(n: int, max_rows: int, seed: int) -> np.ndarray:
+    """Ascending row indices: all of ``0..n-1`` when ``n <= max_rows``, else ``max_rows`` of
+    them drawn without replacement by ``numpy.random.default_rng(seed)``."""
+    if n <= max_rows:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False)).astype(np.int64)
 
 
 def set_metrics(outputs: Sequence[Any], vectors: Any, max_pairs: int = 200_000, seed: int = 0) -> dict[str, Any]:

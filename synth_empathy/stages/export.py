@@ -17,7 +17,8 @@ words to every sample, since LLaMA-Factory joins the two with a newline anyway.
 Records carry exactly these three keys: row ids are left out, because extra keys are
 read only when ``dataset_info.json`` maps them.
 
-The writers are pure apart from :func:`write_jsonl`, which writes atomically.
+The writers are pure apart from :func:`write_jsonl`, which writes atomically, and
+:func:`write_selected`, which streams a run's selection into both files.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 ALPACA = "alpaca"
 CHAT = "chat"
@@ -35,9 +38,15 @@ CHAT = "chat"
 _LINE_BREAK_ESCAPES = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
+def iter_alpaca(rows: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, str]]:
+    """Alpaca records: ``{"instruction": dialogue, "input": "", "output": target}``, one by one."""
+    for row in rows:
+        yield {"instruction": str(row["instruction"]), "input": "", "output": str(row["output"])}
+
+
 def to_alpaca(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """Alpaca records: ``{"instruction": dialogue, "input": "", "output": target}``."""
-    return [{"instruction": str(row["instruction"]), "input": "", "output": str(row["output"])} for row in rows]
+    """:func:`iter_alpaca` as a list."""
+    return list(iter_alpaca(rows))
 
 
 def _turns(history: Any) -> list[dict[str, str]]:
@@ -54,6 +63,13 @@ def _turns(history: Any) -> list[dict[str, str]]:
 def to_chat_messages(
     rows: Iterable[Mapping[str, Any]], *, system: str | None = None
 ) -> list[dict[str, list[dict[str, str]]]]:
+    """:func:`iter_chat_messages` as a list."""
+    return list(iter_chat_messages(rows, system=system))
+
+
+def iter_chat_messages(
+    rows: Iterable[Mapping[str, Any]], *, system: str | None = None
+) -> Iterator[dict[str, list[dict[str, str]]]]:
     """Chat records: ``{"messages": [system?, user, assistant, ..., user, assistant]}``.
 
     The history turns are followed by the target as the final assistant turn. When
@@ -62,7 +78,6 @@ def to_chat_messages(
     Raises ``ValueError`` for a history that does not alternate user/assistant starting
     and ending with a user turn, because LLaMA-Factory would silently skip such a row.
     """
-    records = []
     for row in rows:
         turns = _turns(row["history"])
         expected = ["user" if i % 2 == 0 else "assistant" for i in range(len(turns))]
@@ -75,8 +90,7 @@ def to_chat_messages(
         messages = [{"role": "system", "content": system}] if system else []
         messages += turns
         messages.append({"role": "assistant", "content": str(row["output"])})
-        records.append({"messages": messages})
-    return records
+        yield {"messages": messages}
 
 
 def _dump_lines(records: Iterable[Mapping[str, Any]], out: IO[str]) -> int:
@@ -175,16 +189,43 @@ def dataset_info_entry(name: str, file_name: str, kind: str) -> dict[str, dict[s
     return {name: entry}
 
 
+EXPORT_COLUMNS = ["sample_id", "instruction", "output", "history", "pick_order"]
+_WINDOW = 65_536  # rows per batch or window: what the export holds at a time
+
+
+def rows_in_pick_order(data: Any, columns: list[str] = EXPORT_COLUMNS, window: int = _WINDOW) -> Iterator[dict]:
+    """The rows of a selected table (a ``pyarrow.dataset.Dataset``) in pick order, streamed.
+
+    The selection writes its parts in pick order, so they are read part by part, a batch
+    at a time (checked on the ``pick_order`` column alone first). Parts in any other
+    order are read one window of picks at a time, one scan per window.
+    """
+    import pyarrow.compute as pc
+
+    picks = data.to_table(columns=["pick_order"]).column("pick_order").to_numpy()
+    if len(picks) == 0:
+        return
+    if (np.diff(picks) > 0).all():
+        for batch in data.to_batches(columns=columns, batch_size=window, batch_readahead=1, fragment_readahead=1):
+            yield from batch.to_pylist()
+        return
+    for first in range(int(picks.min()), int(picks.max()) + 1, window):
+        expr = (pc.field("pick_order") >= first) & (pc.field("pick_order") < first + window)
+        yield from data.to_table(columns=columns, filter=expr).sort_by("pick_order").to_pylist()
+
+
 def write_selected(store: Any) -> dict[str, int]:
     """Export a run's ``selected`` stage next to it: both JSONL files and their
     ``dataset_info.json``. Rows go out in pick order (the most diverse first), so a
-    prefix of either file is itself a k-center selection."""
-    table = store.read_table("selected").sort_by("pick_order")
-    rows = table.to_pylist()
+    prefix of either file is itself a k-center selection. The rows are streamed, one
+    batch at a time, once per file."""
+    import pyarrow.dataset as pds
+
+    data = pds.dataset(store.fresh(store.path("selected")), filesystem=store.arrow_fs, format="parquet")
     files = {ALPACA: "selected.alpaca.jsonl", CHAT: "selected.chat.jsonl"}
     counts = {
-        ALPACA: write_jsonl(to_alpaca(rows), store.path(files[ALPACA]), fs=store.fs),
-        CHAT: write_jsonl(to_chat_messages(rows), store.path(files[CHAT]), fs=store.fs),
+        ALPACA: write_jsonl(iter_alpaca(rows_in_pick_order(data)), store.path(files[ALPACA]), fs=store.fs),
+        CHAT: write_jsonl(iter_chat_messages(rows_in_pick_order(data)), store.path(files[CHAT]), fs=store.fs),
     }
     info: dict[str, Any] = {}
     for kind, name in files.items():

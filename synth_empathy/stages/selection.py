@@ -11,8 +11,17 @@ The selection is a function of the kept rows and the seed alone: the rows are pu
 order), and the greedy starts from a row drawn with ``numpy.random.default_rng(seed)``,
 as ``synth-empathy select`` does.
 
-in:  scored rows with ``kept`` and ``embedding``
-out: selected rows (the ``SELECTED`` schema): ``+ pick_order, distance_at_pick``
+At scale (:func:`select_stage`) nothing but the k-center matrix is held whole: the ids
+and embeddings of the kept rows are read by column projection into one (N, d) float32
+matrix in ``sample_id`` order, and the selected rows are then written by streaming the
+scored parts: each window of at most ``part_rows`` picks is one scan of the text columns
+that keeps the rows whose ids it holds, sorted by pick order into one part. The stage's
+parts, read in name order, are therefore the selection in pick order.
+:func:`select` is the same selection on a table in memory.
+
+in:  scored rows with ``kept`` and ``embedding`` (the k-center) and the other ``SELECTED``
+     columns (carried)
+out: selected rows (the ``SELECTED`` schema): ``+ pick_order, distance_at_pick``, in pick order
 """
 
 from __future__ import annotations
@@ -21,16 +30,24 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from synth_empathy import schemas
+from synth_empathy.errors import SelectionError
 from synth_empathy.stages.contract import StageContract
 
+MADE = ("pick_order", "distance_at_pick")  # the columns the stage adds; the rest come from scored
+CARRIED = tuple(c for c in schemas.SELECTED.names if c not in MADE)
 CONTRACT = StageContract(
     name="selected",
     input="scored",
-    requires=("sample_id", "kept", "embedding"),
+    # kept + embedding feed the k-center; the SELECTED columns are carried for the picks
+    requires=("sample_id", "kept", "embedding") + tuple(c for c in CARRIED if c != "sample_id"),
     produces=schemas.SELECTED,
 )
+PART_ROWS = 65_536  # selected rows per written part: what one window of the write holds in memory
+# Scan batches small and read ahead little: a batch of embeddings is 1.5 kB a row.
+_SCAN = {"batch_size": 8192, "batch_readahead": 2, "fragment_readahead": 1}
 
 
 def embeddings_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
@@ -42,19 +59,16 @@ def embeddings_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
     return flat.reshape(len(col), -1)
 
 
-def select(kept: pa.Table, cfg: Any, seed: int) -> tuple[pa.Table, dict[str, Any]]:
-    """The selected rows of ``kept`` (in pick order) and the selection's figures."""
+def pick(x: np.ndarray, cfg: Any, seed: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Greedy k-center on the (N, d) matrix of the kept rows in ``sample_id`` order.
+
+    Returns the picked row indices in pick order, each pick's distance to the earlier
+    picks (or None) and the selection's figures. Both the in-memory and the streaming
+    path call this, so a step on the matrix (near-duplicate removal, say) goes here.
+    """
     from synth_empathy.cluster.kcenter_shards import map_shards_on_ray
     from synth_empathy.core.kcenter import resolve_k, select_k_center
 
-    if kept.num_rows == 0:
-        empty = kept.slice(0, 0)
-        empty = empty.append_column("pick_order", pa.array([], type=pa.int64()))
-        empty = empty.append_column("distance_at_pick", pa.array([], type=pa.float64()))
-        return empty, {"selected": 0, "candidates": 0, "radius": None, "method": None}
-    if "sample_id" in kept.column_names:
-        kept = kept.sort_by("sample_id")
-    x = embeddings_matrix(kept)
     k = resolve_k(len(x), cfg.k, cfg.keep_ratio)
     start = int(np.random.default_rng(seed).integers(len(x)))
     result = select_k_center(
@@ -71,14 +85,6 @@ def select(kept: pa.Table, cfg: Any, seed: int) -> tuple[pa.Table, dict[str, Any
     order = np.asarray(result.indices, dtype=np.int64)
     # Distance of each pick from the centers chosen before it: how much new ground it covers.
     at_pick = getattr(result, "distance_at_pick", None)
-    chosen = kept.take(pa.array(order))
-    chosen = chosen.append_column("pick_order", pa.array(np.arange(len(order)), type=pa.int64()))
-    chosen = chosen.append_column(
-        "distance_at_pick",
-        pa.array(
-            np.asarray(at_pick, dtype=np.float64) if at_pick is not None else [None] * len(order), type=pa.float64()
-        ),
-    )
     info = {
         "selected": int(len(order)),
         "candidates": int(len(x)),
@@ -90,4 +96,99 @@ def select(kept: pa.Table, cfg: Any, seed: int) -> tuple[pa.Table, dict[str, Any
         "seed": seed,
         "start_row": start,
     }
-    return chosen, info
+    return order, (None if at_pick is None else np.asarray(at_pick, dtype=np.float64)), info
+
+
+def _nothing(info_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"selected": 0, "candidates": 0, "radius": None, "method": None, **(info_extra or {})}
+
+
+def attach_picks(rows: pa.Table, ids: pa.Array, first: int, at_pick: np.ndarray | None) -> pa.Table:
+    """``rows`` (whose ``sample_id``s are all in ``ids``, the picks ``first..`` in pick
+    order) in pick order, with ``pick_order`` and ``distance_at_pick``."""
+    pos = pc.index_in(rows.column("sample_id"), value_set=ids).to_numpy(zero_copy_only=False)
+    order = np.argsort(pos, kind="stable")
+    rows, pos = rows.take(pa.array(order)), pos[order] + first
+    rows = rows.append_column("pick_order", pa.array(pos, type=pa.int64()))
+    dist = at_pick[pos] if at_pick is not None else [None] * len(pos)
+    return rows.append_column("distance_at_pick", pa.array(dist, type=pa.float64()))
+
+
+def select(kept: pa.Table, cfg: Any, seed: int) -> tuple[pa.Table, dict[str, Any]]:
+    """The selected rows of ``kept`` (in pick order) and the selection's figures, in memory."""
+    if kept.num_rows == 0:
+        empty = kept.slice(0, 0)
+        empty = empty.append_column("pick_order", pa.array([], type=pa.int64()))
+        empty = empty.append_column("distance_at_pick", pa.array([], type=pa.float64()))
+        return empty, _nothing()
+    if "sample_id" in kept.column_names:
+        kept = kept.sort_by("sample_id")
+    order, at_pick, info = pick(embeddings_matrix(kept), cfg, seed)
+    chosen = kept.take(pa.array(order))
+    chosen = chosen.append_column("pick_order", pa.array(np.arange(len(order)), type=pa.int64()))
+    dist = at_pick if at_pick is not None else [None] * len(order)
+    return chosen.append_column("distance_at_pick", pa.array(dist, type=pa.float64())), info
+
+
+# -- the stage at scale: column projection in, streaming out -------------------------------
+
+
+def kept_matrix(data: Any, where: str = "scored") -> tuple[pa.Array, np.ndarray]:
+    """The kept rows' ids in ``sample_id`` order and their (N, d) float32 embeddings.
+
+    ``data`` is a ``pyarrow.dataset.Dataset`` of the scored stage. Two projected scans:
+    the ids first (to sort them), then the embeddings, each batch written straight into
+    its rows of the matrix, which is the only copy held.
+    """
+    kept = pc.field("kept")
+    ids = data.to_table(columns=["sample_id"], filter=kept).column("sample_id").combine_chunks()
+    if pc.count_distinct(ids, mode="all").as_py() != len(ids):
+        raise SelectionError(f"{where}: a sample_id appears twice among the kept rows")
+    ids = ids.take(pc.sort_indices(ids))
+    x: np.ndarray | None = None
+    for batch in data.to_batches(columns=["sample_id", "embedding"], filter=kept, **_SCAN):
+        if batch.num_rows == 0:
+            continue
+        emb = batch.column("embedding")
+        if emb.null_count:
+            bad = batch.column("sample_id")[int(pc.index(emb.is_null(), True).as_py())]
+            raise SelectionError(f"{where}: kept row {bad} has no embedding")
+        lens = pc.list_value_length(emb).to_numpy(zero_copy_only=False)
+        if x is None:
+            x = np.empty((len(ids), int(lens[0])), dtype=np.float32)
+        if (lens != x.shape[1]).any():
+            bad = batch.column("sample_id")[int(np.flatnonzero(lens != x.shape[1])[0])]
+            raise SelectionError(f"{where}: kept row {bad} has an embedding of a different length than the others")
+        rows = pc.index_in(batch.column("sample_id"), value_set=ids).to_numpy(zero_copy_only=False)
+        x[rows] = emb.flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
+    if x is None:
+        x = np.zeros((0, 0), dtype=np.float32)
+    return ids, x
+
+
+def select_stage(store: Any, cfg: Any, seed: int, part_rows: int = PART_ROWS) -> dict[str, Any]:
+    """Select from a run's finished ``scored`` stage and write ``selected``; returns the figures.
+
+    The stage folder is cleared first, so an interrupted attempt is simply run again.
+    """
+    import pyarrow.dataset as pds
+    import pyarrow.parquet as pq
+
+    CONTRACT.check(store.columns(CONTRACT.input), f"input table {CONTRACT.input!r} of {store.url}")
+    data = pds.dataset(store.fresh(store.path(CONTRACT.input)), filesystem=store.arrow_fs, format="parquet")
+    ids, x = kept_matrix(data, store.url + "/" + CONTRACT.input)
+    folder = store.begin(CONTRACT.name)
+    if len(ids) == 0:
+        store.write_table(CONTRACT.name, CONTRACT.produces.empty_table(), CONTRACT.produces)
+        return _nothing()
+    order, at_pick, info = pick(x, cfg, seed)
+    del x  # the matrix is done with; the write holds one window of rows
+    picked = ids.take(pa.array(order))
+    for part, first in enumerate(range(0, len(picked), part_rows)):
+        window = picked[first : first + part_rows]
+        rows = data.to_table(columns=list(CARRIED), filter=pc.field("sample_id").isin(window), **_SCAN)
+        if rows.num_rows != len(window):  # the scored stage changed under us
+            raise SelectionError(f"{store.url}: found {rows.num_rows} of {len(window)} selected rows in 'scored'")
+        rows = schemas.conform(attach_picks(rows, window, first, at_pick), CONTRACT.produces)
+        pq.write_table(rows, f"{folder}/part-{part:05d}.parquet", filesystem=store.arrow_fs)
+    return info

@@ -51,3 +51,107 @@ def test_no_kept_rows_selects_nothing():
     table, _ = kept_table(0)
     chosen, info = select(table, cfg(), seed=0)
     assert chosen.num_rows == 0 and "pick_order" in chosen.column_names and info["selected"] == 0
+
+
+def scored_run(tmp_path, n=300, parts=4, d=8, seed=1):
+    """A run folder whose finished ``scored`` stage holds n rows (a fifth not kept) in
+    several Parquet parts, written in shuffled order as Ray Data would."""
+    import pyarrow.parquet as pq
+
+    from synth_empathy import schemas
+    from synth_empathy.storage.run_store import RunStore
+    from synth_empathy.storage.runner import StageRunner
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    kept = rng.random(n) > 0.2
+    rows = pa.table(
+        {
+            "seed_id": [f"seed{i:04d}" for i in range(n)],
+            "sample_id": [f"seed{i:04d}#g0" for i in range(n)],
+            "emotion": ["sad", "proud", "afraid"] * (n // 3) + ["sad"] * (n % 3),
+            "instruction": [f"Speaker: context {i}\nListener:" for i in range(n)],
+            "output": [f"answer {i}" for i in range(n)],
+            "n_history": [i % 3 for i in range(n)],
+            "history": [[{"role": "user", "content": f"context {i}"}] for i in range(n)],
+            "disc_response": [f"reply {i}" for i in range(n)],
+            "disc_model": ["m"] * n,
+            "disc_num_tokens": list(range(n)),
+            "disc_error": [None] * n,
+            "quality_score": rng.uniform(0, 100, n),
+            "kept": kept,
+            "drop_reason": [None if k else "below_quality_threshold" for k in kept],
+            "embedding": pa.array([list(v) if k else None for v, k in zip(x, kept)], type=pa.list_(pa.float32())),
+        }
+    )
+    rows = schemas.conform(rows.take(pa.array(rng.permutation(n))), schemas.SCORED)
+    store = RunStore(str(tmp_path), "run")
+
+    def write():
+        folder = store.begin("scored")
+        for p, chunk in enumerate(np.array_split(np.arange(n), parts)):
+            pq.write_table(rows.take(pa.array(chunk)), f"{folder}/part-{p}.parquet")
+
+    StageRunner(store).run("scored", write)
+    return store, rows
+
+
+def test_streaming_stage_writes_the_rows_and_columns_of_the_in_memory_selection(tmp_path):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from synth_empathy import schemas
+    from synth_empathy.stages.selection import select_stage
+
+    store, rows = scored_run(tmp_path)
+    c = cfg(keep_ratio=0.3, method="exact")
+    expected, info_mem = select(rows.filter(pc.field("kept")), c, seed=7)
+    info = select_stage(store, c, seed=7, part_rows=25)  # several windows, several parts
+
+    parts = store.parts("selected")
+    assert len(parts) == -(-expected.num_rows // 25)
+    got = pq.read_table(parts)  # the parts in name order: the selection in pick order
+    assert got.schema.equals(schemas.SELECTED, check_metadata=False)
+    assert got.equals(schemas.conform(expected, schemas.SELECTED))  # same ids, order, every column
+    assert {**info, "seconds": 0} == {**info_mem, "seconds": 0}
+
+
+def test_export_streams_the_selection_in_pick_order_whatever_the_part_order(tmp_path):
+    import json
+
+    import pyarrow.dataset as pds
+    import pyarrow.parquet as pq
+
+    from synth_empathy.stages.export import rows_in_pick_order, write_selected
+    from synth_empathy.stages.selection import select_stage
+
+    store, _ = scored_run(tmp_path, n=120)
+    select_stage(store, cfg(keep_ratio=0.5), seed=0, part_rows=16)
+    store.finish("selected", {})
+    picked = pq.read_table(store.parts("selected")).column("sample_id").to_pylist()
+    write_selected(store)
+    alpaca = [json.loads(line) for line in (tmp_path / "run" / "selected.alpaca.jsonl").read_text().splitlines()]
+    assert [r["output"] for r in alpaca] == [f"answer {int(s[4:8])}" for s in picked]
+    # parts in reverse pick order (written by other means) still come out in pick order
+    table = pq.read_table(store.parts("selected"))
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    for i, chunk in enumerate(np.array_split(np.arange(table.num_rows)[::-1], 3)):
+        pq.write_table(table.take(pa.array(chunk)), shuffled / f"part-{i}.parquet")
+    rows = rows_in_pick_order(pds.dataset(shuffled), window=10)
+    assert [r["sample_id"] for r in rows] == picked
+
+
+def test_kept_row_without_an_embedding_is_a_one_line_error(tmp_path):
+    import pyarrow.dataset as pds
+    import pytest
+
+    from synth_empathy.errors import SelectionError
+    from synth_empathy.stages.selection import kept_matrix
+
+    table, _ = kept_table(5)
+    table = table.append_column("kept", pa.array([True] * 5)).set_column(
+        2, "embedding", pa.array([[1.0, 0.0]] * 4 + [None], type=pa.list_(pa.float32()))
+    )
+    with pytest.raises(SelectionError, match=r"scored: kept row s004 has no embedding"):
+        kept_matrix(pds.dataset(table))
