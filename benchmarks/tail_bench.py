@@ -234,7 +234,8 @@ def resume(output: Path, run_id: str, overrides: list[str], log_path: Path, code
     cmd = [sys.executable, "-m", "synth_empathy", "run", f"output={output}", f"run_id={run_id}", *overrides]
     env = {**os.environ, "PYTHONPATH": str(code)} if code else None
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    # -m puts the working folder first on sys.path: a baseline must run from its own checkout
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=code)
     ps = psutil.Process(proc.pid)
     samples: list[tuple[float, int, int]] = []
     lines: list[tuple[float, str]] = []
@@ -280,6 +281,8 @@ def resume(output: Path, run_id: str, overrides: list[str], log_path: Path, code
         "peak_tree_gib": round(max(s[1] for s in samples) / 2**30, 3),
         "peak_driver_gib": round(max(s[2] for s in samples) / 2**30, 3),
         "steps": steps,
+        # the selection's own lines: read / k-center / write seconds
+        "selection_log": [line.split("synth-empathy ", 1)[-1].strip() for _, line in lines if "[selected] " in line],
     }
 
 
@@ -360,6 +363,7 @@ def main(argv: list[str]) -> int:
         f"(k-center {record['selection']['method']}: {record['selection']['seconds']:.1f} s); "
         f"run folder {record['run_folder_gib']} GiB\n"
     )
+    print("\n".join(measured["selection_log"]) + "\n")
     print("| step | wall s | peak RSS, process tree (GiB) | peak RSS, driver (GiB) |")
     print("| --- | ---: | ---: | ---: |")
     for step, m in measured["steps"].items():

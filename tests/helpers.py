@@ -41,3 +41,48 @@ def training_rows() -> list[dict]:
         }
         for i, (context, answer) in enumerate(TRAINING_SAMPLES)
     ]
+
+
+def scored_run(tmp_path, n=300, parts=4, d=8, seed=1):
+    """A run folder whose finished ``scored`` stage holds n rows (a fifth not kept) in
+    several Parquet parts, written in shuffled order as Ray Data would."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from synth_empathy import schemas
+    from synth_empathy.storage.run_store import RunStore
+    from synth_empathy.storage.runner import StageRunner
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    kept = rng.random(n) > 0.2
+    rows = pa.table(
+        {
+            "seed_id": [f"seed{i:04d}" for i in range(n)],
+            "sample_id": [f"seed{i:04d}#g0" for i in range(n)],
+            "emotion": ["sad", "proud", "afraid"] * (n // 3) + ["sad"] * (n % 3),
+            "instruction": [f"Speaker: context {i}\nListener:" for i in range(n)],
+            "output": [f"answer {i}" for i in range(n)],
+            "n_history": [i % 3 for i in range(n)],
+            "history": [[{"role": "user", "content": f"context {i}"}] for i in range(n)],
+            "disc_response": [f"reply {i}" for i in range(n)],
+            "disc_model": ["m"] * n,
+            "disc_num_tokens": list(range(n)),
+            "disc_error": [None] * n,
+            "quality_score": rng.uniform(0, 100, n),
+            "kept": kept,
+            "drop_reason": [None if k else "below_quality_threshold" for k in kept],
+            "embedding": pa.array([list(v) if k else None for v, k in zip(x, kept)], type=pa.list_(pa.float32())),
+        }
+    )
+    rows = schemas.conform(rows.take(pa.array(rng.permutation(n))), schemas.SCORED)
+    store = RunStore(str(tmp_path), "run")
+
+    def write():
+        folder = store.begin("scored")
+        for p, chunk in enumerate(np.array_split(np.arange(n), parts)):
+            pq.write_table(rows.take(pa.array(chunk)), f"{folder}/part-{p}.parquet")
+
+    StageRunner(store).run("scored", write)
+    return store, rows

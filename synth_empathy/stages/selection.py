@@ -26,6 +26,8 @@ out: selected rows (the ``SELECTED`` schema): ``+ pick_order, distance_at_pick``
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ from synth_empathy.stages.contract import StageContract
 
 MADE = ("pick_order", "distance_at_pick")  # the columns the stage adds; the rest come from scored
 CARRIED = tuple(c for c in schemas.SELECTED.names if c not in MADE)
+log = logging.getLogger(__name__)
 CONTRACT = StageContract(
     name="selected",
     input="scored",
@@ -176,13 +179,17 @@ def select_stage(store: Any, cfg: Any, seed: int, part_rows: int = PART_ROWS) ->
 
     CONTRACT.check(store.columns(CONTRACT.input), f"input table {CONTRACT.input!r} of {store.url}")
     data = pds.dataset(store.fresh(store.path(CONTRACT.input)), filesystem=store.arrow_fs, format="parquet")
+    start = time.perf_counter()
     ids, x = kept_matrix(data, store.url + "/" + CONTRACT.input)
+    log.info("[selected] read %d kept rows x %d dims in %.1f s", x.shape[0], x.shape[1], time.perf_counter() - start)
     folder = store.begin(CONTRACT.name)
     if len(ids) == 0:
         store.write_table(CONTRACT.name, CONTRACT.produces.empty_table(), CONTRACT.produces)
         return _nothing()
     order, at_pick, info = pick(x, cfg, seed)
+    log.info("[selected] k-center (%s) picked %d rows in %.1f s", info["method"], len(order), info["seconds"])
     del x  # the matrix is done with; the write holds one window of rows
+    start = time.perf_counter()
     picked = ids.take(pa.array(order))
     for part, first in enumerate(range(0, len(picked), part_rows)):
         window = picked[first : first + part_rows]
@@ -191,4 +198,5 @@ def select_stage(store: Any, cfg: Any, seed: int, part_rows: int = PART_ROWS) ->
             raise SelectionError(f"{store.url}: found {rows.num_rows} of {len(window)} selected rows in 'scored'")
         rows = schemas.conform(attach_picks(rows, window, first, at_pick), CONTRACT.produces)
         pq.write_table(rows, f"{folder}/part-{part:05d}.parquet", filesystem=store.arrow_fs)
+    log.info("[selected] wrote %d rows in %d parts in %.1f s", len(picked), part + 1, time.perf_counter() - start)
     return info

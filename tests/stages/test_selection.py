@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow as pa
 from omegaconf import OmegaConf
 
+from helpers import scored_run
 from synth_empathy.config import DiversityConfig
 from synth_empathy.core.kcenter import select_k_center
 from synth_empathy.stages.selection import embeddings_matrix, select
@@ -51,49 +52,6 @@ def test_no_kept_rows_selects_nothing():
     table, _ = kept_table(0)
     chosen, info = select(table, cfg(), seed=0)
     assert chosen.num_rows == 0 and "pick_order" in chosen.column_names and info["selected"] == 0
-
-
-def scored_run(tmp_path, n=300, parts=4, d=8, seed=1):
-    """A run folder whose finished ``scored`` stage holds n rows (a fifth not kept) in
-    several Parquet parts, written in shuffled order as Ray Data would."""
-    import pyarrow.parquet as pq
-
-    from synth_empathy import schemas
-    from synth_empathy.storage.run_store import RunStore
-    from synth_empathy.storage.runner import StageRunner
-
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d)).astype(np.float32)
-    kept = rng.random(n) > 0.2
-    rows = pa.table(
-        {
-            "seed_id": [f"seed{i:04d}" for i in range(n)],
-            "sample_id": [f"seed{i:04d}#g0" for i in range(n)],
-            "emotion": ["sad", "proud", "afraid"] * (n // 3) + ["sad"] * (n % 3),
-            "instruction": [f"Speaker: context {i}\nListener:" for i in range(n)],
-            "output": [f"answer {i}" for i in range(n)],
-            "n_history": [i % 3 for i in range(n)],
-            "history": [[{"role": "user", "content": f"context {i}"}] for i in range(n)],
-            "disc_response": [f"reply {i}" for i in range(n)],
-            "disc_model": ["m"] * n,
-            "disc_num_tokens": list(range(n)),
-            "disc_error": [None] * n,
-            "quality_score": rng.uniform(0, 100, n),
-            "kept": kept,
-            "drop_reason": [None if k else "below_quality_threshold" for k in kept],
-            "embedding": pa.array([list(v) if k else None for v, k in zip(x, kept)], type=pa.list_(pa.float32())),
-        }
-    )
-    rows = schemas.conform(rows.take(pa.array(rng.permutation(n))), schemas.SCORED)
-    store = RunStore(str(tmp_path), "run")
-
-    def write():
-        folder = store.begin("scored")
-        for p, chunk in enumerate(np.array_split(np.arange(n), parts)):
-            pq.write_table(rows.take(pa.array(chunk)), f"{folder}/part-{p}.parquet")
-
-    StageRunner(store).run("scored", write)
-    return store, rows
 
 
 def test_streaming_stage_writes_the_rows_and_columns_of_the_in_memory_selection(tmp_path):

@@ -1,0 +1,44 @@
+"""The report's diversity metrics at scale: bounded samples, and exact on small runs."""
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from omegaconf import OmegaConf
+
+from helpers import scored_run
+from synth_empathy.config import DiversityConfig
+from synth_empathy.core.diversity_metrics import diversity_report
+from synth_empathy.report import _diversity
+from synth_empathy.stages.selection import embeddings_matrix, select_stage
+
+
+def selected_run(tmp_path):
+    store, rows = scored_run(tmp_path, n=200)
+    select_stage(store, OmegaConf.merge(OmegaConf.structured(DiversityConfig), {"keep_ratio": 0.3}), seed=0)
+    store.finish("selected", {})
+    return store, rows
+
+
+def test_small_run_reads_every_row_and_matches_the_whole_set_report(tmp_path):
+    store, rows = selected_run(tmp_path)
+    kept = rows.filter(pc.field("kept")).sort_by("sample_id")
+    chosen = pq.read_table(store.parts("selected")).column("sample_id")
+    sel = kept.filter(pc.is_in(kept.column("sample_id"), value_set=chosen))  # the picks, in id order
+    expected = diversity_report(
+        sel.column("output").to_pylist(), embeddings_matrix(sel),
+        kept.column("output").to_pylist(), embeddings_matrix(kept), seed=3,
+    )  # fmt: skip
+    got = _diversity(store, seed=3)
+    assert got.pop("sampled") == {
+        "max_rows": 20_000,
+        "kept": {"rows": kept.num_rows, "used": kept.num_rows},
+        "selected": {"rows": len(chosen), "used": len(chosen)},
+    }
+    assert got == expected
+
+
+def test_large_run_is_measured_on_bounded_samples_of_equal_size(tmp_path):
+    store, rows = selected_run(tmp_path)
+    got = _diversity(store, seed=3, max_rows=40)
+    assert got["sampled"]["kept"]["used"] == 40 and got["sampled"]["selected"]["used"] == 20
+    assert got["selected"]["n"] == got["random"]["n"] == 20 and got["kept"]["n"] == 40
+    assert got == _diversity(store, seed=3, max_rows=40)  # a function of the rows and the seed
