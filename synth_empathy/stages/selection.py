@@ -144,11 +144,15 @@ def kept_matrix(data: Any, where: str = "scored") -> tuple[pa.Array, np.ndarray]
     its rows of the matrix, which is the only copy held.
     """
     kept = pc.field("kept")
-    ids = data.to_table(columns=["sample_id"], filter=kept).column("sample_id").combine_chunks()
-    if pc.count_distinct(ids, mode="all").as_py() != len(ids):
+    scanned = data.to_table(columns=["sample_id"], filter=kept).column("sample_id").combine_chunks()
+    if pc.count_distinct(scanned, mode="all").as_py() != len(scanned):
         raise SelectionError(f"{where}: a sample_id appears twice among the kept rows")
-    ids = ids.take(pc.sort_indices(ids))
+    order = pc.sort_indices(scanned).to_numpy()
+    ids = scanned.take(pa.array(order))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))  # scan position -> row of the matrix
     x: np.ndarray | None = None
+    seen = 0
     for batch in data.to_batches(columns=["sample_id", "embedding"], filter=kept, **_SCAN):
         if batch.num_rows == 0:
             continue
@@ -162,7 +166,12 @@ def kept_matrix(data: Any, where: str = "scored") -> tuple[pa.Array, np.ndarray]
         if (lens != x.shape[1]).any():
             bad = batch.column("sample_id")[int(np.flatnonzero(lens != x.shape[1])[0])]
             raise SelectionError(f"{where}: kept row {bad} has an embedding of a different length than the others")
-        rows = pc.index_in(batch.column("sample_id"), value_set=ids).to_numpy(zero_copy_only=False)
+        # The scan repeats the first one's order; if it ever did not, look the ids up (slower).
+        if batch.column("sample_id").equals(scanned.slice(seen, batch.num_rows)):
+            rows = rank[seen : seen + batch.num_rows]
+        else:
+            rows = pc.index_in(batch.column("sample_id"), value_set=ids).to_numpy(zero_copy_only=False)
+        seen += batch.num_rows
         x[rows] = emb.flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
     if x is None:
         x = np.zeros((0, 0), dtype=np.float32)
