@@ -65,7 +65,9 @@ def _lloyd(sample: np.ndarray, m: int, seed: int, niter: int) -> np.ndarray:
         counts = np.bincount(lab, minlength=m)
         onehot = np.zeros((m, len(sample)), dtype=np.float32)
         onehot[lab, np.arange(len(sample))] = 1.0
-        sums = onehot @ sample  # cluster sums as one BLAS product (np.add.at is ~20x slower)
+        # Cluster sums as one BLAS product, written (sample^T onehot^T)^T: the plain
+        # onehot @ sample (8 rows out) took 15x longer here, np.add.at 20x.
+        sums = (sample.T @ onehot.T).T
         full = counts > 0
         c[full] = sums[full] / counts[full, None]
         if not full.all():
