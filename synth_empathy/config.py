@@ -167,7 +167,22 @@ class DiversityConfig:
     k: Optional[int] = opt(None, "select exactly k rows instead of keep_ratio")
     method: str = opt("auto", "auto | exact | fast | sharded")
     shards: int = opt(1, "shards for the sharded two-round method")
+    shard_by: str = opt(
+        "random",
+        "sharded: how rows are split: random | kmeans (one k-means region of the space per shard, "
+        "balanced to <= 1.5x the mean size; FAISS k-means on a GPU)",
+    )
+    per_shard: str = opt(
+        "full",
+        "sharded: centers each shard keeps: full (k; the 4x OPT bound) | proportional (twice its "
+        "share of k: a smaller merge, no a-priori bound; selection.json gives a certified one)",
+    )
     device: str = opt("auto", "auto | cpu | cuda")
+    near_duplicate_cosine: Optional[float] = opt(
+        None,
+        "before k-center, drop each kept row whose cosine to an earlier kept row (sample_id order) "
+        "is >= this, as semantic dedup does (e.g. 0.95; counted in selection.json); null = off",
+    )
 
 
 @dataclass
@@ -461,6 +476,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"diversity.k must be >= 1, got {d.k}")
     if d.method not in ("auto", "exact", "fast", "sharded"):
         raise ConfigError(f"diversity.method must be auto, exact, fast or sharded, got {d.method!r}")
+    if d.shard_by not in ("random", "kmeans"):
+        raise ConfigError(f"diversity.shard_by must be random or kmeans, got {d.shard_by!r}")
+    if d.per_shard not in ("full", "proportional"):
+        raise ConfigError(f"diversity.per_shard must be full or proportional, got {d.per_shard!r}")
+    if d.near_duplicate_cosine is not None and not 0 < d.near_duplicate_cosine <= 1:
+        raise ConfigError(f"diversity.near_duplicate_cosine must be in (0, 1] or null, got {d.near_duplicate_cosine}")
     if cfg.discriminator.input_format not in ("chat", "instruction"):
         raise ConfigError(
             f"discriminator.input_format must be chat or instruction, got {cfg.discriminator.input_format!r}"
