@@ -248,7 +248,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             )
         lines.append(
             f"\n(random: mean of {div['random']['repeats']} seeded random subsets of the kept rows, same size as the selection;"
-            f" NN distance: to the nearest other row of the same set, {div['method'].get('nn_distance', '')})"
+            f" NN distance: {div['method'].get('nn_distance', '')})"
         )
     jd = report.get("judge")
     if jd:
