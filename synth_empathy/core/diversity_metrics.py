@@ -144,6 +144,7 @@ def set_metrics(
         "mean_pairwise_distance": round(mean_pairwise_distance(vectors, max_pairs, seed), 6),
         "nn_distance_mean": round(float(nn.mean()), 6) if nn.size else 0.0,
         "nn_distance_median": round(float(np.median(nn)), 6) if nn.size else 0.0,
+        "nn_rows_asked": int(nn.size),  # below n: a seeded sample of the rows was asked
     }
 
 

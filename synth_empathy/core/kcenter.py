@@ -601,7 +601,7 @@ def _sharded(x, k, start, seed, shards, device, map_shards=None, shard_by="rando
     n = len(x)
     shards = max(1, min(int(shards), n))
     t0 = time.perf_counter()
-    parts, split_info = split(x, shards, seed, shard_by)
+    parts, split_info = split(x, shards, seed, shard_by, "numpy" if device == "cpu" else "auto")
     split_s = time.perf_counter() - t0
     # full: k per shard, the composable-coreset bound (4 x OPT). proportional: a share of
     # k by shard size with slack, no a-priori bound (see certified_ratio below).

@@ -150,9 +150,13 @@ def drop_near_duplicates(x, threshold, k: int | None = None, ratio: float | None
         return np.arange(n), None, resolve_k(n, k, ratio)
     nd = near_duplicates(x, threshold)
     left = len(nd.keep)
-    if k is not None and not isinstance(k, bool) and isinstance(k, (int, np.integer)) and k > left:
+    try:
+        too_many = k is not None and not isinstance(k, bool) and int(k) == k and int(k) > left
+    except (TypeError, ValueError):
+        too_many = False  # resolve_k names what is wrong with k
+    if too_many:
         raise SelectionError(
-            f"k={k} is larger than the {left} rows left after near-duplicate removal "
+            f"k={int(k)} is larger than the {left} rows left after near-duplicate removal "
             f"({nd.dropped} of {n} rows within cosine {nd.threshold:g} of an earlier kept row)"
         )
     return nd.keep, nd, resolve_k(left, k, ratio)

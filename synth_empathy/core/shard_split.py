@@ -163,11 +163,14 @@ def kmeans_split(
     return parts, info
 
 
-def split(x: np.ndarray, shards: int, seed: int, how: str = "random") -> tuple[list[np.ndarray], dict]:
-    """Shard index arrays for the sharded k-center, by ``how`` (``random`` or ``kmeans``)."""
+def split(
+    x: np.ndarray, shards: int, seed: int, how: str = "random", kmeans_backend: str = "auto"
+) -> tuple[list[np.ndarray], dict]:
+    """Shard index arrays for the sharded k-center, by ``how`` (``random`` or ``kmeans``);
+    ``kmeans_backend`` ``numpy`` keeps k-means off a GPU."""
     if how not in SPLITS:
         raise SelectionError(f"shard_by must be one of {', '.join(SPLITS)}, got {how!r}")
     if how == "kmeans":
-        return kmeans_split(x, shards, seed)
+        return kmeans_split(x, shards, seed, backend=kmeans_backend)
     parts = random_split(len(x), shards, seed)
     return parts, {"split": "random", "sizes": [int(p.size) for p in parts]}

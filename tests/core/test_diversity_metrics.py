@@ -74,6 +74,7 @@ def test_diversity_report_compares_with_random_subsets_of_the_same_size():
         "mean_pairwise_distance": pytest.approx(math.sqrt(2), abs=1e-6),
         "nn_distance_mean": pytest.approx(math.sqrt(2), abs=1e-6),
         "nn_distance_median": pytest.approx(math.sqrt(2), abs=1e-6),
+        "nn_rows_asked": 2,
     }
     # A random pair is the distinct pair with probability 1/2: distance sqrt2 or 0.
     assert rep["random"]["n"] == 2 and rep["random"]["repeats"] == 20
