@@ -26,6 +26,6 @@ def map_shards_on_ray(x, parts, k, start: int, device: str, fast: bool) -> list:
     ``k``: centers per shard, one number or one per part."""
     import ray
 
+    xref = ray.put(np.ascontiguousarray(x))  # first: starts a local Ray if none is up
     task = ray.remote(num_cpus=1, num_gpus=_gpus_per_task(device))(shard_greedy)
-    xref = ray.put(np.ascontiguousarray(x))
     return ray.get([task.remote(xref, p, kp, start, device, fast) for p, kp in zip(parts, per_part(k, parts))])
