@@ -111,6 +111,9 @@ def near_duplicates(x, threshold: float, backend: str = "auto") -> NearDuplicate
     if x.ndim != 2:
         raise SelectionError(f"embeddings must be a 2-D array (rows x dims), got shape {x.shape}")
     n = len(x)
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1)) if np.issubdtype(x.dtype, np.floating) else []
+    if len(bad):  # NaN compares false and would be kept silently; name the row here
+        raise SelectionError(f"row {int(bad[0])}: embedding has NaN or infinite values")
     xu = _unit(x)
     te = np.float32(t - _EPS)
     dup_of = np.full(n, -1, dtype=np.int64)

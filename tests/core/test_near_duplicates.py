@@ -58,6 +58,13 @@ def test_bad_threshold(t):
         near_duplicates(np.eye(3), t)
 
 
+def test_nan_row_is_named():
+    x = np.eye(4, dtype=np.float32)
+    x[2, 1] = np.nan
+    with pytest.raises(SelectionError, match="row 2: embedding has NaN"):
+        near_duplicates(x, 0.9)
+
+
 def test_k_above_the_rows_left_is_one_line():
     x = np.repeat(np.eye(4, dtype=np.float32), 5, axis=0)  # 4 distinct rows, 5 copies each
     rows, nd, k = drop_near_duplicates(x, 0.99, ratio=0.5)
