@@ -16,6 +16,7 @@ against the exact method's. Peak memory is the largest resident set (VmRSS, samp
     python benchmarks/kcenter_bench.py                  # every case, one after the other
     python benchmarks/kcenter_bench.py --case syn-100k-90
     python benchmarks/kcenter_bench.py --quick          # small sizes, a smoke test
+    python benchmarks/kcenter_bench.py --device cuda    # the GPU cases (kcenter_gpu_bench.py)
     python benchmarks/kcenter_bench.py --splits syn-100k-10   # sharded: random vs k-means split
 
 Results go to benchmarks/out/kcenter.jsonl and a Markdown table on stdout.
@@ -368,7 +369,14 @@ def main(argv=None) -> int:
     p.add_argument("--table", action="store_true", help="print the table of benchmarks/out/kcenter.jsonl")
     p.add_argument("--splits", metavar="CASE", help="sharded only: random vs k-means split, 4 and 8 shards")
     p.add_argument("--repeats", type=int, default=1, help="with --splits: runs per configuration (median)")
-    a = p.parse_args(argv)
+    p.add_argument("--device", default="cpu", help="cpu (these cases) or cuda (kcenter_gpu_bench.py's cases)")
+    a, rest = p.parse_known_args(argv)
+    if a.device != "cpu":
+        import kcenter_gpu_bench
+
+        return kcenter_gpu_bench.main(["--device", a.device, *[f for c in a.case or () for f in ("--case", c)], *rest])
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
     results = OUT / "kcenter.jsonl"
     if a.splits:
         row = run_splits(a.splits, {**CASES, **QUICK}[a.splits], repeats=a.repeats)

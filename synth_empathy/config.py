@@ -177,7 +177,15 @@ class DiversityConfig:
         "sharded: centers each shard keeps: full (k; the 4x OPT bound) | proportional (twice its "
         "share of k: a smaller merge, no a-priori bound; selection.json gives a certified one)",
     )
-    device: str = opt("auto", "auto | cpu | cuda")
+    device: str = opt(
+        "auto",
+        "auto | cpu | cuda | cuda:N | torch-cpu (the GPU's device-resident code on the CPU); auto = cuda when torch sees a GPU",
+    )
+    storage_dtype: str = opt(
+        "auto",
+        "on a GPU, the rows' dtype in device memory: auto (float32 when it fits in 45 % of free "
+        "GPU memory, else float16) | float32 | float16 | bfloat16; 16-bit moves each row by <= 2**-11 |x| (float16)",
+    )
     near_duplicate_cosine: Optional[float] = opt(
         None,
         "before k-center, drop each kept row whose cosine to an earlier kept row (sample_id order) "
@@ -482,6 +490,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"diversity.per_shard must be full or proportional, got {d.per_shard!r}")
     if d.near_duplicate_cosine is not None and not 0 < d.near_duplicate_cosine <= 1:
         raise ConfigError(f"diversity.near_duplicate_cosine must be in (0, 1] or null, got {d.near_duplicate_cosine}")
+    if d.storage_dtype not in ("auto", "float32", "float16", "bfloat16"):
+        raise ConfigError(
+            f"diversity.storage_dtype must be auto, float32, float16 or bfloat16, got {d.storage_dtype!r}"
+        )
+    if not (d.device in ("auto", "cpu", "cuda", "torch-cpu") or str(d.device).startswith("cuda:")):
+        raise ConfigError(f"diversity.device must be auto, cpu, cuda, cuda:N or torch-cpu, got {d.device!r}")
     if cfg.discriminator.input_format not in ("chat", "instruction"):
         raise ConfigError(
             f"discriminator.input_format must be chat or instruction, got {cfg.discriminator.input_format!r}"

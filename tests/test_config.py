@@ -52,6 +52,8 @@ def test_overrides_apply_and_are_typed():
         ("default", ["judge.engine.memory_utilization=most"], "must be auto or a number in (0, 1]"),
         ("default", ["discriminator.engine.cpu_threads_bind=both"], "cpu_threads_bind must be auto, vllm"),
         ("default", ["generation.engine.resolved.dtype=float32"], "filled at config load"),
+        ("default", ["diversity.storage_dtype=int8"], "diversity.storage_dtype must be auto, float32"),
+        ("default", ["diversity.device=gpu"], "diversity.device must be auto, cpu, cuda"),
     ],
 )
 def test_config_errors_are_one_line_and_name_the_problem(preset, overrides, expected):

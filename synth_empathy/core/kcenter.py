@@ -46,10 +46,13 @@ memory-bound matrix-vector product per step. Methods here:
 
 Exact duplicate rows are collapsed first (the lowest index stands for its copies; copies
 are picked only once every distinct row is, lowest index first), so ties behave as in
-the plain form. With ``device="auto"`` the products run in float32 on a GPU through torch
-when ``torch.cuda.is_available()``; the CPU path never needs a GPU library. FAISS's flat
-index computes the same BLAS product plus a min, but cannot give each row its own range
-of new centers, which the lazy bounds need, so the products are called directly.
+the plain form. On a GPU (``device="cuda"``, or ``auto`` when torch sees one) the greedy
+runs device-resident instead (:mod:`synth_empathy.core.kcenter_device`: pool rounds,
+CUDA-graph steps, one product per round; ``fast`` there means TF32 products); the lazy
+bounds above need per-row bookkeeping that keeps a GPU waiting on the host. The CPU path
+never needs a GPU library. FAISS's flat index computes the same BLAS product plus a
+min, but cannot give each row its own range of new centers, which the lazy bounds need,
+so the products are called directly.
 """
 
 from __future__ import annotations
@@ -116,7 +119,19 @@ class KCenterResult:
 
 
 def _check_matrix(x) -> np.ndarray:
-    """Shape and dtype checks (values are checked chunk by chunk in :func:`_dedup`)."""
+    """Shape and dtype checks (values are checked chunk by chunk in :func:`_dedup`).
+
+    A torch tensor (on a GPU, say) is checked the same way and returned as it is."""
+    if _tensor_device(x) is not None:
+        if x.ndim != 2:
+            raise SelectionError(f"embeddings must be a 2-D array (rows x dims), got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise SelectionError("no rows to select from (the input is empty)")
+        if x.shape[1] == 0:
+            raise SelectionError("embeddings have zero dimensions")
+        if not x.dtype.is_floating_point:
+            raise SelectionError(f"embeddings must be floating point, got dtype {x.dtype}")
+        return x
     try:
         x = np.asarray(x)
     except ValueError:  # ragged rows
@@ -262,27 +277,42 @@ class _BF16:
         return self.t.addmm(bn[None, :], a, b2.T).min(dim=1)
 
 
-def _backend(device: str):
-    """``cpu``, ``cuda[:i]``, or ``auto`` (CUDA when torch sees a GPU, else CPU)."""
+def _on_device(x, device: str) -> str | None:
+    """The torch device name when the greedy runs device-resident
+    (:mod:`synth_empathy.core.kcenter_device`), None for the numpy path.
+
+    ``auto`` is CUDA when torch sees a GPU (or the input is already a CUDA tensor);
+    ``torch-cpu`` runs the device code on the CPU, so CI tests the GPU's code path."""
+    tensor_dev = _tensor_device(x)
     if device == "cpu":
-        return _Numpy()
+        if tensor_dev is not None and tensor_dev != "cpu":
+            raise SelectionError(f"device 'cpu' asked for, but the embeddings are on {tensor_dev}")
+        return None
     if device == "auto":
+        if tensor_dev is not None and tensor_dev != "cpu":
+            return tensor_dev
         try:
             import torch
         except ImportError:  # no torch, no GPU to use
-            return _Numpy()
-        return _Torch("cuda") if torch.cuda.is_available() else _Numpy()
-    if device == "torch-cpu":  # the GPU code path on the CPU, so CI can test it
-        return _Torch("cpu")
-    if device == "cuda" or device.startswith("cuda:"):
-        try:
-            import torch
-        except ImportError:
-            raise SelectionError(f"device {device!r} needs torch with CUDA") from None
-        if not torch.cuda.is_available():
-            raise SelectionError(f"device {device!r} asked for, but no GPU is visible")
-        return _Torch(device)
+            return None
+        return "cuda" if torch.cuda.is_available() else None
+    if device == "torch-cpu" or device == "cuda" or device.startswith("cuda:"):
+        if device != "torch-cpu":
+            try:
+                import torch
+            except ImportError:
+                raise SelectionError(f"device {device!r} needs torch with CUDA") from None
+            if not torch.cuda.is_available():
+                raise SelectionError(f"device {device!r} asked for, but no GPU is visible")
+        return device
     raise SelectionError(f"device must be auto, cpu or cuda, got {device!r}")
+
+
+def _tensor_device(x) -> str | None:
+    """The device of a torch tensor input (without importing torch for numpy input)."""
+    if type(x).__module__.startswith("torch") and hasattr(x, "device"):
+        return str(x.device)
+    return None
 
 
 # ----------------------------------------------------------------------------- engine
@@ -483,7 +513,9 @@ def _prepare(x):
 _AUTO_FAST_PAIRS = 5 * 10**9
 
 
-def _greedy(x, k: int, start: int, *, device: str = "cpu", fast: bool = False, pool_size: int = 2048):
+def _greedy(
+    x, k: int, start: int, *, device: str = "cpu", fast: bool = False, pool_size: int = 2048, storage: str = "auto"
+):
     """Lazy farthest-first; returns (indices, distance_at_pick, radius, details, device)."""
     x = _check_matrix(x)
     n = x.shape[0]
@@ -491,10 +523,15 @@ def _greedy(x, k: int, start: int, *, device: str = "cpu", fast: bool = False, p
     if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < n:
         raise SelectionError(f"start must be a row index in [0, {n}), got {start!r}")
     start = int(start)
-    be = _backend(device)
+    on = _on_device(x, device)
+    if on is not None:
+        from synth_empathy.core import kcenter_device
+
+        return kcenter_device.greedy(x, k, start, device=on, fast=fast, storage=storage)
+    be = _Numpy()
     uniq, rep, xs = _prepare(x)
     approx = None
-    if fast and be.host and hardware.bf16_native():
+    if fast and hardware.bf16_native():
         # All products through torch then: numpy's BLAS threads and torch's OpenMP
         # threads, each spinning while the other works, would fight over the cores.
         be, approx = _Torch("cpu"), _BF16()
@@ -652,6 +689,7 @@ def select_k_center(
     seed: int = 0,
     shards: int = 1,
     device: str = "auto",
+    storage: str = "auto",
     map_shards=None,
     shard_by: str = "random",
     per_shard: str = "full",
@@ -661,9 +699,10 @@ def select_k_center(
     ``seed`` draws the shard split of ``sharded``; the start row is ``start``. Methods
     are described in the module docstring; ``shard_by`` (``random`` | ``kmeans``) and
     ``per_shard`` (``full`` | ``proportional``) shape ``sharded``'s split and the
-    centers each shard keeps. ``map_shards(x, parts, k, start, device, fast)`` runs the shards of ``sharded`` (default: here, one after another; the
-    pipeline and ``synth-empathy select`` pass the Ray version from
-    :mod:`synth_empathy.cluster.kcenter_shards`).
+    centers each shard keeps. ``map_shards(x, parts, k, start, device, fast)`` runs the
+    shards of ``sharded`` (default: here, one after another; the pipeline and ``synth-empathy select`` pass the Ray version from
+    :mod:`synth_empathy.cluster.kcenter_shards`). ``storage`` is the dtype of the rows on
+    a GPU (:mod:`synth_empathy.core.kcenter_device`); ``x`` may be a torch tensor there.
     """
     if method not in METHODS:
         raise SelectionError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -679,9 +718,11 @@ def select_k_center(
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     if used == "sharded":
+        if _tensor_device(x) is not None:  # shards travel through Ray's object store
+            x = x.cpu().numpy()
         idx, dist, radius, details, dev = _sharded(x, k, start, seed, shards, device, map_shards, shard_by, per_shard)
     else:
-        idx, dist, radius, details, dev = _greedy(x, k, start, device=device, fast=used == "fast")
+        idx, dist, radius, details, dev = _greedy(x, k, start, device=device, fast=used == "fast", storage=storage)
     seconds = time.perf_counter() - t0
     grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024  # Linux: KiB
     return KCenterResult(

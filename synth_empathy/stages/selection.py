@@ -74,6 +74,7 @@ def select(kept: pa.Table, cfg: Any, seed: int) -> tuple[pa.Table, dict[str, Any
         seed=seed,
         shards=cfg.shards,
         device=cfg.device,
+        storage=cfg.storage_dtype,
         map_shards=map_shards_on_ray,
         shard_by=cfg.shard_by,
         per_shard=cfg.per_shard,
