@@ -513,6 +513,17 @@ def _prepare(x):
 _AUTO_FAST_PAIRS = 5 * 10**9
 
 
+def with_copies(idx: np.ndarray, dist: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Picks of the distinct rows, then, when k asks for more, the copies of chosen rows
+    (all at distance 0) lowest index first, as the plain greedy would take them."""
+    if len(idx) >= k:
+        return idx, dist
+    chosen = np.zeros(n, dtype=bool)
+    chosen[idx] = True
+    extra = np.flatnonzero(~chosen)[: k - len(idx)]
+    return np.concatenate([idx, extra]), np.concatenate([dist, np.zeros(len(extra))])
+
+
 def _greedy(
     x, k: int, start: int, *, device: str = "cpu", fast: bool = False, pool_size: int = 2048, storage: str = "auto"
 ):
@@ -553,12 +564,7 @@ def _greedy(
     idx[0] = start  # the start row itself, even when it repeats an earlier row
     dist = np.concatenate(vals)
     radius = eng.radius()
-    if len(idx) < k:  # only copies of chosen rows are left, all at distance 0
-        chosen = np.zeros(n, dtype=bool)
-        chosen[idx] = True
-        extra = np.flatnonzero(~chosen)[: k - len(idx)]
-        idx = np.concatenate([idx, extra])
-        dist = np.concatenate([dist, np.zeros(len(extra))])
+    idx, dist = with_copies(idx, dist, n, k)
     details = {
         "rows": n,
         "distinct_rows": int(eng.n),

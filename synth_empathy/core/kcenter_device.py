@@ -370,6 +370,8 @@ class DeviceGreedy:
 def greedy(x, k: int, start: int, *, device: str, fast: bool = False, storage: str = "auto", pool_size: int = 4096):
     """Device-resident farthest-first from row ``start``: (indices, distance_at_pick,
     radius, details, device name), as :func:`synth_empathy.core.kcenter._greedy`."""
+    from synth_empathy.core.kcenter import with_copies
+
     torch = _torch()
     dev = resolve_device(device)
     n, d = x.shape
@@ -409,12 +411,7 @@ def greedy(x, k: int, start: int, *, device: str, fast: bool = False, storage: s
     dist = np.sqrt(torch.cat(vals).double().cpu().numpy())
     idx = uniq.cpu().numpy()[pos]
     idx[0] = start
-    if len(idx) < k:  # only copies of chosen rows are left, all at distance 0
-        chosen = np.zeros(n, dtype=bool)
-        chosen[idx] = True
-        extra = np.flatnonzero(~chosen)[: k - len(idx)]
-        idx = np.concatenate([idx, extra])
-        dist = np.concatenate([dist, np.zeros(len(extra))])
+    idx, dist = with_copies(idx, dist, n, k)
     details = {
         "rows": n,
         "distinct_rows": nd,
