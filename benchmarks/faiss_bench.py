@@ -16,6 +16,7 @@ repeats itself. One process, methods alternated, median of ``--repeats``.
 
     PYTHONPATH=. .venv/bin/python benchmarks/faiss_bench.py            # 100k x 384
     PYTHONPATH=. .venv/bin/python benchmarks/faiss_bench.py --rows 20000
+    PYTHONPATH=. python benchmarks/faiss_bench.py --device cuda     # + torch on the GPU
 
 Results go to benchmarks/out/faiss.jsonl and a Markdown table on stdout.
 """
@@ -77,6 +78,7 @@ def main(argv=None) -> int:
     p.add_argument("--threshold", type=float, default=0.95)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--queries", type=int, default=2000)
+    p.add_argument("--device", help="also time near-duplicate removal through torch here (cuda, torch-cpu)")
     a = p.parse_args(argv)
     x = repeating_corpus(a.rows)
     row = {"date": dt.date.today().isoformat(), "cpu": cpu_name(), "rows": a.rows, "d": x.shape[1]}
@@ -93,10 +95,14 @@ def main(argv=None) -> int:
     for backend in ("numpy", "faiss"):
         sec, res = timed(lambda b=backend: near_duplicates(x, a.threshold, backend=b), a.repeats)
         dedup[backend] = {"seconds": sec, "kept": len(res.keep), "keep": res.keep}
+    if a.device:
+        sec, res = timed(lambda: near_duplicates(x, a.threshold, backend="torch", device=a.device), a.repeats)
+        dedup["torch"] = {"seconds": sec, "kept": len(res.keep), "keep": res.keep, "device": a.device}
+        assert np.array_equal(dedup["numpy"]["keep"], res.keep), "torch and numpy disagree"
     assert np.array_equal(dedup["numpy"]["keep"], dedup["faiss"]["keep"]), "backends disagree"
-    row["near_duplicates"] = {b: {"seconds": v["seconds"], "kept": v["kept"]} for b, v in dedup.items()}
+    row["near_duplicates"] = {b: {k: v[k] for k in v if k != "keep"} for b, v in dedup.items()}
     nn = {}
-    for m in (10_000, min(90_000, a.rows)):
+    for m in sorted({min(10_000, a.rows), min(90_000, a.rows)}):
         s = x[:m]
         ask = np.sort(np.random.default_rng(0).choice(m, a.queries, replace=False))
         t_np, v_np = timed(lambda s=s: nearest_neighbour_distances(s, a.queries, seed=0), a.repeats)
@@ -122,6 +128,12 @@ def main(argv=None) -> int:
         f"| {nd['faiss']['seconds']:.1f} | {nd['faiss']['seconds'] / nd['numpy']['seconds']:.2f} "
         f"| {a.rows - nd['numpy']['kept']:,} dropped, same rows kept |"
     )
+    if "torch" in nd:
+        print(
+            f"| near-duplicate removal through torch on {a.device} | {a.rows:,} | {nd['numpy']['seconds']:.1f} "
+            f"| torch {nd['torch']['seconds']:.2f} | {nd['torch']['seconds'] / nd['numpy']['seconds']:.3f} "
+            "| same rows kept as numpy |"
+        )
     for m, v in nn.items():
         print(
             f"| NN distance, {a.queries:,} asked rows vs the set | {m:,} | {v['numpy']:.2f} | {v['faiss']:.2f} "

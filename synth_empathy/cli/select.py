@@ -232,7 +232,7 @@ def run_selection(
         del table
         embed_seconds = 0.0
     # Before anything is written: a k above the rows left fails here.
-    rows, near, kk = drop_near_duplicates(x, near_duplicate_cosine, k, ratio)
+    rows, near, kk = drop_near_duplicates(x, near_duplicate_cosine, k, ratio, device=device)
     xs = x[rows] if near is not None else x
     start = int(np.random.default_rng(seed).integers(len(xs)))
     res = select_k_center(

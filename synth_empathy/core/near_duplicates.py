@@ -8,9 +8,10 @@ was close to.
 
 Exact: every row is compared with every earlier kept row, N^2/2 dot products at most
 (O(N^2 d)), in blocks of rows against blocks of columns so memory stays bounded; the
-products are plain BLAS (numpy) or FAISS's flat inner-product range search, whichever
-``backend`` says. ``auto`` is numpy, measured the faster of the two on the CPU
-(benchmarks/README.md, near-duplicate section). Pure: no Ray, no I/O.
+products are plain BLAS (numpy), FAISS's flat inner-product range search, or torch (IEEE
+float32, the same algorithm), whichever ``backend`` says. ``auto`` is torch when
+``device`` is a GPU (``auto`` = CUDA when torch sees one), else numpy, measured faster
+than FAISS on the CPU (benchmarks/README.md, k-center section). Pure: no Ray, no I/O.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from synth_empathy.errors import SelectionError
 
-BACKENDS = ("auto", "numpy", "faiss")
+BACKENDS = ("auto", "numpy", "faiss", "torch")
 _ROWS = 4096  # rows per block: the block x block in-block product is 64 MiB
 _COLS = 16384  # earlier rows per product: a 4096 x 16384 float32 block is 256 MiB
 _EPS = 1e-6  # float32 rounding: a copy of a row must reach threshold 1.0
@@ -102,8 +103,74 @@ class _FaissKept:
             self.ids.append(rows)
 
 
-def near_duplicates(x, threshold: float, backend: str = "auto") -> NearDuplicates:
-    """Keep each row unless its cosine to an earlier kept row is >= ``threshold`` (exact)."""
+def _torch_device(backend: str, device: str):
+    """The torch device for ``backend``, or None for numpy / FAISS."""
+    if backend in ("numpy", "faiss"):
+        return None
+    if backend == "auto":
+        if device in ("cpu", "torch-cpu"):
+            return None
+        try:
+            import torch
+        except ImportError:
+            return None
+        if device == "auto" and not torch.cuda.is_available():
+            return None
+        device = "cuda" if device == "auto" else device
+    from synth_empathy.core.kcenter_device import resolve_device
+
+    return resolve_device("torch-cpu" if device in ("cpu", "auto") else device)
+
+
+def _near_duplicates_torch(xu: np.ndarray, te: float, dev) -> tuple[np.ndarray, np.ndarray]:
+    """The numpy loop's twin on a torch device: (dup_of, kept mask), the same rows kept."""
+    import torch
+
+    from synth_empathy.core.kcenter_device import _fp32_products
+
+    rows, cols_per = (_ROWS, _COLS) if dev.type == "cpu" else (4 * _ROWS, 2 * _COLS)  # fewer syncs
+    n = len(xu)
+    xt = torch.from_numpy(xu).to(dev)
+    kept = torch.zeros(n, dtype=torch.bool, device=dev)
+    dup_of = np.full(n, -1, dtype=np.int64)
+    with _fp32_products(tf32=False):
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            b = xt[s:e]
+            first = torch.full((e - s,), -1, dtype=torch.int64, device=dev)
+            for c in range(0, s, cols_per):
+                ce = min(s, c + cols_per)
+                cols = torch.nonzero(kept[c:ce]).squeeze(1)
+                open_ = torch.nonzero(first < 0).squeeze(1)
+                if cols.numel() == 0 or open_.numel() == 0:
+                    continue
+                hit = (b[open_] @ xt[c + cols].T) >= te
+                any_ = hit.any(dim=1)
+                # argmax returns the first maximum: the lowest kept column within the threshold
+                first[open_[any_]] = c + cols[hit[any_].to(torch.uint8).argmax(dim=1)]
+            first = first.cpu().numpy()
+            dup_of[s:e] = first
+            alive = np.flatnonzero(first < 0)
+            at = torch.from_numpy(alive).to(dev)
+            near = torch.triu((b[at] @ b[at].T) >= te, diagonal=1)
+            has = torch.nonzero(near.any(dim=1)).squeeze(1)
+            dead = np.zeros(len(alive), dtype=bool)
+            if has.numel():
+                sub = near[has].cpu().numpy()  # only rows with an in-block neighbour travel
+                for r, i in enumerate(has.cpu().numpy()):
+                    if not dead[i]:
+                        js = np.flatnonzero(sub[r] & ~dead)
+                        dead[js] = True
+                        dup_of[s + alive[js]] = s + alive[i]
+            kept[torch.from_numpy(s + alive[~dead]).to(dev)] = True
+    return dup_of, kept.cpu().numpy()
+
+
+def near_duplicates(x, threshold: float, backend: str = "auto", device: str = "cpu") -> NearDuplicates:
+    """Keep each row unless its cosine to an earlier kept row is >= ``threshold`` (exact).
+
+    ``device`` (``cpu``, ``auto``, ``cuda[:i]``, ``torch-cpu``) decides ``auto``: torch on a
+    GPU, where the N^2/2 products take seconds rather than minutes, else numpy."""
     t = check_threshold(threshold)
     if backend not in BACKENDS:
         raise SelectionError(f"near-duplicate backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -116,6 +183,10 @@ def near_duplicates(x, threshold: float, backend: str = "auto") -> NearDuplicate
         raise SelectionError(f"row {int(bad[0])}: embedding has NaN or infinite values")
     xu = _unit(x)
     te = np.float32(t - _EPS)
+    dev = _torch_device(backend, device)
+    if dev is not None:
+        dup_of, kept_mask = _near_duplicates_torch(xu, float(te), dev)
+        return NearDuplicates(keep=np.flatnonzero(kept_mask), dup_of=dup_of, threshold=t)
     dup_of = np.full(n, -1, dtype=np.int64)
     kept_mask = np.zeros(n, dtype=bool)
     fx = _FaissKept(x.shape[1]) if backend == "faiss" else None
@@ -141,7 +212,7 @@ def near_duplicates(x, threshold: float, backend: str = "auto") -> NearDuplicate
     return NearDuplicates(keep=np.flatnonzero(kept_mask), dup_of=dup_of, threshold=t)
 
 
-def drop_near_duplicates(x, threshold, k: int | None = None, ratio: float | None = None):
+def drop_near_duplicates(x, threshold, k: int | None = None, ratio: float | None = None, device: str = "cpu"):
     """The selection's step before k-center: (rows kept, the result, k for those rows).
 
     ``threshold`` None: nothing dropped. ``k`` larger than the rows left raises a one-line
@@ -151,7 +222,7 @@ def drop_near_duplicates(x, threshold, k: int | None = None, ratio: float | None
     n = len(x)
     if threshold is None:
         return np.arange(n), None, resolve_k(n, k, ratio)
-    nd = near_duplicates(x, threshold)
+    nd = near_duplicates(x, threshold, device=device)
     left = len(nd.keep)
     try:
         too_many = k is not None and not isinstance(k, bool) and int(k) == k and int(k) > left

@@ -62,7 +62,7 @@ def select(kept: pa.Table, cfg: Any, seed: int) -> tuple[pa.Table, dict[str, Any
         kept = kept.sort_by("sample_id")
     x = embeddings_matrix(kept)
     n_kept = len(x)
-    rows, near, k = drop_near_duplicates(x, cfg.near_duplicate_cosine, cfg.k, cfg.keep_ratio)
+    rows, near, k = drop_near_duplicates(x, cfg.near_duplicate_cosine, cfg.k, cfg.keep_ratio, device=cfg.device)
     if near is not None:
         kept, x = kept.take(pa.array(rows)), x[rows]
     start = int(np.random.default_rng(seed).integers(len(x)))

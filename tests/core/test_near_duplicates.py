@@ -27,7 +27,7 @@ def repeating(n=500, d=16, seed=0):
     return base[r.integers(0, len(base), n)] + 0.15 * r.normal(size=(n, d)).astype(np.float32)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "faiss"])
+@pytest.mark.parametrize("backend", ["numpy", "faiss", "torch"])  # torch on the CPU: the GPU code
 @pytest.mark.parametrize("t", [0.9, 0.97, 1.0])
 def test_matches_brute_force_across_blocks(monkeypatch, backend, t):
     x = repeating()
@@ -35,7 +35,7 @@ def test_matches_brute_force_across_blocks(monkeypatch, backend, t):
     monkeypatch.setattr(ND, "_ROWS", 64)  # many row blocks and column blocks on 500 rows
     monkeypatch.setattr(ND, "_COLS", 100)
     keep, dup = brute(x, t)
-    got = near_duplicates(x, t, backend=backend)
+    got = near_duplicates(x, t, backend=backend, device="torch-cpu" if backend == "torch" else "cpu")
     np.testing.assert_array_equal(got.keep, keep)
     np.testing.assert_array_equal(got.dup_of, dup)
     assert got.dropped == len(x) - len(keep) and got.dup_of[100] == 3
