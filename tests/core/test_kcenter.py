@@ -256,6 +256,14 @@ def test_sharded_on_local_ray_within_documented_bound(local_ray, shard_by):
     assert ratio <= 4.0  # Malkomes et al.: 4 OPT, and exact greedy >= OPT
 
 
+def test_one_gpu_per_shard_task_only_where_there_are_gpus(local_ray):
+    from synth_empathy.cluster.kcenter_shards import _gpus_per_task
+
+    assert _gpus_per_task("cuda") == _gpus_per_task("cuda:1") == 1
+    assert _gpus_per_task("cpu") == _gpus_per_task("torch-cpu") == 0
+    assert _gpus_per_task("auto") == int(local_ray.cluster_resources().get("GPU", 0) >= 1)
+
+
 def test_pipeline_selection_reports_the_shards(local_ray):
     # Here, not in tests/stages, to share this module's Ray instead of starting one more.
     import pyarrow as pa
