@@ -17,6 +17,7 @@ against the exact method's. Peak memory is the largest resident set (VmRSS, samp
     python benchmarks/kcenter_bench.py --case syn-100k-90
     python benchmarks/kcenter_bench.py --quick          # small sizes, a smoke test
     python benchmarks/kcenter_bench.py --device cuda    # the GPU cases (kcenter_gpu_bench.py)
+    python benchmarks/kcenter_bench.py --splits syn-100k-10   # sharded: random vs k-means split
 
 Results go to benchmarks/out/kcenter.jsonl and a Markdown table on stdout.
 """
@@ -246,6 +247,85 @@ def run_case(name: str, spec) -> dict:
     return row
 
 
+def run_splits(name: str, spec, shard_counts=(4, 8), repeats: int = 1) -> dict:
+    """``sharded`` with random and k-means shards, ``full`` and ``proportional`` centers per
+    shard, as Ray tasks on a local Ray (2 CPUs, start-up not timed); ``exact`` is the
+    reference for the radius and the time, in the same process. With ``repeats`` > 1 the
+    configurations run round-robin that many times and the median time is kept (the
+    picks do not change between repeats)."""
+    import ray
+
+    from synth_empathy.cluster.kcenter_shards import map_shards_on_ray
+    from synth_empathy.core import kcenter as K
+
+    data, n, keep = spec[:3]
+    x = ed_embeddings() if data == "ed" else clustered_unit_vectors(n)
+    n, d = x.shape
+    k = K.resolve_k(n, None, keep)
+    row = {"case": name, "data": data, "n": n, "d": d, "keep": keep, "k": k, "date": dt.date.today().isoformat()}
+    row.update(cpu=cpu_name(), cores=os.cpu_count(), load=[load()])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    configs = [(s, b, p) for s in shard_counts for b in ("random", "kmeans") for p in ("full", "proportional")]
+    times: dict = {}
+    for _ in range(repeats):
+        exact = K.select_k_center(x, k, method="exact", start=0)
+        times.setdefault("exact", []).append(exact.seconds)
+        for shards, by, per in configs:
+            r = K.select_k_center(
+                x, k, method="sharded", start=0, shards=shards, shard_by=by, per_shard=per,
+                map_shards=map_shards_on_ray,
+            )  # fmt: skip
+            times.setdefault((shards, by, per), []).append((r.seconds, r.details["seconds"], r))
+    row["exact"] = {"seconds": statistics.median(times["exact"]), "radius": exact.radius, "all_seconds": times["exact"]}
+    runs = []
+    for shards, by, per in configs:
+        got = sorted(times[(shards, by, per)], key=lambda t: t[0])
+        sec, parts, r = got[len(got) // 2]  # the median run, with its own parts
+        runs.append(
+            {
+                "shards": shards,
+                "shard_by": by,
+                "per_shard": per,
+                "seconds": sec,
+                "all_seconds": [t[0] for t in times[(shards, by, per)]],
+                "radius": r.radius,
+                "union_rows": r.details["union_rows"],
+                "sizes": r.details["split"]["sizes"],
+                "parts_seconds": parts,
+                "certified_ratio_to_opt": r.details["certified_ratio_to_opt"],
+            }
+        )
+        print(json.dumps(runs[-1]), flush=True)
+    ray.shutdown()
+    row["sharded"] = runs
+    row["load"].append(load())
+    return row
+
+
+def split_table(rows: list[dict]) -> str:
+    """Markdown: one line per sharded run; time and radius as ratios to ``exact``."""
+    lines = [
+        "| data | N | keep | shards | split | per shard | largest / smallest shard | union rows "
+        "| split s | shards s | merge s | wall s | x exact time | radius / exact | certified <= x OPT |",
+        "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        data = "ED valid, MiniLM" if r["data"] == "ed" else "clustered synthetic"
+        ex = r["exact"]
+        lines.append(
+            f"| {data} | {r['n']:,} | {r['keep']:.0%} | - | exact | - | | | | | | {ex['seconds']:.2f} | 1.00 | 1.0000 | |"
+        )
+        for e in r["sharded"]:
+            p = e["parts_seconds"]
+            lines.append(
+                f"| {data} | {r['n']:,} | {r['keep']:.0%} | {e['shards']} | {e['shard_by']} | {e['per_shard']} "
+                f"| {max(e['sizes']):,} / {min(e['sizes']):,} | {e['union_rows']:,} | {p['split']:.2f} "
+                f"| {p['shards']:.2f} | {p['merge']:.2f} | {e['seconds']:.2f} | {e['seconds'] / ex['seconds']:.2f} "
+                f"| {e['radius'] / ex['radius']:.4f} | {e['certified_ratio_to_opt']} |"
+            )
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     """Markdown: one line per method; ratios against the baselines of the same run."""
     lines = [
@@ -287,6 +367,8 @@ def main(argv=None) -> int:
     p.add_argument("--case", action="append", help=f"one of {', '.join([*CASES, *QUICK])}")
     p.add_argument("--quick", action="store_true", help="small sizes only")
     p.add_argument("--table", action="store_true", help="print the table of benchmarks/out/kcenter.jsonl")
+    p.add_argument("--splits", metavar="CASE", help="sharded only: random vs k-means split, 4 and 8 shards")
+    p.add_argument("--repeats", type=int, default=1, help="with --splits: runs per configuration (median)")
     p.add_argument("--device", default="cpu", help="cpu (these cases) or cuda (kcenter_gpu_bench.py's cases)")
     a, rest = p.parse_known_args(argv)
     if a.device != "cpu":
@@ -296,6 +378,13 @@ def main(argv=None) -> int:
     if rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     results = OUT / "kcenter.jsonl"
+    if a.splits:
+        row = run_splits(a.splits, {**CASES, **QUICK}[a.splits], repeats=a.repeats)
+        OUT.mkdir(parents=True, exist_ok=True)
+        with open(OUT / "kcenter_splits.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(split_table([row]))
+        return 0
     if a.table:
         print(table([json.loads(s) for s in results.read_text().splitlines() if s.strip()]))
         return 0

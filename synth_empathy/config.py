@@ -167,6 +167,16 @@ class DiversityConfig:
     k: Optional[int] = opt(None, "select exactly k rows instead of keep_ratio")
     method: str = opt("auto", "auto | exact | fast | sharded")
     shards: int = opt(1, "shards for the sharded two-round method")
+    shard_by: str = opt(
+        "random",
+        "sharded: how rows are split: random | kmeans (one k-means region of the space per shard, "
+        "balanced to <= 1.5x the mean size; FAISS k-means on a GPU)",
+    )
+    per_shard: str = opt(
+        "full",
+        "sharded: centers each shard keeps: full (k; the 4x OPT bound) | proportional (twice its "
+        "share of k: a smaller merge, no a-priori bound; selection.json gives a certified one)",
+    )
     device: str = opt(
         "auto",
         "auto | cpu | cuda | cuda:N | torch-cpu (the GPU's device-resident code on the CPU); auto = cuda when torch sees a GPU",
@@ -175,6 +185,11 @@ class DiversityConfig:
         "auto",
         "on a GPU, the rows' dtype in device memory: auto (float32 when it fits in 45 % of free "
         "GPU memory, else float16) | float32 | float16 | bfloat16; 16-bit moves each row by <= 2**-11 |x| (float16)",
+    )
+    near_duplicate_cosine: Optional[float] = opt(
+        None,
+        "before k-center, drop each kept row whose cosine to an earlier kept row (sample_id order) "
+        "is >= this, as semantic dedup does (e.g. 0.95; counted in selection.json); null = off",
     )
 
 
@@ -469,6 +484,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"diversity.k must be >= 1, got {d.k}")
     if d.method not in ("auto", "exact", "fast", "sharded"):
         raise ConfigError(f"diversity.method must be auto, exact, fast or sharded, got {d.method!r}")
+    if d.shard_by not in ("random", "kmeans"):
+        raise ConfigError(f"diversity.shard_by must be random or kmeans, got {d.shard_by!r}")
+    if d.per_shard not in ("full", "proportional"):
+        raise ConfigError(f"diversity.per_shard must be full or proportional, got {d.per_shard!r}")
+    if d.near_duplicate_cosine is not None and not 0 < d.near_duplicate_cosine <= 1:
+        raise ConfigError(f"diversity.near_duplicate_cosine must be in (0, 1] or null, got {d.near_duplicate_cosine}")
     if d.storage_dtype not in ("auto", "float32", "float16", "bfloat16"):
         raise ConfigError(
             f"diversity.storage_dtype must be auto, float32, float16 or bfloat16, got {d.storage_dtype!r}"

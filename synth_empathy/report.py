@@ -72,10 +72,13 @@ def build_report(store, cfg, timings: dict[str, float]) -> dict[str, Any]:
         "kept": int(pc.sum(scored.column("kept")).as_py() or 0),
         "selected": selected.num_rows,
     }
+    selection_info = _read_json(store, "selection.json")
     drops = {
         "seeds": seeds_info.get("dropped", {}),
         "samples": _value_counts(samples, "drop_reason"),
         "scored": _value_counts(scored, "drop_reason"),
+        # rows removed before k-center (near duplicates), a reason each
+        "selection": {r: n for r, n in selection_info.get("dropped", {}).items() if n},
     }
     tokens = {
         "generated": int(pc.sum(gens.column("num_generated_tokens")).as_py() or 0),
@@ -126,7 +129,7 @@ def build_report(store, cfg, timings: dict[str, float]) -> dict[str, Any]:
             "samples": _value_counts_int(samples.filter(pc.is_null(samples.column("drop_reason"))), "n_history"),
             "selected": _value_counts_int(selected, "n_history"),
         },
-        "selection": _read_json(store, "selection.json"),
+        "selection": selection_info,
         "diversity": _diversity(store, cfg.seed),
         "judge": judge_summary(store.read_table("judged", columns=[*CRITERIA, "judge_reason"]))
         if store.is_done("judged")
@@ -269,20 +272,27 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"- k-center: {s.get('selected', 0)} of {s.get('candidates', 0)} kept rows selected "
         f"({s.get('method')}), covering radius {s.get('radius')}",
     ]
+    if s.get("near_duplicate_cosine") is not None:
+        lines.append(
+            f"- near duplicates: {s['dropped']['near_duplicate']} of {s['rows_before_near_duplicates']} kept rows "
+            f"dropped before k-center (cosine >= {s['near_duplicate_cosine']:g} to an earlier kept row)"
+        )
     div = report.get("diversity") or {}
     if div:
         lines += [
             "",
-            "| set | rows | distinct-1 | distinct-2 | mean pairwise distance |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            "| set | rows | distinct-1 | distinct-2 | mean pairwise distance | NN distance mean | NN distance median |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for name in ("selected", "random", "kept"):
             d = div[name]
+            nn = f"{d['nn_distance_mean']:.3f} | {d['nn_distance_median']:.3f}" if "nn_distance_mean" in d else " | "
             lines.append(
-                f"| {name} | {d['n']} | {d['distinct_1']:.3f} | {d['distinct_2']:.3f} | {d['mean_pairwise_distance']:.3f} |"
+                f"| {name} | {d['n']} | {d['distinct_1']:.3f} | {d['distinct_2']:.3f} | {d['mean_pairwise_distance']:.3f} | {nn} |"
             )
         lines.append(
-            f"\n(random: mean of {div['random']['repeats']} seeded random subsets of the kept rows, same size as the selection)"
+            f"\n(random: mean of {div['random']['repeats']} seeded random subsets of the kept rows, same size as the selection;"
+            f" NN distance: {div['method'].get('nn_distance', '')})"
         )
         sampled = div.get("sampled")
         if sampled:  # bounded samples: say from how many rows

@@ -8,7 +8,8 @@ greedy k-center (:mod:`synth_empathy.core.kcenter`), and writes to ``output``:
 * ``selected.parquet`` - the id column, ``pick_order`` (0 = the start row) and
   ``distance_at_pick`` (distance of the pick to the earlier picks; inf for the start row),
   one row per selected row, in pick order;
-* ``selection_report.json`` - sizes, method, covering radius, time and memory.
+* ``selection_report.json`` - sizes, method, covering radius, time and memory, and the
+  rows dropped as near duplicates (``diversity.near_duplicate_cosine``) before k-center.
 
 The report is written last and marks the output as complete: an output folder without it
 is unfinished. Each file is written under a temporary name and renamed into place. All
@@ -34,6 +35,8 @@ import numpy as np
 from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, load_with_aliases
 from synth_empathy.cluster.kcenter_shards import map_shards_on_ray
 from synth_empathy.core.kcenter import METHODS, SelectionError, resolve_k, select_k_center
+from synth_empathy.core.near_duplicates import check_threshold, drop_near_duplicates
+from synth_empathy.core.shard_split import SPLITS
 
 SELECTED_FILE = "selected.parquet"
 REPORT_FILE = "selection_report.json"
@@ -172,6 +175,9 @@ def run_selection(
     seed: int = 0,
     embedder: str = "packaged:all-minilm-l6-v2",
     storage_options: dict | None = None,
+    shard_by: str = "random",
+    per_shard: str = "full",
+    near_duplicate_cosine: float | None = None,
 ) -> dict:
     """Select a diverse subset of ``input`` into ``output``; returns the report.
 
@@ -183,6 +189,10 @@ def run_selection(
 
     t0 = time.perf_counter()
     _check_args(k, ratio, method, shards, embedding_column, text_column, id_column)
+    if shard_by not in SPLITS:
+        raise SelectionError(f"shard_by must be one of {', '.join(SPLITS)}, got {shard_by!r}")
+    if near_duplicate_cosine is not None:
+        check_threshold(near_duplicate_cosine)
     if text_column:
         from synth_empathy.models.weights import ModelNotFoundError, check_model
 
@@ -221,9 +231,12 @@ def run_selection(
         x = _column_to_matrix(table.column(embedding_column), embedding_column)
         del table
         embed_seconds = 0.0
-    start = int(np.random.default_rng(seed).integers(n))
+    # Before anything is written: a k above the rows left fails here.
+    rows, near, kk = drop_near_duplicates(x, near_duplicate_cosine, k, ratio, device=device)
+    xs = x[rows] if near is not None else x
+    start = int(np.random.default_rng(seed).integers(len(xs)))
     res = select_k_center(
-        x,
+        xs,
         kk,
         method=method,
         start=start,
@@ -232,7 +245,10 @@ def run_selection(
         device=device,
         storage=storage,
         map_shards=map_shards_on_ray,
+        shard_by=shard_by,
+        per_shard=per_shard,
     )
+    picked = rows[res.indices]
 
     out_fs, out_path = fsspec.core.url_to_fs(output, **(storage_options or {}))
     out_path = out_path.rstrip("/")
@@ -242,8 +258,8 @@ def run_selection(
         out_fs.rm(report_path)
     chosen = pa.table(
         {
-            id_column: ids.take(pa.array(res.indices)),
-            "pick_order": pa.array(np.arange(len(res.indices), dtype=np.int64)),
+            id_column: ids.take(pa.array(picked)),
+            "pick_order": pa.array(np.arange(len(picked), dtype=np.int64)),
             "distance_at_pick": pa.array(res.distance_at_pick.astype(np.float64)),
         }
     )
@@ -266,8 +282,13 @@ def run_selection(
         "method": res.method,
         "device": res.device,
         "shards": shards,
+        "shard_by": shard_by,
+        "per_shard": per_shard,
+        "near_duplicate_cosine": near_duplicate_cosine,
+        "dropped": {"near_duplicate": near.dropped if near is not None else 0},
+        "rows_after_near_duplicates": int(len(rows)),
         "seed": seed,
-        "start_row": start,
+        "start_row": int(rows[start]),
         "covering_radius": res.radius,
         "selection_seconds": res.seconds,
         "embedding_seconds": embed_seconds,
@@ -377,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         storage=d.storage_dtype,
         seed=cfg.seed,
         embedder=cfg.quality.embedder,
+        shard_by=d.shard_by,
+        per_shard=d.per_shard,
+        near_duplicate_cosine=d.near_duplicate_cosine,
         storage_options={**storage_options(a.input, cfg.storage), **_storage_options(a.storage_option)},
     )
     print(

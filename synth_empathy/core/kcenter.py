@@ -29,12 +29,18 @@ memory-bound matrix-vector product per step. Methods here:
   pick is farthest up to 2E and the covering radius is at most sqrt((2 OPT)^2 + 2E)
   (measured: within 0.01 % of ``exact``). Without native bf16, ``fast`` is ``exact``.
 * ``sharded`` - two-round composable coreset (Malkomes, Kusner, Chen, Weinberger and
-  Moseley, NeurIPS 2015): rows are split into ``shards`` random parts, each part runs
-  the greedy for ``min(k, part size)`` centers as a Ray task, and the greedy runs again
-  over the union of the local centers. Bound: **4 x OPT**, hence at most 4x the exact
+  Moseley, NeurIPS 2015): rows are split into ``shards`` parts (``shard_by``: random, or
+  k-means regions, :mod:`synth_empathy.core.shard_split`), each part runs the greedy for
+  ``min(k, part size)`` centers as a Ray task, and the greedy runs again over the union
+  of the local centers. Bound: **4 x OPT** for any split, hence at most 4x the exact
   greedy's radius (greedy >= OPT); measured ratios are in benchmarks/README.md. When
   ``k * shards >= N`` the union is the whole input and sharding saves nothing; it pays
-  off on a cluster for k well below N / shards.
+  off on a cluster for k well below N / shards. ``per_shard="proportional"`` keeps
+  ``min(k, ceil(2 k |part| / N))`` centers per part instead (a union of about 2k rows):
+  no a-priori bound, since a part can meet more optimal clusters than its share, but
+  every run reports ``certified_ratio_to_opt`` = 2 radius / r_U, r_U being the merge's
+  radius over the union: its k picks and the farthest union row are k+1 rows pairwise
+  >= r_U apart, two of which share an optimal center, so OPT >= r_U / 2.
 * ``auto`` - ``sharded`` when ``shards > 1``; else ``fast`` when N k >= 5e9 row x center
   pairs, else ``exact``.
 
@@ -614,25 +620,67 @@ def shard_greedy(x, rows: np.ndarray, k: int, start: int, device: str, fast: boo
     return rows[_greedy(x[rows], min(k, len(rows)), local_start, device=device, fast=fast)[0]]
 
 
-def map_shards_here(x, parts, k: int, start: int, device: str, fast: bool) -> list:
+def per_part(k, parts) -> list:
+    """``k`` for each part: one number for all, or a list with one per part."""
+    return list(k) if isinstance(k, (list, tuple)) else [k] * len(parts)
+
+
+def map_shards_here(x, parts, k, start: int, device: str, fast: bool) -> list:
     """Run every shard in this process, one after another (no Ray: the core stays pure).
-    :func:`synth_empathy.cluster.kcenter_shards.map_shards_on_ray` runs them as Ray tasks."""
-    return [shard_greedy(x, p, k, start, device, fast) for p in parts]
+    :func:`synth_empathy.cluster.kcenter_shards.map_shards_on_ray` runs them as Ray tasks.
+    ``k``: centers per shard, one number or one per part."""
+    return [shard_greedy(x, p, kp, start, device, fast) for p, kp in zip(parts, per_part(k, parts))]
 
 
-def _sharded(x, k: int, start: int, seed: int, shards: int, device: str, map_shards=None):
+PER_SHARD = ("full", "proportional")
+_SLACK = 2.0  # proportional: twice a shard's share of k
+
+
+def _sharded(x, k, start, seed, shards, device, map_shards=None, shard_by="random", per_shard="full"):
+    from synth_empathy.core.shard_split import split
+
+    if per_shard not in PER_SHARD:
+        raise SelectionError(f"per_shard must be one of {', '.join(PER_SHARD)}, got {per_shard!r}")
     n = len(x)
     shards = max(1, min(int(shards), n))
-    parts = [np.sort(p) for p in np.array_split(np.random.default_rng(seed).permutation(n), shards)]
-    fast = n // shards * k >= _AUTO_FAST_PAIRS
-    local = (map_shards or map_shards_here)(x, parts, k, start, device, fast)
+    t0 = time.perf_counter()
+    parts, split_info = split(x, shards, seed, shard_by, "numpy" if device == "cpu" else "auto")
+    split_s = time.perf_counter() - t0
+    # full: k per shard, the composable-coreset bound (4 x OPT). proportional: a share of
+    # k by shard size with slack, no a-priori bound (see certified_ratio below).
+    ks = [min(k, len(p)) if per_shard == "full" else min(len(p), k, math.ceil(_SLACK * k * len(p) / n)) for p in parts]
+    fast = max(len(p) * kp for p, kp in zip(parts, ks)) >= _AUTO_FAST_PAIRS
+    t0 = time.perf_counter()
+    local = (map_shards or map_shards_here)(x, parts, ks, start, device, fast)
+    map_s = time.perf_counter() - t0
     union = np.unique(np.concatenate(local))
+    if len(union) < k:  # proportional shares can fall short: top up with the lowest rows left
+        rest = np.setdiff1d(np.arange(n), union)[: k - len(union)]
+        union = np.union1d(union, rest)
     # The start row's shard started from it, so it is in the union.
     merge_fast = len(union) * k >= _AUTO_FAST_PAIRS
-    idx, dist, _, det, dev = _greedy(x[union], k, int(np.searchsorted(union, start)), device=device, fast=merge_fast)
+    t0 = time.perf_counter()
+    idx, dist, r_union, det, dev = _greedy(
+        x[union], k, int(np.searchsorted(union, start)), device=device, fast=merge_fast
+    )
+    merge_s = time.perf_counter() - t0
     idx = union[idx]
-    details = {"shards": shards, "union_rows": int(len(union)), "local_fast": fast, "merge": det}
-    return idx, dist, covering_radius(x, idx), details, dev
+    radius = covering_radius(x, idx)
+    details = {
+        "shards": shards,
+        "shard_by": shard_by,
+        "per_shard": per_shard,
+        "split": split_info,
+        "centers_per_shard": ks,
+        "union_rows": int(len(union)),
+        "local_fast": fast,
+        "seconds": {"split": round(split_s, 3), "shards": round(map_s, 3), "merge": round(merge_s, 3)},
+        "merge": det,
+        # k+1 rows of the union pairwise >= r_union apart, so OPT >= r_union / 2 and the
+        # radius is at most this many times OPT, whatever the split and per_shard.
+        "certified_ratio_to_opt": round(2.0 * radius / r_union, 4) if r_union > 0 else None,
+    }
+    return idx, dist, radius, details, dev
 
 
 # ----------------------------------------------------------------------------- entry
@@ -649,13 +697,16 @@ def select_k_center(
     device: str = "auto",
     storage: str = "auto",
     map_shards=None,
+    shard_by: str = "random",
+    per_shard: str = "full",
 ) -> KCenterResult:
     """Greedy k-center selection of ``k`` rows of ``x``, with radius, time and memory.
 
     ``seed`` draws the shard split of ``sharded``; the start row is ``start``. Methods
-    are described in the module docstring. ``map_shards(x, parts, k, start, device,
-    fast)`` runs the shards of ``sharded`` (default: here, one after another; the
-    pipeline and ``synth-empathy select`` pass the Ray version from
+    are described in the module docstring; ``shard_by`` (``random`` | ``kmeans``) and
+    ``per_shard`` (``full`` | ``proportional``) shape ``sharded``'s split and the
+    centers each shard keeps. ``map_shards(x, parts, k, start, device, fast)`` runs the
+    shards of ``sharded`` (default: here, one after another; the pipeline and ``synth-empathy select`` pass the Ray version from
     :mod:`synth_empathy.cluster.kcenter_shards`). ``storage`` is the dtype of the rows on
     a GPU (:mod:`synth_empathy.core.kcenter_device`); ``x`` may be a torch tensor there.
     """
@@ -675,7 +726,7 @@ def select_k_center(
     if used == "sharded":
         if _tensor_device(x) is not None:  # shards travel through Ray's object store
             x = x.cpu().numpy()
-        idx, dist, radius, details, dev = _sharded(x, k, start, seed, shards, device, map_shards)
+        idx, dist, radius, details, dev = _sharded(x, k, start, seed, shards, device, map_shards, shard_by, per_shard)
     else:
         idx, dist, radius, details, dev = _greedy(x, k, start, device=device, fast=used == "fast", storage=storage)
     seconds = time.perf_counter() - t0

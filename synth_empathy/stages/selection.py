@@ -6,6 +6,11 @@ farthest-first traversal, and the selected rows are written with their pick orde
 The covering radius (how far the farthest kept row is from its nearest selected
 row) goes into the report.
 
+With ``diversity.near_duplicate_cosine`` set, rows within that cosine of an earlier kept
+row (``sample_id`` order) are dropped first (:mod:`synth_empathy.core.near_duplicates`),
+counted in the info under ``dropped.near_duplicate``; ``keep_ratio`` then applies to the
+rows left, and a ``k`` above them is a :class:`~synth_empathy.errors.SelectionError`.
+
 The selection is a function of the kept rows and the seed alone: the rows are put in
 ``sample_id`` order first (Parquet parts written by Ray Data come back in no fixed
 order), and the greedy starts from a row drawn with ``numpy.random.default_rng(seed)``,
@@ -70,9 +75,13 @@ def pick(x: np.ndarray, cfg: Any, seed: int) -> tuple[np.ndarray, np.ndarray | N
     path call this, so a step on the matrix (near-duplicate removal, say) goes here.
     """
     from synth_empathy.cluster.kcenter_shards import map_shards_on_ray
-    from synth_empathy.core.kcenter import resolve_k, select_k_center
+    from synth_empathy.core.kcenter import select_k_center
+    from synth_empathy.core.near_duplicates import drop_near_duplicates
 
-    k = resolve_k(len(x), cfg.k, cfg.keep_ratio)
+    n_kept = len(x)
+    rows, near, k = drop_near_duplicates(x, cfg.near_duplicate_cosine, cfg.k, cfg.keep_ratio, device=cfg.device)
+    if near is not None:
+        x = x[rows]  # a copy of the rows left (only with near-duplicate removal on)
     start = int(np.random.default_rng(seed).integers(len(x)))
     result = select_k_center(
         x,
@@ -84,6 +93,8 @@ def pick(x: np.ndarray, cfg: Any, seed: int) -> tuple[np.ndarray, np.ndarray | N
         device=cfg.device,
         storage=cfg.storage_dtype,
         map_shards=map_shards_on_ray,
+        shard_by=cfg.shard_by,
+        per_shard=cfg.per_shard,
     )
     order = np.asarray(result.indices, dtype=np.int64)
     # Distance of each pick from the centers chosen before it: how much new ground it covers.
@@ -98,7 +109,18 @@ def pick(x: np.ndarray, cfg: Any, seed: int) -> tuple[np.ndarray, np.ndarray | N
         "seconds": float(result.seconds),
         "seed": seed,
         "start_row": start,
+        "near_duplicate_cosine": cfg.near_duplicate_cosine,
+        "dropped": {"near_duplicate": near.dropped if near is not None else 0},
+        "rows_before_near_duplicates": n_kept,
     }
+    if result.method == "sharded":
+        d = result.details
+        info["sharded"] = {
+            key: d[key] for key in ("shards", "shard_by", "per_shard", "union_rows", "certified_ratio_to_opt")
+        }
+        info["sharded"]["shard_sizes"] = d["split"]["sizes"]
+    if near is not None:
+        order = np.asarray(rows, dtype=np.int64)[order]  # rows of the matrix given, not of the one left
     return order, (None if at_pick is None else np.asarray(at_pick, dtype=np.float64)), info
 
 

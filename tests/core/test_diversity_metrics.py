@@ -5,7 +5,13 @@ import math
 import numpy as np
 import pytest
 
-from synth_empathy.core.diversity_metrics import distinct_n, diversity_report, mean_pairwise_distance
+from synth_empathy.core.diversity_metrics import (
+    distinct_n,
+    diversity_report,
+    mean_pairwise_distance,
+    nearest_neighbour_distances,
+    set_metrics,
+)
 
 
 def test_distinct_n_by_hand():
@@ -66,6 +72,9 @@ def test_diversity_report_compares_with_random_subsets_of_the_same_size():
         "distinct_1": 1.0,
         "distinct_2": 1.0,
         "mean_pairwise_distance": pytest.approx(math.sqrt(2), abs=1e-6),
+        "nn_distance_mean": pytest.approx(math.sqrt(2), abs=1e-6),
+        "nn_distance_median": pytest.approx(math.sqrt(2), abs=1e-6),
+        "nn_rows_asked": 2,
     }
     # A random pair is the distinct pair with probability 1/2: distance sqrt2 or 0.
     assert rep["random"]["n"] == 2 and rep["random"]["repeats"] == 20
@@ -82,7 +91,42 @@ def test_diversity_report_everything_selected_is_no_better_than_random():
     v = np.eye(3, dtype=np.float32)
     out = ["a b", "c d", "e f"]
     rep = diversity_report(out, v, out, v, seed=1)
-    assert rep["selected_minus_random"] == {"distinct_1": 0.0, "distinct_2": 0.0, "mean_pairwise_distance": 0.0}
+    assert set(rep["selected_minus_random"]) == {
+        "distinct_1",
+        "distinct_2",
+        "mean_pairwise_distance",
+        "nn_distance_mean",
+        "nn_distance_median",
+    }
+    assert all(v == 0.0 for v in rep["selected_minus_random"].values())
+
+
+def test_nearest_neighbour_distances_match_brute_force(monkeypatch):
+    import synth_empathy.core.diversity_metrics as D
+
+    monkeypatch.setattr(D, "_NN_ROWS", 16)  # several row and column blocks on 300 rows
+    monkeypatch.setattr(D, "_NN_COLS", 37)
+    x = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    x[7] = x[5]  # a copy: both at distance 0
+    full = np.sqrt(((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1))
+    np.fill_diagonal(full, np.inf)
+    ref = full.min(axis=1)
+    got = nearest_neighbour_distances(x)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert got[5] == got[7] == 0.0
+    # Above max_queries: a seeded sample of rows, each still against the whole set.
+    ask = np.sort(np.random.default_rng(3).choice(300, 50, replace=False))
+    np.testing.assert_allclose(nearest_neighbour_distances(x, max_queries=50, seed=3), ref[ask], atol=1e-5)
+    assert nearest_neighbour_distances(x[:1]).size == 0
+
+
+def test_nn_distance_sees_copies_that_the_mean_pairwise_distance_misses():
+    r = np.random.default_rng(1)
+    spread = r.normal(size=(40, 16))
+    copies = np.concatenate([spread[:20], spread[:20]])  # each row twice
+    a, b = set_metrics([""] * 40, spread), set_metrics([""] * 40, copies)
+    assert b["mean_pairwise_distance"] > 0.9 * a["mean_pairwise_distance"]
+    assert b["nn_distance_mean"] == 0.0 < a["nn_distance_mean"]
 
 
 def test_diversity_report_rejects_mismatched_inputs():

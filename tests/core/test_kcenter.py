@@ -239,17 +239,51 @@ def local_ray():
     ray.shutdown()
 
 
-def test_sharded_on_local_ray_within_documented_bound(local_ray):
+@pytest.mark.parametrize("shard_by", ["random", "kmeans"])
+def test_sharded_on_local_ray_within_documented_bound(local_ray, shard_by):
     x = clustered(4000, d=32, clusters=25, seed=7)
     k = 40
     exact = K.select_k_center(x, k, method="exact", start=11)
-    sharded = K.select_k_center(x, k, method="auto", start=11, shards=4, seed=1, map_shards=map_shards_on_ray)
-    assert sharded.method == "sharded"
+    sharded = K.select_k_center(
+        x, k, method="auto", start=11, shards=4, seed=1, map_shards=map_shards_on_ray, shard_by=shard_by
+    )
+    assert sharded.method == "sharded" and sharded.details["shard_by"] == shard_by
+    assert len(sharded.details["split"]["sizes"]) == 4 and min(sharded.details["split"]["sizes"]) > 0
     assert sharded.indices[0] == 11 and len(np.unique(sharded.indices)) == k
     assert sharded.radius == pytest.approx(K.covering_radius(x, sharded.indices), rel=1e-6)
     ratio = sharded.radius / exact.radius
     print(f"sharded / exact covering radius: {ratio:.3f}")
     assert ratio <= 4.0  # Malkomes et al.: 4 OPT, and exact greedy >= OPT
+
+
+def test_one_gpu_per_shard_task_only_where_there_are_gpus(local_ray):
+    from synth_empathy.cluster.kcenter_shards import _gpus_per_task
+
+    assert _gpus_per_task("cuda") == _gpus_per_task("cuda:1") == 1
+    assert _gpus_per_task("cpu") == _gpus_per_task("torch-cpu") == 0
+    assert _gpus_per_task("auto") == int(local_ray.cluster_resources().get("GPU", 0) >= 1)
+
+
+def test_pipeline_selection_reports_the_shards(local_ray):
+    # Here, not in tests/stages, to share this module's Ray instead of starting one more.
+    import pyarrow as pa
+    from omegaconf import OmegaConf
+
+    from synth_empathy.config import DiversityConfig
+    from synth_empathy.stages.selection import select
+
+    x = clustered(120, d=16, clusters=6, seed=2)
+    table = pa.table(
+        {"sample_id": [f"s{i:03d}" for i in range(120)], "embedding": pa.array(list(x), type=pa.list_(pa.float32()))}
+    )
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(DiversityConfig),
+        {"keep_ratio": 0.2, "method": "sharded", "shards": 3, "shard_by": "kmeans"},
+    )
+    _, info = select(table, cfg, seed=0)
+    s = info["sharded"]
+    assert s["shard_by"] == "kmeans" and len(s["shard_sizes"]) == 3 and sum(s["shard_sizes"]) == 120
+    assert s["union_rows"] <= 120 and s["certified_ratio_to_opt"] >= 1.0
 
 
 # ----------------------------------------------------------------------------- Parquet
@@ -310,6 +344,8 @@ def bad_embedding_table(kind: str) -> pa.Table:
         rows[1] = [1.0, float("nan"), 1.0]
     if kind == "null":
         rows[1] = None
+    if kind == "dups":
+        rows[1] = [0.0, 2.0, 4.0]  # row 0 twice as long: cosine 1
     return pa.table({"sample_id": ["a", "b", "c"], "embedding": pa.array(rows, type=pa.list_(pa.float32()))})
 
 
@@ -327,6 +363,9 @@ def bad_embedding_table(kind: str) -> pa.Table:
         ("ok", ["--k", "1", "--ratio", "0.5"], "not allowed with argument"),
         ("ok", ["diversity.kk=1"], "unknown config key 'diversity.kk'"),
         ("ok", ["--k", "1", "--shards", "0"], "shards"),
+        ("dups", ["--k", "3", "diversity.near_duplicate_cosine=0.99"], "k=3 is larger than the 2 rows left after"),
+        ("ok", ["--k", "1", "diversity.near_duplicate_cosine=1.5"], "near_duplicate_cosine must be in (0, 1]"),
+        ("ok", ["--k", "1", "diversity.shard_by=hash"], "shard_by must be random or kmeans"),
     ],
 )
 def test_bad_input_one_line_and_nothing_written(tmp_path, capsys, kind, args, fragment):
@@ -338,6 +377,14 @@ def test_bad_input_one_line_and_nothing_written(tmp_path, capsys, kind, args, fr
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert fragment in err
     assert not out.exists()
+
+
+def test_run_selection_drops_near_duplicates_first(tmp_path):
+    pq.write_table(bad_embedding_table("dups"), tmp_path / "in.parquet")
+    rep = S.run_selection(str(tmp_path / "in.parquet"), str(tmp_path / "out"), k=2, near_duplicate_cosine=0.99)
+    got = pq.read_table(tmp_path / "out" / "selected.parquet").column("sample_id").to_pylist()
+    assert sorted(got) == ["a", "c"] and rep["dropped"] == {"near_duplicate": 1}
+    assert rep["rows_after_near_duplicates"] == 2 and rep["rows"] == 3
 
 
 def test_bad_input_paths(tmp_path, capsys):

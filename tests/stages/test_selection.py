@@ -2,11 +2,13 @@
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from omegaconf import OmegaConf
 
 from helpers import scored_run
 from synth_empathy.config import DiversityConfig
 from synth_empathy.core.kcenter import select_k_center
+from synth_empathy.errors import SelectionError
 from synth_empathy.stages.selection import embeddings_matrix, select
 
 
@@ -54,7 +56,8 @@ def test_no_kept_rows_selects_nothing():
     assert chosen.num_rows == 0 and "pick_order" in chosen.column_names and info["selected"] == 0
 
 
-def test_streaming_stage_writes_the_rows_and_columns_of_the_in_memory_selection(tmp_path):
+@pytest.mark.parametrize("near", [None, 0.8])  # with near-duplicates dropped, picks map back to the kept rows
+def test_streaming_stage_writes_the_rows_and_columns_of_the_in_memory_selection(tmp_path, near):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -62,7 +65,7 @@ def test_streaming_stage_writes_the_rows_and_columns_of_the_in_memory_selection(
     from synth_empathy.stages.selection import select_stage
 
     store, rows = scored_run(tmp_path)
-    c = cfg(keep_ratio=0.3, method="exact")
+    c = cfg(keep_ratio=0.3, method="exact", near_duplicate_cosine=near)
     expected, info_mem = select(rows.filter(pc.field("kept")), c, seed=7)
     info = select_stage(store, c, seed=7, part_rows=25)  # several windows, several parts
 
@@ -72,6 +75,7 @@ def test_streaming_stage_writes_the_rows_and_columns_of_the_in_memory_selection(
     assert got.schema.equals(schemas.SELECTED, check_metadata=False)
     assert got.equals(schemas.conform(expected, schemas.SELECTED))  # same ids, order, every column
     assert {**info, "seconds": 0} == {**info_mem, "seconds": 0}
+    assert (info["dropped"]["near_duplicate"] > 0) == (near is not None)
 
 
 def test_export_streams_the_selection_in_pick_order_whatever_the_part_order(tmp_path):
@@ -113,3 +117,36 @@ def test_kept_row_without_an_embedding_is_a_one_line_error(tmp_path):
     )
     with pytest.raises(SelectionError, match=r"scored: kept row s004 has no embedding"):
         kept_matrix(pds.dataset(table))
+
+
+def test_near_duplicates_dropped_before_k_center_and_counted():
+    table, x = kept_table(n=30)
+    # Rows 30..39 repeat rows 0..9 (a corpus that repeats itself); sample_ids sort after.
+    copies = pa.table(
+        {
+            "sample_id": [f"t{i:03d}" for i in range(10)],
+            "output": [f"again {i}" for i in range(10)],
+            "embedding": pa.array(list(x[:10] * 2.0), type=pa.list_(pa.float32())),  # same direction
+        }
+    )
+    both = pa.concat_tables([table, copies])
+    chosen, info = select(both, cfg(keep_ratio=0.5, near_duplicate_cosine=0.999), seed=0)
+    assert info["dropped"] == {"near_duplicate": 10} and info["rows_before_near_duplicates"] == 40
+    assert info["candidates"] == 30 and info["selected"] == 15  # the ratio applies to the rows left
+    assert not any(s.startswith("t") for s in chosen.column("sample_id").to_pylist())
+    _, off = select(both, cfg(keep_ratio=0.5), seed=0)  # off by default
+    assert off["dropped"] == {"near_duplicate": 0} and off["candidates"] == 40
+
+
+def test_k_above_the_rows_left_after_near_duplicates_is_one_line():
+    table, x = kept_table(n=6)
+    dup = pa.table(
+        {
+            "sample_id": ["z0", "z1"],
+            "output": ["a", "b"],
+            "embedding": pa.array([x[0], x[1]], type=pa.list_(pa.float32())),
+        }
+    )
+    with pytest.raises(SelectionError) as e:
+        select(pa.concat_tables([table, dup]), cfg(keep_ratio=None, k=7, near_duplicate_cosine=0.99), seed=0)
+    assert "\n" not in str(e.value) and "k=7 is larger than the 6 rows left" in str(e.value)
