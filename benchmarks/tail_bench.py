@@ -18,7 +18,7 @@ Every table is written in chunks, so building needs memory for one chunk.
 
 Peak memory: the resident set (RSS) summed over the run's process tree (the driver and
 the Ray processes it starts), sampled every 0.2 s, and the driver's own RSS; shared pages
-count once per process, so the tree figure is an upper bound. A step runs from one log
+count in every process that maps them, so the tree figure is an upper bound. A step runs from one log
 line of the run to the next: start-up (imports, preflight, Ray, the finished stages read
 back) until ``[selected] running``, selection until ``[selected] done``, export until
 ``[export]``, report (with its plots) until ``report:``, card until ``dataset card:``.
