@@ -174,15 +174,18 @@ def test_judge_command_rates_a_runs_export_and_resumes_by_id(run, tmp_path):
     assert f"judged {n} of {n} rows" in again.stdout
 
 
-def test_the_run_folder_loads_as_a_hugging_face_dataset(run):
+def test_the_run_folder_loads_as_a_hugging_face_dataset(run, tmp_path):
     import datasets
 
     run_dir, _, _ = run
+    # datasets caches a local folder by its name and file layout, not its contents: an
+    # older run folder also called e2e would be read back from the shared cache.
+    cache = str(tmp_path / "hf-cache")
     card = (run_dir / "README.md").read_text()
     assert card.startswith("---\n") and "config_name: selected" in card and "task_categories" in card
-    loaded = datasets.load_dataset(str(run_dir), "selected", split="train")
+    loaded = datasets.load_dataset(str(run_dir), "selected", split="train", cache_dir=cache)
     table = read(run_dir, "selected")
     assert sorted(loaded["sample_id"]) == sorted(table.column("sample_id").to_pylist())
     assert set(loaded.column_names) == set(table.column_names)
-    scored = datasets.load_dataset(str(run_dir), "scored", split="train")
+    scored = datasets.load_dataset(str(run_dir), "scored", split="train", cache_dir=cache)
     assert len(scored) == read(run_dir, "scored").num_rows

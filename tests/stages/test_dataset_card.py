@@ -34,6 +34,6 @@ def test_card_names_the_tables_present_and_datasets_loads_them(tmp_path):
     assert [c["config_name"] for c in header["configs"]] == ["selected"]  # only what exists
     assert header["size_categories"] == ["n<1K"] and "no_rounds: 1" in text
     assert "quality:" in text  # the resolved config is in the card
-    selected = datasets.load_dataset(str(run), "selected", split="train")
+    selected = datasets.load_dataset(str(run), "selected", split="train", cache_dir=str(tmp_path / "hf-cache"))
     assert sorted(selected["sample_id"]) == ["a#g0", "b#g0"]
     assert "selected.alpaca.jsonl" in text
