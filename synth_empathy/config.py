@@ -42,7 +42,9 @@ class EngineConfig:
     replicas: int = opt(1, "engine replicas (Ray actors) working in parallel")
     gpus_per_replica: int = opt(0, "GPUs per replica; 0 runs vLLM's CPU backend")
     cpus_per_replica: float = opt(
-        1.0, "CPUs reserved per replica when it has no GPU; with cpu_threads_bind=auto also the cores it computes on"
+        1.0,
+        "CPUs reserved per replica when it has no GPU; with cpu_threads_bind=auto also the cores it "
+        "computes on, unless it is the only replica on this machine (then all of them)",
     )
     tensor_parallel_size: int = opt(1, "tensor parallel degree inside one replica")
     pipeline_parallel_size: int = opt(1, "pipeline parallel degree inside one replica")
@@ -64,10 +66,11 @@ class EngineConfig:
     )
     cpu_threads_bind: str = opt(
         "auto",
-        "CPU engines: cores for vLLM's compute threads. auto: as many as cpus_per_replica "
-        "(cores 0..c-1; 1 = core 0, the faster choice on a shared 2-core machine, 2 = both, "
-        "faster on an idle one: benchmarks/README.md); vllm: vLLM's own (all but one core "
-        "of the node); nobind; or VLLM_CPU_OMP_THREADS_BIND ids like 0-1 or 0-3|4-7",
+        "CPU engines: cores for vLLM's compute threads. auto: every core of this machine for a "
+        "single local replica (idle 2-core EPYC: 1.57x one core), else as many as cpus_per_replica "
+        "(cores 0..c-1); on a machine shared with other heavy jobs one core was faster: set 0 "
+        "(benchmarks/README.md); vllm: vLLM's own (all but one core of the node); nobind; or "
+        "VLLM_CPU_OMP_THREADS_BIND ids like 0-1 or 0-3|4-7",
     )
     enforce_eager: bool = opt(True, "skip graph capture/compilation (faster start, CPU-safe)")
     max_num_seqs: Optional[int] = opt(None, "most sequences an engine runs at once (vLLM default)")

@@ -175,20 +175,22 @@ def memory_share(requested: float | str, device: str, dtype: str) -> tuple[float
 
 
 def cpu_threads_env(
-    bind: str, cpus: float = 1.0, ranks: int = 1, max_cores: int | None = None
+    bind: str, cpus: float = 1.0, ranks: int = 1, max_cores: int | None = None, replicas: int = 1
 ) -> tuple[dict[str, str], str]:
     """Environment for a CPU engine's worker from ``engine.cpu_threads_bind``, and why.
 
     vLLM (0.32) binds its compute threads once at engine start; left alone it holds one
-    core back for its scheduler process and binds the rest of the node. ``auto`` binds
-    as many cores as the replica reserves in Ray (``cpus``, at least 1, at most
-    ``max_cores`` when the engine runs on this machine): cores 0..c-1 through
-    ``VLLM_CPU_OMP_THREADS_BIND``. On a 2-core EPYC shared with other jobs one core was
-    the faster choice (float32 132.7 vs 19.8 tokens/s; compute threads on every core
-    stall whenever another process takes one of them), on an idle one both cores were
-    (124 vs 64, AVX2), so the replica's reservation, which also tells Ray what to keep
-    free, decides. ``vllm`` keeps vLLM's own binding; anything else is passed as
-    ``VLLM_CPU_OMP_THREADS_BIND`` (``0-1``, ``0-3|4-7`` for two ranks, ``nobind``).
+    core back for its scheduler process and binds the rest of the node. ``auto``: a
+    single replica on this machine (``max_cores`` known: a local Ray) computes on every
+    core, ``0..max_cores-1``: on an idle 2-core EPYC (Zen 4) both cores gave 1.57x one core
+    in plain vLLM (float32 261 vs 167 tokens/s, bf16 404 vs 277) and the default run took
+    320 s instead of 397 s, with Ray's own processes on the same cores (benchmarks/README.md).
+    Elsewhere (several replicas here, or engines on a cluster's nodes) it binds as many
+    cores as the replica reserves in Ray (``cpus``, at least 1), so replicas do not share
+    cores. A machine shared with other heavy jobs is the exception: there one core was
+    faster (compute threads on every core stall whenever another process takes one);
+    set ``cpu_threads_bind=0`` there. ``vllm`` keeps vLLM's own binding; anything else is
+    passed as ``VLLM_CPU_OMP_THREADS_BIND`` (``0-1``, ``0-3|4-7`` for two ranks, ``nobind``).
     """
     if bind == "vllm":
         return {}, "vllm: vLLM's own binding (one core held back for its scheduler)"
@@ -196,11 +198,15 @@ def cpu_threads_env(
         return {"VLLM_CPU_OMP_THREADS_BIND": bind}, "set in the config"
     if ranks > 1:
         return {}, "auto with several CPU ranks: vLLM's own binding (one NUMA node a rank)"
-    c = max(1, int(cpus))
-    if max_cores:
-        c = min(c, max_cores)
+    if max_cores and replicas == 1:
+        c, why = max_cores, f"auto: all {max_cores} core(s) of this machine (one replica here)"
+    else:
+        c = max(1, int(cpus))
+        if max_cores:
+            c = min(c, max_cores)
+        why = f"auto: {c} core(s), as many as the replica reserves"
     ids = "0" if c == 1 else f"0-{c - 1}"
-    return {"VLLM_CPU_OMP_THREADS_BIND": ids}, f"auto: {c} core(s), as many as the replica reserves"
+    return {"VLLM_CPU_OMP_THREADS_BIND": ids}, why
 
 
 _CPU_IDS = r"\d+(-\d+)?(,\d+(-\d+)?)*"
@@ -263,7 +269,7 @@ def resolve_engine(engine, where: str = "engine", hw: Hardware | None = None, ma
     if device == "cpu":
         ranks = engine.tensor_parallel_size * engine.pipeline_parallel_size
         out["env"], out["threads_reason"] = cpu_threads_env(
-            engine.cpu_threads_bind, engine.cpus_per_replica, ranks, max_cores
+            engine.cpu_threads_bind, engine.cpus_per_replica, ranks, max_cores, engine.replicas
         )
     else:
         out["env"] = {}

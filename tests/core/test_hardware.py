@@ -70,7 +70,13 @@ def test_thread_binding_env():
     assert H.cpu_threads_env("auto", 1.0)[0] == {"VLLM_CPU_OMP_THREADS_BIND": "0"}
     assert H.cpu_threads_env("auto", 0.5)[0] == {"VLLM_CPU_OMP_THREADS_BIND": "0"}
     assert H.cpu_threads_env("auto", 2.0)[0] == {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}
-    assert H.cpu_threads_env("auto", 8.0, max_cores=2)[0] == {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}
+    assert H.cpu_threads_env("auto", 8.0, max_cores=2, replicas=2)[0] == {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}
+    # One replica on this machine computes on all of it; several keep to their reservation.
+    assert H.cpu_threads_env("auto", 1.0, max_cores=2) == (
+        {"VLLM_CPU_OMP_THREADS_BIND": "0-1"},
+        "auto: all 2 core(s) of this machine (one replica here)",
+    )
+    assert H.cpu_threads_env("auto", 1.0, max_cores=8, replicas=4)[0] == {"VLLM_CPU_OMP_THREADS_BIND": "0"}
     assert H.cpu_threads_env("auto", 2.0, ranks=2)[0] == {}  # tp x pp ranks: vLLM's own per-rank lists
     assert H.cpu_threads_env("vllm", 2.0)[0] == {}
     assert H.cpu_threads_env("0-3|4-7", 1.0) == ({"VLLM_CPU_OMP_THREADS_BIND": "0-3|4-7"}, "set in the config")
@@ -97,8 +103,10 @@ def test_config_load_records_the_choice_on_both_machines():
     g, d = cfg.generation.engine.resolved, cfg.discriminator.engine.resolved
     assert (g.dtype, g.memory_utilization, g.memory_reason) == ("float32", 0.2, "set in the config")
     assert (d.dtype, d.memory_utilization) == ("float32", 0.3)
-    assert "no avx512_bf16" in d.dtype_reason and d.env == {"VLLM_CPU_OMP_THREADS_BIND": "0"}
-    assert d.threads_reason == "auto: 1 core(s), as many as the replica reserves"
+    cores = H.local_cores()
+    assert "no avx512_bf16" in d.dtype_reason
+    assert d.env == {"VLLM_CPU_OMP_THREADS_BIND": "0" if cores == 1 else f"0-{cores - 1}"}
+    assert d.threads_reason == f"auto: all {cores} core(s) of this machine (one replica here)"
     assert cfg.generation.engine.dtype == "auto"  # what was asked stays
     resolve_hardware(cfg, ZEN4)
     d = cfg.discriminator.engine.resolved

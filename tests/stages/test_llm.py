@@ -12,6 +12,8 @@ from synth_empathy.core import hardware as H
 from synth_empathy.stages import llm
 
 AVX2 = H.Hardware(cpu_model="AMD EPYC 7B13", cpu_flags=frozenset({"avx2"}))
+# cpu_threads_bind=auto: one local replica computes on every core of this machine
+ALL_CORES = "0" if H.local_cores() == 1 else f"0-{H.local_cores() - 1}"
 ZEN4 = H.Hardware(cpu_model="AMD EPYC 9B14", cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16"}))
 
 
@@ -22,7 +24,7 @@ def test_engine_kwargs_use_the_loaded_choice(hw, dtype, share):
     kw = llm.engine_kwargs(cfg.generation.engine)
     assert kw["dtype"] == dtype and kw["gpu_memory_utilization"] == share
     assert kw["max_num_seqs"] == 8 and kw["swap_space"] == 1 and kw["enforce_eager"] is True
-    assert llm.engine_env(cfg.generation.engine) == {"VLLM_CPU_OMP_THREADS_BIND": "0"}
+    assert llm.engine_env(cfg.generation.engine) == {"VLLM_CPU_OMP_THREADS_BIND": ALL_CORES}
 
 
 def test_explicit_values_pass_through():
@@ -71,7 +73,7 @@ def test_processor_config_carries_the_env_to_the_engine_actor(caplog):
     with caplog.at_level(logging.INFO, logger="synth_empathy"):
         pc = stage.processor_config(model_path="/nonexistent/model")
     assert "[llm] engine: dtype bfloat16 (cpu has avx512_bf16); memory_utilization 0.15" in caplog.text
-    assert pc.runtime_env == {"env_vars": {"VLLM_CPU_OMP_THREADS_BIND": "0"}}
+    assert pc.runtime_env == {"env_vars": {"VLLM_CPU_OMP_THREADS_BIND": ALL_CORES}}
     assert pc.engine_kwargs["dtype"] == "bfloat16"
     cfg = load_config("default", ["generation.engine.cpu_threads_bind=vllm"])
     assert llm.LLMStage(cfg.generation.engine, cfg.generation.sampling).processor_config("/m").runtime_env is None
