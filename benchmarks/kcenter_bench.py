@@ -4,7 +4,7 @@ Every case runs in its own process (so peak memory is per case); inside it, in t
 
 1. the plain baseline, numpy, one matrix-vector product per step (the fast plain form);
 2. ``exact`` (lazy exact greedy; its radius is the exact-greedy reference);
-3. ``fast`` (bf16 ranking where the CPU has it, float32 distances);
+3. ``fast`` (bf16 ranking where the CPU has it, else int8 on AVX2; float32 distances);
 4. optionally ``sharded`` on a local Ray (2 CPUs);
 5. the plain baseline in its published form, torch ``pairwise_distance`` per step.
 

@@ -158,8 +158,26 @@ def choose_dtype(requested: str, device: str, hw: Hardware, where: str = "dtype"
 
 
 def bf16_native(hw: Hardware | None = None) -> bool:
-    """Whether this CPU computes bf16 natively (the k-center ``fast`` path asks this)."""
+    """Whether this CPU computes bf16 natively."""
     return choose_dtype("auto", "cpu", hw or detect()).dtype == "bfloat16"
+
+
+# x86 flags with which an int8 x int8 -> int32 product (oneDNN through torch._int_mm)
+# beats the float32 BLAS: AVX2's vpmaddubsw/vpmaddwd pair, or VNNI (AVX-512 or AVX).
+INT8_FLAGS = ("avx2", "avx512_vnni", "avx_vnni")
+
+
+def kcenter_ranking(hw: Hardware | None = None) -> str | None:
+    """Low precision in which the k-center ``fast`` path ranks centers on this CPU:
+    ``bfloat16`` where it is native, else ``int8`` on x86 with AVX2 or VNNI, else None
+    (``fast`` is then the exact float32 path). Whether torch can run it is the caller's
+    check (:mod:`synth_empathy.core.kcenter`)."""
+    hw = hw or detect()
+    if bf16_native(hw):
+        return "bfloat16"
+    if any(f in hw.cpu_flags for f in INT8_FLAGS):
+        return "int8"
+    return None
 
 
 def memory_share(requested: float | str, device: str, dtype: str) -> tuple[float, str]:

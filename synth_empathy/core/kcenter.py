@@ -21,13 +21,27 @@ memory-bound matrix-vector product per step. Methods here:
      machine's peak) instead of one memory-bound pass per pick.
 
   Bound: identical to the plain greedy, so 2 x OPT.
-* ``fast`` - the same algorithm, but on a CPU with native bfloat16 (AVX512-BF16 or AMX)
-  each refresh ranks the new centers in bf16 (about 2.7x the float32 rate) and keeps the
-  float32 distance to the nearest one as ranked; the pool and the reported radius stay
-  float32 and exact. A kept distance exceeds the true one only when two centers are
-  within the bf16 error E <= 0.04 max|x|^2 (squared distance) of each other, so each
-  pick is farthest up to 2E and the covering radius is at most sqrt((2 OPT)^2 + 2E)
-  (measured: within 0.01 % of ``exact``). Without native bf16, ``fast`` is ``exact``.
+* ``fast`` - the same algorithm, but each refresh ranks the new centers in low precision
+  and keeps the float32 distance to the nearest one as ranked; the pool and the reported
+  radius stay float32 and exact. The precision (:func:`hardware.kcenter_ranking`):
+
+  - **bf16** on a CPU with native bfloat16 (AVX512-BF16 or AMX): about 2.7x the float32
+    rate; score error E <= 0.04 max|x|^2 (squared distance).
+  - **int8** elsewhere on x86 with AVX2 (or VNNI): every row is quantised once with its
+    own scale, ``x = s_x q_x + dx``, ``s_x = max_i |x_i| / 127``, ``q_x`` in [-127, 127],
+    so each element's rounding is at most ``s_x / 2`` and ``|dx| <= sqrt(d) s_x / 2 <=
+    sqrt(d) |x| / 254``. The ranked score ``|c|^2 - 2 s_x s_c <q_x, q_c>`` (exact int32
+    sums, ``torch._int_mm``) differs from ``|c|^2 - 2 <x, c>`` by ``2 |<dx, c> + <x - dx,
+    dc>|``, so by at most **E = 2 r (2 M + r)**, r the largest residual norm |dx| and M
+    the largest row norm; a priori E <= 0.33 M^2 at d = 384, measured on the input and
+    reported as ``details["ranking_error_bound"]`` (about 0.05 M^2 on unit vectors,
+    d = 384). On AVX2 kernels this ranks a score in ~2.5-3.3 ns against ~4-5 ns for the
+    float32 product (2 cores; benchmarks/README.md).
+
+  With either, the center kept for a row is nearest up to 2E, so a kept distance exceeds
+  the true one by at most 2E (squared), each pick is farthest up to 2E and the covering
+  radius is at most sqrt((2 OPT)^2 + 2E) (measured: within 0.12 % of ``exact``). Without
+  either (no torch, no AVX2), ``fast`` is ``exact``.
 * ``sharded`` - two-round composable coreset (Malkomes, Kusner, Chen, Weinberger and
   Moseley, NeurIPS 2015): rows are split into ``shards`` parts (``shard_by``: random, or
   k-means regions, :mod:`synth_empathy.core.shard_split`), each part runs the greedy for
@@ -58,6 +72,7 @@ so the products are called directly.
 from __future__ import annotations
 
 import math
+import os
 import resource
 import time
 import warnings
@@ -258,23 +273,133 @@ class _BF16:
     about 2.7x the float32 BLAS rate on the benchmark machine. Used only to find each
     row's nearest new center; the distance kept is recomputed in float32."""
 
-    name = "cpu-bf16"
+    name = "bf16"
 
-    def __init__(self):
+    def __init__(self, xs: np.ndarray, xn: np.ndarray, cap: int):
         import torch
 
-        self.t = torch
-
-    def put(self, a):
-        a = np.ascontiguousarray(a)
+        self.t = t = torch
         with warnings.catch_warnings():  # read-only input: converted, never written
             warnings.simplefilter("ignore", UserWarning)
-            return self.t.from_numpy(a).to(self.t.bfloat16)
+            self.ax = t.from_numpy(np.ascontiguousarray(xs)).to(t.bfloat16)
+        self.ax_bits = self.ax.view(t.int16).numpy()  # same memory, for numpy gathers
+        self.xn = xn
+        self.ac2 = t.empty((cap, xs.shape[1]), dtype=t.bfloat16)
+        self.acn = t.empty(cap, dtype=t.bfloat16)
 
-    def min_arg(self, a, b2, bn):
-        """Per row of ``a``: (smallest |b|^2 - 2ab, its column), |a|^2 left out; all bf16,
-        the |b|^2 added inside the product so the big matrix is written once."""
-        return self.t.addmm(bn[None, :], a, b2.T).min(dim=1)
+    def add(self, a: int, b: int, pos: np.ndarray):
+        tp = self.t.from_numpy(pos)
+        self.ac2[a:b] = -2.0 * self.ax[tp]  # exact in bf16: a power of two
+        self.acn[a:b] = self.t.from_numpy(self.xn[pos])
+
+    def rows(self, g: np.ndarray):
+        return self.t.from_numpy(self.ax_bits[g]).view(self.t.bfloat16)
+
+    def min_arg(self, xr, c: int, e: int):
+        """Per row: (smallest |b|^2 - 2ab over centers c:e, its column), |a|^2 left out;
+        all bf16, the |b|^2 added inside the product so the big matrix is written once."""
+        v, j = self.t.addmm(self.acn[c:e][None, :], xr, self.ac2[c:e].T).min(dim=1)
+        return v.float().numpy(), j.numpy()
+
+    def error_bound(self) -> float | None:
+        return None  # documented a priori: E <= 0.04 max|x|^2
+
+
+_I8_ROWS = 512  # rows per int8 product: the int32 block (512 x 2048) stays in cache
+
+
+class _Int8:
+    """int8 x int8 -> int32 products (``torch._int_mm``: oneDNN, AVX2 vpmaddubsw or VNNI)
+    where bf16 is not native: 1.5-2x the float32 rate per row x center score on AVX2
+    kernels, scaling included (benchmarks/kcenter_int8_bench.py). Every row is quantised once with its own scale,
+    ``x ~ s_x q_x``, ``s_x = max|x_i| / 127``; a center keeps its row's ``q`` and ``s``.
+    The ranked score ``|c|^2 - 2 s_x s_c <q_x, q_c>`` is divided by ``s_x`` (a row's
+    ranking does not change), so one pass over the int32 block scales and offsets it.
+    Used only to find each row's nearest new center; the distance kept is float32."""
+
+    name = "int8"
+
+    def __init__(self, xs: np.ndarray, xn: np.ndarray, cap: int):
+        import torch
+
+        self.t = t = torch
+        n, d = xs.shape
+        self.q = np.empty((n, d), dtype=np.int8)
+        self.s = np.empty(n, dtype=np.float32)
+        res = np.empty(n, dtype=np.float32)  # |x - s q|: the rounding residual, for E
+        for i in range(0, n, _CHUNK):
+            c = xs[i : i + _CHUNK]
+            s = np.abs(c).max(axis=1) / np.float32(127.0)
+            s[s == 0] = 1.0  # a zero row quantises to zeros whatever its scale
+            q = np.rint(c / s[:, None])
+            self.q[i : i + _CHUNK] = q
+            self.s[i : i + _CHUNK] = s
+            res[i : i + _CHUNK] = np.linalg.norm(c - s[:, None] * q, axis=1)
+        self.inv = (1.0 / self.s).astype(np.float32)
+        self.xn = xn
+        # E bound (see error_bound): the largest residual and the largest norm.
+        self.res_max = float(res.max())
+        self.norm_max = float(np.sqrt(xn.max()))
+        self.cq = t.empty((cap, d), dtype=t.int8)
+        self.cw = t.empty(cap, dtype=t.float32)  # -2 s_c
+        self.cn = t.empty(cap, dtype=t.float32)  # |c|^2
+
+    def add(self, a: int, b: int, pos: np.ndarray):
+        t = self.t
+        self.cq[a:b] = t.from_numpy(self.q[pos])
+        self.cw[a:b] = t.from_numpy(-2.0 * self.s[pos])
+        self.cn[a:b] = t.from_numpy(self.xn[pos])
+
+    def rows(self, g: np.ndarray):
+        return self.t.from_numpy(self.q[g]), self.t.from_numpy(self.inv[g])
+
+    def min_arg(self, xr, c: int, e: int):
+        """Per row: (smallest (|c|^2 - 2 s_x s_c <q_x, q_c>) / s_x over centers c:e, its
+        column): comparable across center blocks of the same row, not across rows."""
+        t = self.t
+        q, inv = xr
+        cq, cw, cn = self.cq[c:e].T, self.cw[c:e], self.cn[c:e]
+        v = np.empty(len(q), dtype=np.float32)
+        j = np.empty(len(q), dtype=np.int64)
+        for i in range(0, len(q), _I8_ROWS):
+            g = t._int_mm(q[i : i + _I8_ROWS], cq) * cw  # int32 exact, then float32
+            g.addr_(inv[i : i + _I8_ROWS], cn)
+            # numpy's SIMD argmin: ~0.07 ns per score here, torch's min(dim=1) ~0.9 ns
+            g = g.numpy()
+            bj = g.argmin(axis=1)
+            v[i : i + len(g)], j[i : i + len(g)] = g[np.arange(len(g)), bj], bj
+        return v, j
+
+    def error_bound(self) -> float:
+        """E: the largest |ranked - true| score (squared-distance units) over any row x and
+        center c. With residuals dx = x - s_x q_x, dc likewise (|.| <= sqrt(d) s / 2),
+        <x, c> - <x - dx, c - dc> = <dx, c> + <x - dx, dc>, so the score error is at most
+        2 (|dx| |c| + (|x| + |dx|) |dc|) <= 2 r (2 M + r), r the largest residual norm and
+        M the largest row norm (int32 sums are exact; float32 scaling adds ~1e-7 relative)."""
+        r, m = self.res_max, self.norm_max
+        return 2.0 * r * (2.0 * m + r)
+
+
+RANKINGS = {"bfloat16": _BF16, "int8": _Int8}
+
+
+def _ranking() -> str | None:
+    """The low precision ``fast`` ranks in on this CPU (:func:`hardware.kcenter_ranking`);
+    the environment variable SYNTH_EMPATHY_KCENTER_RANKING (bfloat16, int8 or float32)
+    overrides it, so the benchmark can compare them on one machine. None: no ranking
+    pass (torch missing, or no int8 product in this torch)."""
+    want = os.environ.get("SYNTH_EMPATHY_KCENTER_RANKING") or hardware.kcenter_ranking()
+    if want in (None, "float32"):
+        return None
+    if want not in RANKINGS:
+        raise SelectionError(f"SYNTH_EMPATHY_KCENTER_RANKING must be bfloat16, int8 or float32, got {want!r}")
+    try:
+        import torch
+    except ImportError:
+        return None
+    if want == "int8" and not hasattr(torch, "_int_mm"):
+        return None
+    return want
 
 
 def _on_device(x, device: str) -> str | None:
@@ -318,7 +443,7 @@ def _tensor_device(x) -> str | None:
 # ----------------------------------------------------------------------------- engine
 
 _ROWS, _CENTERS = 4096, 2048  # one product block: 32 MiB of float32
-_BF16_MIN_CENTERS = 256
+_APPROX_MIN_CENTERS = 256
 
 
 class _Lazy:
@@ -326,9 +451,10 @@ class _Lazy:
 
     ``u[i]`` is row i's squared distance to the first ``last[i]`` centers: exact for that
     prefix (up to float32 rounding) and an upper bound for the whole chosen set.
-    ``u = -1`` marks a chosen row. With ``approx`` (bf16), a refresh keeps the float32
-    distance to the nearest center *as ranked in bf16*: still an upper bound, and above
-    the exact one only when two centers are within bf16 error of each other.
+    ``u = -1`` marks a chosen row. With ``approx`` (``bfloat16`` or ``int8``, a key of
+    :data:`RANKINGS`), a refresh keeps the float32 distance to the nearest center *as
+    ranked in that precision*: still an upper bound, and above the exact one only when
+    two centers are within the ranking error of each other.
     """
 
     def __init__(self, xs: np.ndarray, orig: np.ndarray, k: int, be, approx=None):
@@ -351,11 +477,7 @@ class _Lazy:
             self.gc2 = be.t.empty((cap, self.d), dtype=be.t.float32, device=be.dev)
             self.gcn = be.t.empty(cap, dtype=be.t.float32, device=be.dev)
         if approx is not None:
-            t = approx.t
-            self.ax = approx.put(xs)
-            self.ax_bits = self.ax.view(t.int16).numpy()  # same memory, for numpy gathers
-            self.ac2 = t.empty((cap, self.d), dtype=t.bfloat16)
-            self.acn = t.empty(cap, dtype=t.bfloat16)
+            self.approx = RANKINGS[approx](xs, self.xn, cap)
 
     def add_centers(self, pos: np.ndarray):
         a, b = self.nc, self.nc + len(pos)
@@ -363,9 +485,7 @@ class _Lazy:
         self.gc2[a:b] = -2.0 * self.gx[p]
         self.gcn[a:b] = self.gxn[p]
         if self.approx is not None:
-            tp = self.approx.t.from_numpy(pos)
-            self.ac2[a:b] = -2.0 * self.ax[tp]  # exact in bf16: a power of two
-            self.acn[a:b] = self.approx.t.from_numpy(self.xn[pos])
+            self.approx.add(a, b, pos)
         self.cpos[a:b] = pos
         self.nc = b
         self.u[pos] = -1.0
@@ -382,19 +502,17 @@ class _Lazy:
         return best
 
     def _near_min(self, g: np.ndarray, a: int, upto: int) -> np.ndarray:
-        t = self.approx.t
         # Gathers and merges in numpy: each torch call is a parallel region whose barrier
         # stalls when other processes hold the cores, so only the products go to torch.
-        xr = t.from_numpy(self.ax_bits[g]).view(t.bfloat16)
+        xr = self.approx.rows(g)
         bv = np.full(len(g), np.inf, dtype=np.float32)
         bi = np.zeros(len(g), dtype=np.int64)
         for c in range(a, upto, _CENTERS):
             e = min(upto, c + _CENTERS)
-            v, j = self.approx.min_arg(xr, self.ac2[c:e], self.acn[c:e])
-            v = v.float().numpy()
+            v, j = self.approx.min_arg(xr, c, e)
             take = v < bv
             bv[take] = v[take]
-            bi[take] = j.numpy()[take] + c
+            bi[take] = j[take] + c
         near = self.cpos[bi]
         dot = np.einsum("ij,ij->i", self.xs[g], self.xs[near])
         d2 = np.maximum(self.xn[g] + self.xn[near] - 2.0 * dot, 0.0)
@@ -411,9 +529,9 @@ class _Lazy:
         cuts = np.flatnonzero(np.diff(self.last[rows])) + 1
         for grp in np.split(rows, cuts):  # rows sharing a prefix share one product
             a = int(self.last[grp[0]])
-            # Against a few new centers the fixed cost of the bf16 pass (gathers, the
+            # Against a few new centers the fixed cost of the ranking pass (gathers, the
             # float32 recheck) outweighs its faster product: stay exact there.
-            near = self.approx is not None and not exact and upto - a >= _BF16_MIN_CENTERS
+            near = self.approx is not None and not exact and upto - a >= _APPROX_MIN_CENTERS
             for s in range(0, len(grp), _ROWS):
                 g = grp[s : s + _ROWS]
                 self.u[g] = self._near_min(g, a, upto) if near else self._exact_min(g, a, upto)
@@ -541,11 +659,11 @@ def _greedy(
         return kcenter_device.greedy(x, k, start, device=on, fast=fast, storage=storage)
     be = _Numpy()
     uniq, rep, xs = _prepare(x)
-    approx = None
-    if fast and hardware.bf16_native():
+    approx = _ranking() if fast else None
+    if approx is not None:
         # All products through torch then: numpy's BLAS threads and torch's OpenMP
         # threads, each spinning while the other works, would fight over the cores.
-        be, approx = _Torch("cpu"), _BF16()
+        be = _Torch("cpu")
     eng = _Lazy(xs, uniq, k, be, approx)
     first = int(np.searchsorted(uniq, rep[start]))
     eng.add_centers(np.array([first]))
@@ -572,7 +690,9 @@ def _greedy(
         "rounds": rounds,
         "pool_size": pool_size,
         "refresh_passes": eng.passes,
-        "products": "bf16 ranking, float32 distances" if approx is not None else "float32",
+        "products": f"{approx} ranking, float32 distances" if approx is not None else "float32",
+        # E of the docstring's bound, measured on this input (int8; bf16's is a priori)
+        "ranking_error_bound": None if approx is None else eng.approx.error_bound(),
         "distance_evaluations": int(eng.pairs),
         # share of the plain form's N x k row-center distances that were evaluated
         "evaluated_fraction": round(eng.pairs / max(1.0, float(n) * k), 4),

@@ -214,6 +214,85 @@ def test_fast_radius_close_to_exact():
         assert fast.radius <= 1.10 * exact.radius, (k, fast.radius / exact.radius)
 
 
+def varied_norms(n: int, d: int, seed: int) -> np.ndarray:
+    """Clustered rows with norms from 0.2 to 3, a zero row and a row with one large entry:
+    what per-row int8 scales must cope with."""
+    r = np.random.default_rng(seed)
+    x = clustered(n, d=d, clusters=25, seed=seed) * r.uniform(0.2, 3.0, (n, 1)).astype(np.float32)
+    x[5] = 0.0
+    x[9] = 0.0
+    x[9, 3] = 4.0
+    return x
+
+
+def test_int8_scores_within_the_error_bound():
+    """Every ranked score is within E of |c|^2 - 2<x, c> (the bound in _Int8.error_bound),
+    so the center kept per row is the nearest up to 2E in squared distance."""
+    pytest.importorskip("torch")
+    x = varied_norms(700, 40, seed=11)
+    xn = np.einsum("ij,ij->i", x, x)
+    q = K._Int8(x, xn, 300)
+    centers = np.arange(400, 700)
+    q.add(0, 300, centers)
+    g = np.arange(400)
+    v, j = q.min_arg(q.rows(g), 0, 300)
+    xd, cd = x[g].astype(np.float64), x[centers].astype(np.float64)
+    true = (cd**2).sum(1)[None, :] - 2.0 * xd @ cd.T
+    E = q.error_bound()
+    assert 0 < E < 0.15 * xn.max()  # measured ~0.05 max|x|^2 here; a priori <= 0.33
+    ranked = v.astype(np.float64) * q.s[g]  # min_arg's values are the score / s_x
+    assert np.abs(ranked - true[np.arange(len(g)), j]).max() <= E
+    assert (true[np.arange(len(g)), j] <= true.min(axis=1) + 2 * E).all()
+    assert (j != true.argmin(axis=1)).mean() < 0.2  # mostly the same center as float64
+
+
+def test_int8_ranking_picks_farthest_up_to_2E(monkeypatch):
+    """The int8 ``fast`` path, forced on whatever CPU this is and on every refresh: each
+    pick is the farthest row up to 2E (squared distance), the radius is exact for the
+    picks and within sqrt((2 OPT)^2 + 2E), OPT <= the exact greedy's radius."""
+    pytest.importorskip("torch")
+    monkeypatch.setenv("SYNTH_EMPATHY_KCENTER_RANKING", "int8")
+    monkeypatch.setattr(K, "_APPROX_MIN_CENTERS", 1)
+    calls = []
+    real = K._Int8.min_arg
+    monkeypatch.setattr(K._Int8, "min_arg", lambda self, *a: calls.append(1) or real(self, *a))
+    x = varied_norms(1200, 24, seed=4)
+    k = 500
+    idx, _dist, radius, det, dev = K._greedy(x, k, 0, fast=True, pool_size=32)
+    assert calls and det["products"] == "int8 ranking, float32 distances" and dev == "cpu"
+    E = det["ranking_error_bound"]
+    assert len(np.unique(idx)) == k and idx[0] == 0
+    xd = np.asarray(x, dtype=np.float64)
+    m = ((xd - xd[0]) ** 2).sum(axis=1)
+    chosen = np.zeros(len(x), dtype=bool)
+    chosen[0] = True
+    tol = 1e-5 * float((xd**2).sum(axis=1).max())
+    for j in idx[1:]:
+        best = np.where(chosen, -np.inf, m).max()
+        assert m[j] >= best - 2 * E - tol, (j, m[j], best, E)
+        chosen[j] = True
+        m = np.minimum(m, ((xd - xd[j]) ** 2).sum(axis=1))
+    assert radius == pytest.approx(float(np.sqrt(m[~chosen].max())), rel=1e-5)
+    _, exact_radius = reference(x, k)
+    assert radius <= math.sqrt((2 * exact_radius) ** 2 + 2 * E)
+    assert radius <= 1.05 * exact_radius  # measured 1.00x here, 1.0012x at 100k / keep 90 %
+
+
+def test_ranking_choice_and_override(monkeypatch):
+    from synth_empathy.core.hardware import Hardware, kcenter_ranking
+
+    assert kcenter_ranking(Hardware(cpu_flags=frozenset({"avx2", "avx512_bf16"}))) == "bfloat16"
+    assert kcenter_ranking(Hardware(cpu_flags=frozenset({"avx2", "fma"}))) == "int8"
+    assert kcenter_ranking(Hardware(cpu_flags=frozenset({"sse4_2"}))) is None
+    assert kcenter_ranking(Hardware(cpu_flags=frozenset({"asimd"}))) is None
+    x = clustered(300)
+    monkeypatch.setenv("SYNTH_EMPATHY_KCENTER_RANKING", "float32")
+    assert K.select_k_center(x, 250, method="fast").details["products"] == "float32"
+    monkeypatch.setenv("SYNTH_EMPATHY_KCENTER_RANKING", "fp8")
+    with pytest.raises(SelectionError, match="SYNTH_EMPATHY_KCENTER_RANKING"):
+        K.select_k_center(x, 250, method="fast")
+
+
 def test_auto_rule():
     x = clustered(200)
     assert K.select_k_center(x, 10).method == "exact"  # N k below 1e9 pairs
