@@ -260,8 +260,9 @@ class RayConfig:
     )
     num_cpus: Optional[int] = opt(
         None,
-        "logical CPUs of a local Ray; default max(4, cores): a CPU engine holds one in "
-        "Ray's books while Ray Data's readers and maps need their own",
+        "logical CPUs of a local Ray; default max(4, cores), plus the CPUs of a shared "
+        "engine (it stays up between its stages): a CPU engine holds its CPUs in Ray's "
+        "books while Ray Data's readers and maps need their own",
     )
     verbose_progress: bool = opt(
         False,
@@ -269,6 +270,12 @@ class RayConfig:
         "output is not a terminal); off: one progress line per LLM stage (rows, tok/s, ETA)",
     )
     progress_interval_s: float = opt(20.0, "seconds between the progress lines of an LLM stage")
+    engines: str = opt(
+        "auto",
+        "auto | shared | per-stage: with shared, LLM stages with equal engine sections send their requests to one "
+        "engine (a Ray Serve deployment, started once) instead of each starting its own; "
+        "auto: only for CPU engines, where a start is ~45 s of a few-minute run",
+    )
 
 
 @dataclass
@@ -509,6 +516,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("generation.samples_per_seed must be >= 1")
     if cfg.storage.part_rows < 1:
         raise ConfigError(f"storage.part_rows must be >= 1, got {cfg.storage.part_rows}")
+    if cfg.ray.engines not in ("auto", "shared", "per-stage"):
+        raise ConfigError(f"ray.engines must be auto, shared or per-stage, got {cfg.ray.engines!r}")
     if bool(cfg.storage.key) != bool(cfg.storage.secret):
         raise ConfigError("set both storage.key and storage.secret, or neither (to use the AWS chain)")
     if cfg.storage.anon and (cfg.storage.key or cfg.storage.profile):

@@ -10,7 +10,8 @@ contract before anything starts, streams the input through Ray Data (LLM stages 
 stage keeps its finished Parquet parts and runs only the rows they do not hold. The
 stages are checkpoints rather than one fused stream on purpose: the generator and the
 discriminator engines then hold the accelerators one after the other, and a crash costs
-at most the stage in progress.
+at most the stage in progress. Stages that run the same model with the same engine
+settings share one engine (``ray.engines``; the embedded default's three).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from synth_empathy.stages import (
     quality,
     seeds,
     selection,
+    shared_engine,
     turns,
 )
 from synth_empathy.storage.manifest import new_manifest
@@ -56,6 +58,7 @@ def preflight(cfg: DictConfig) -> RunStore:
     validate_seed_source(seeds_path, cfg.seeds.layout, storage_options(seeds_path, cfg.storage))
     store = RunStore(cfg.output, cfg.run_id or new_run_id(), storage_options(cfg.output, cfg.storage))
     made_here = store.local and not store.fs.exists(store.root)  # object stores get only the probe
+    shared_engine.check(cfg)
     store.check_writable()
     try:
         models = [cfg.generation.engine.model, cfg.discriminator.engine.model, cfg.quality.embedder]
@@ -76,7 +79,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     manifest = new_manifest(store, cfg)
     init_ray(cfg)
     runner = StageRunner(store, manifest, cfg.ray.progress_interval_s)
+    # LLM stages with equal engine sections share one engine, started when the first runs
+    # and stopped when the run ends, however it ends (on a cluster it would hold its GPUs).
+    with shared_engine.SharedEngines(cfg) as engines:
+        return _stages(cfg, store, manifest, runner, engines)
+
+
+def _stages(
+    cfg: DictConfig, store: RunStore, manifest, runner: StageRunner, engines: shared_engine.SharedEngines
+) -> dict[str, Any]:
+    """The method's steps in order (each a checkpointed stage)."""
     part_rows = cfg.storage.part_rows  # rows per Parquet part of an LLM stage: the progress a crash keeps
+
+    def llm(stage: str, section) -> dict[str, Any]:
+        """The engine arguments of an LLM stage: its model, and its shared engine if any."""
+        path = resolve_model(section.engine.model)
+        return dict(model_path=path, served=engines.for_stage(stage, section.engine, path))
 
     # 0. Seeds: the dialogues the method starts from.
     def seed_table():
@@ -90,7 +108,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     g = cfg.generation
     runner.keyed(
         generation.CONTRACT,
-        lambda ds, carry: generation.generation_stage(ds, g, carry, model_path=resolve_model(g.engine.model)),
+        lambda ds, carry: generation.generation_stage(ds, g, carry, **llm("generation", g)),
         prepare=lambda ds: generation.expand_stage(ds, g),  # one row per seed and sample, with its id
         part_rows=part_rows,
     )
@@ -105,7 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     d = cfg.discriminator
     runner.keyed(
         discriminator.CONTRACT,
-        lambda ds, carry: discriminator.discriminator_stage(ds, d, carry, model_path=resolve_model(d.engine.model)),
+        lambda ds, carry: discriminator.discriminator_stage(ds, d, carry, **llm("discriminator", d)),
         where=col("drop_reason").is_null(),
         part_rows=part_rows,
     )
@@ -131,7 +149,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         no_rows = store.count_rows("selected") == 0  # no engine start for nothing to judge
         runner.keyed(
             judge.CONTRACT,
-            lambda ds, carry: judge.judge_stage(ds, j, carry, model_path=resolve_model(j.engine.model)),
+            lambda ds, carry: judge.judge_stage(ds, j, carry, **llm("judge", j)),
             source=(lambda salvage: None) if no_rows else None,
             part_rows=part_rows,
         )

@@ -8,6 +8,7 @@ import os
 from omegaconf import DictConfig
 
 from synth_empathy.cluster.submit import check_cluster
+from synth_empathy.stages.shared_engine import resident_engine_cpus
 
 
 def init_ray(cfg: DictConfig, sections: tuple | None = None) -> None:
@@ -23,9 +24,11 @@ def init_ray(cfg: DictConfig, sections: tuple | None = None) -> None:
     else:
         # address="local": a new Ray here even on a node that runs a cluster (plain
         # ray.init() would join that one, and refuse num_cpus).
+        # A shared engine stays up through the stages between its users (scoring,
+        # selection), so its CPUs come on top of what those stages need.
         ray.init(
             address="local",
-            num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1),
+            num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1) + resident_engine_cpus(cfg),
             include_dashboard=False,
             log_to_driver=True,
             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},

@@ -46,8 +46,8 @@ class Discriminator(LLMStage):
         return {"disc_response": text.strip()}
 
 
-def discriminator_stage(ds, cfg: Any, carry: Sequence[str], model_path: str | None = None):
+def discriminator_stage(ds, cfg: Any, carry: Sequence[str], model_path: str | None = None, served=None):
     """Step 3a on a Ray Dataset of samples (those without a drop reason)."""
     return Discriminator(cfg.engine, cfg.sampling, cfg.system_prompt, cfg.input_format, carry)(
-        ds, model_path=model_path
+        ds, model_path=model_path, served=served
     )

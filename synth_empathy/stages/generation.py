@@ -131,6 +131,6 @@ def expand_stage(ds, cfg: Any):
     return ds.map_batches(expand_seeds, fn_kwargs={"samples_per_seed": cfg.samples_per_seed}, batch_format="numpy")
 
 
-def generation_stage(ds, cfg: Any, carry: Sequence[str], model_path: str | None = None):
+def generation_stage(ds, cfg: Any, carry: Sequence[str], model_path: str | None = None, served=None):
     """Step 1 on a Ray Dataset of expanded seed rows (:func:`expand_stage`)."""
-    return Generation(cfg.engine, cfg.sampling, cfg.min_rounds, carry)(ds, model_path=model_path)
+    return Generation(cfg.engine, cfg.sampling, cfg.min_rounds, carry)(ds, model_path=model_path, served=served)

@@ -188,6 +188,6 @@ def judge_summary(table: pa.Table) -> dict[str, Any]:
     }
 
 
-def judge_stage(ds, cfg: Any, carry: Sequence[str], model_path: str | None = None):
+def judge_stage(ds, cfg: Any, carry: Sequence[str], model_path: str | None = None, served=None):
     """Step 6 on a Ray Dataset of selected rows."""
-    return Judge(cfg.engine, cfg.sampling, carry, cfg.constrained)(ds, model_path=model_path)
+    return Judge(cfg.engine, cfg.sampling, carry, cfg.constrained)(ds, model_path=model_path, served=served)

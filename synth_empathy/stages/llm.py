@@ -4,7 +4,10 @@ A stage subclass declares what it sends (:meth:`LLMStage.messages`), which input
 columns it carries through (``passthrough``) and what it adds
 (:meth:`LLMStage.output_columns`). Everything about engines - replicas, GPUs, tensor
 parallelism, batching, retries - comes from :class:`synth_empathy.config.EngineConfig`
-and is handed to Ray Data LLM, which runs each engine in an actor of a pool.
+and is handed to Ray Data LLM, which runs each engine in an actor of a pool. When several
+stages share one engine (:mod:`synth_empathy.stages.shared_engine`), the stage sends the
+same messages and sampling settings as OpenAI-style chat requests to that engine's Ray
+Serve deployment instead, and reads back the same columns.
 
 Rows whose request fails inside the engine are not lost: they come out with an
 error message (``should_continue_on_error``) and later stages count them as
@@ -20,6 +23,10 @@ from synth_empathy.core import hardware
 from synth_empathy.models.weights import resolve_model
 
 log = logging.getLogger(__name__)
+
+# The response's own columns (id, model, usage, ...) land in the same row as the input's,
+# so the columns a stage carries through travel under this prefix on the served path.
+_CARRY = "carry__"
 
 
 def resolved(engine: Any) -> dict[str, Any]:
@@ -143,14 +150,86 @@ class LLMStage:
         out[self.error_column] = str(error)[:500] if error else None
         return out
 
-    def __call__(self, ds, model_path: str | None = None):
-        """Apply the stage to a Ray Dataset (lazily, like any Ray Data transform)."""
+    def __call__(self, ds, model_path: str | None = None, served: Any = None):
+        """Apply the stage to a Ray Dataset (lazily, like any Ray Data transform): through
+        its own vLLM processor, or through ``served`` (a
+        :class:`~synth_empathy.stages.shared_engine.ServedEngine`) when it shares one."""
         from ray.data.llm import build_processor
 
+        if served is not None:
+            return self.served_processor(served)(ds)
         processor = build_processor(
             self.processor_config(model_path), preprocess=self.preprocess, postprocess=self.postprocess
         )
         return processor(ds)
+
+    # -- the same stage against a shared engine (a Ray Serve deployment) ------------------
+    def served_processor(self, served: Any):
+        from ray.data.llm import ServeDeploymentProcessorConfig, build_processor
+
+        from synth_empathy.stages.shared_engine import serve_llm
+
+        ChatCompletionRequest = serve_llm().openai_api_models.ChatCompletionRequest
+
+        e = self.engine
+        log.info("[%s] engine: shared, Ray Serve deployment %s", self.name, served.deployment)
+        config = ServeDeploymentProcessorConfig(
+            deployment_name=served.deployment,
+            app_name=served.app,
+            dtype_mapping={"ChatCompletionRequest": ChatCompletionRequest},
+            # As many rows in flight as the vLLM processor keeps (batch x its 8 concurrent
+            # batches), over two senders per replica so one's slowest row does not
+            # leave the engine idle.
+            concurrency=2 * e.replicas,
+            batch_size=4 * e.batch_size,
+            should_continue_on_error=True,
+        )
+        light = dict(num_cpus=e.helper_cpus)
+        processor = build_processor(
+            config,
+            preprocess=lambda row: self.served_request(row, served.model_id),
+            postprocess=self.served_postprocess,
+            preprocess_map_kwargs=light,
+            postprocess_map_kwargs=light,
+        )
+        # The senders only await responses; at Ray Data's default of one CPU each they
+        # would hold as many CPUs as the engine and starve a small machine's readers.
+        for stage in processor.stages.values():
+            stage.map_batches_kwargs["num_cpus"] = e.helper_cpus
+        return processor
+
+    def served_request(self, row: dict[str, Any], model_id: str) -> dict[str, Any]:
+        messages = self.messages(row)
+        # As ray.data.llm's chat template stage does: an assistant message last is
+        # continued (the generator's and judge's answer prefixes), else a turn is opened.
+        cont = messages[-1]["role"] == "assistant"
+        out: dict[str, Any] = {_CARRY + k: row[k] for k in self.passthrough}
+        out["messages"] = messages
+        out["method"] = "chat"
+        out["dtype"] = "ChatCompletionRequest"
+        out["request_kwargs"] = {
+            "model": model_id,
+            "messages": messages,
+            "stream": False,
+            "add_generation_prompt": not cont,
+            "continue_final_message": cont,
+            **self.sampling_params(),
+        }
+        return out
+
+    def served_postprocess(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The response row -> the same row :meth:`postprocess` makes from vLLM's."""
+        choices = row.get("choices") or []
+        text = ((choices[0].get("message") or {}).get("content") or "") if choices else ""
+        usage = row.get("usage") or {}
+        flat = {k: row[_CARRY + k] for k in self.passthrough}
+        flat.update(
+            messages=row["messages"],
+            generated_text=text,
+            num_generated_tokens=usage.get("completion_tokens") or 0,
+            __inference_error__=row.get("__inference_error__") or None,
+        )
+        return self.postprocess(flat)
 
 
 def _serve_usable() -> bool:

@@ -40,6 +40,17 @@ def read(run_dir, stage):
     return pq.read_table(run_dir / stage)
 
 
+def test_the_three_llm_stages_share_one_engine(run):
+    # The default's generator, discriminator and judge are the same engine section: one
+    # Ray Serve deployment serves all three (ray.engines=auto on a CPU), started once.
+    _, first, again = run
+    assert "engines: one engine for generation + discriminator + judge" in first.stderr
+    assert first.stderr.count("[engine] starting one engine") == 1
+    for stage in ("generation", "discriminator", "judge"):
+        assert f"[{stage}] engine: shared" in first.stderr
+    assert "[engine] starting" not in again.stderr  # nothing left to run: no engine starts
+
+
 def test_every_stage_writes_its_declared_schema(run):
     run_dir, _, _ = run
     for stage, schema in [

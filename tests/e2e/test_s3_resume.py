@@ -39,6 +39,9 @@ OVERRIDES = [
     # sequences at once all batches finish together and a kill finds 0 or all rows)
     "generation.engine.max_num_seqs=2",
     "discriminator.engine.max_num_seqs=2",
+    # each stage its own engine through a ray.data.llm processor: the engine actor killed
+    # below is that processor's (the shared Serve engine is the default run's, test_pipeline)
+    "ray.engines=per-stage",
 ]
 if "judge.enabled" in {k for k, _, _ in all_keys()}:
     OVERRIDES.append("judge.enabled=false")  # the judge is tested elsewhere; one engine less here

@@ -1,0 +1,229 @@
+"""One engine for the LLM stages that run the same model with the same settings.
+
+The embedded default runs SmolLM2 as generator, discriminator and judge. With a
+``ray.data.llm`` vLLM processor per stage, each stage starts its own engine (about 45 s
+on a 2-core CPU, a third of a few-minute run for three stages). Here stages whose
+``engine`` sections are equal send their requests to one Ray Serve LLM deployment
+instead, started when the first of them runs and deleted when the run ends; Ray Data's
+``ServeDeploymentProcessorConfig`` is the processor on that side
+(:meth:`synth_empathy.stages.llm.LLMStage.served_processor`).
+
+``ray.engines`` decides: ``per-stage`` never shares; ``shared`` shares wherever two or
+more enabled stages have equal engine sections; ``auto`` does so only for CPU engines. On GPUs
+the start is seconds of an hours-long run and the processor path feeds the engine
+straight from Ray Data, so ``auto`` leaves it there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from synth_empathy.core import hardware
+from synth_empathy.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "shared", "per-stage")  # not on/off: YAML reads those as booleans
+
+
+@dataclass(frozen=True)
+class ServedEngine:
+    """Where a stage sends its requests: a running Serve deployment of its engine."""
+
+    app: str
+    deployment: str
+    model_id: str
+
+
+def engine_key(engine: Any) -> str:
+    """Equal engine sections (model, resources, dtype, ...) give equal keys."""
+    data = OmegaConf.to_container(engine, resolve=True) if OmegaConf.is_config(engine) else dict(engine)
+    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def llm_sections(cfg: DictConfig) -> dict[str, Any]:
+    """The pipeline's LLM stages that will run, by name, with their engine sections."""
+    sections = {"generation": cfg.generation.engine, "discriminator": cfg.discriminator.engine}
+    if cfg.judge.enabled:
+        sections["judge"] = cfg.judge.engine
+    return sections
+
+
+def sharing_plan(cfg: DictConfig) -> dict[str, list[str]]:
+    """Engine key -> the stages that share it (only groups of two or more that the mode
+    allows). A pure function of the config, so the decision is testable without Ray."""
+    mode = cfg.ray.engines
+    if mode not in MODES:
+        raise ConfigError(f"ray.engines must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "per-stage":
+        return {}
+    groups: dict[str, list[str]] = {}
+    engines: dict[str, Any] = {}
+    for stage, engine in llm_sections(cfg).items():
+        key = engine_key(engine)
+        groups.setdefault(key, []).append(stage)
+        engines[key] = engine
+    return {
+        key: stages
+        for key, stages in groups.items()
+        if len(stages) > 1 and (mode == "shared" or not engines[key].gpus_per_replica)
+    }
+
+
+def resident_engine_cpus(cfg: DictConfig) -> int:
+    """Logical CPUs the shared CPU engines hold for the whole run (0 without sharing)."""
+    sections = llm_sections(cfg)
+    cpus = 0.0
+    for stages in sharing_plan(cfg).values():
+        e = sections[stages[0]]
+        if not e.gpus_per_replica:
+            cpus += e.cpus_per_replica * e.replicas
+    return math.ceil(cpus)
+
+
+def serve_llm():
+    """``ray.serve.llm`` and its OpenAI request models, imported without letting them
+    take over the process's log: on import they replace the root logger's handlers
+    with Ray's JSON formatter, which would turn this job's one-line progress into JSON."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        import ray.serve.llm
+        import ray.serve.llm.openai_api_models
+    finally:
+        root.handlers[:], root.level = handlers, level
+    return ray.serve.llm
+
+
+def serve_missing() -> str | None:
+    """Why Ray Serve cannot be used here (None: it can)."""
+    try:
+        serve_llm()
+    except Exception as exc:  # an import error of any of its dependencies
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def check(cfg: DictConfig) -> None:
+    """Preflight: a bad mode, or ``shared`` where Ray Serve cannot run, is a config error
+    before Ray starts."""
+    if sharing_plan(cfg) and cfg.ray.engines == "shared" and (why := serve_missing()):
+        raise ConfigError(f"ray.engines=shared needs ray[serve] ({why}); install it or set ray.engines=per-stage")
+
+
+class SharedEngines:
+    """The run's shared engines: started on first use, deleted by :meth:`close`."""
+
+    def __init__(self, cfg: DictConfig):
+        self.plan = sharing_plan(cfg)
+        self.cfg = cfg
+        if self.plan and (why := serve_missing()):
+            if cfg.ray.engines == "shared":
+                raise ConfigError(
+                    f"ray.engines=shared needs ray[serve] ({why}); install it or set ray.engines=per-stage"
+                )
+            log.warning("[engine] one engine per stage: Ray Serve is not usable here (%s)", why)
+            self.plan = {}
+        self.stage_key = {s: key for key, stages in self.plan.items() for s in stages}
+        self.started: dict[str, ServedEngine] = {}
+
+    def __enter__(self) -> SharedEngines:
+        log.info("engines: %s", self.describe())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        if not self.plan:
+            return "one engine per LLM stage"
+        return "; ".join(f"one engine for {' + '.join(stages)}" for stages in self.plan.values())
+
+    def for_stage(self, stage: str, engine: Any, model_path: str) -> ServedEngine | None:
+        """The running deployment ``stage`` sends to (started now if it is the first),
+        or None: the stage starts its own engine through a vLLM processor."""
+        key = self.stage_key.get(stage)
+        if key is None:
+            return None
+        if key not in self.started:
+            self.started[key] = start_deployment(key, engine, model_path, self.plan[key])
+        return self.started[key]
+
+    def close(self) -> None:
+        """Delete the deployments (and Serve, if this run started it): the engine's
+        memory and cores go back before the process ends or the next run starts."""
+        if not self.started:
+            return
+        from ray import serve
+
+        try:
+            for served in self.started.values():
+                serve.delete(served.app)
+            serve.shutdown()
+        except Exception as exc:  # the run's results are written; a failed teardown is only logged
+            log.warning("[engine] could not stop the shared engine: %s", exc)
+        self.started.clear()
+
+
+def deployment_config(key: str, engine: Any, model_path: str):
+    """A Ray Serve ``LLMConfig`` with the same engine arguments, resources and thread
+    binding as the per-stage vLLM processor (:mod:`synth_empathy.stages.llm`)."""
+    from synth_empathy.stages.llm import engine_env, engine_kwargs
+
+    LLMConfig = serve_llm().LLMConfig
+
+    workers = engine.tensor_parallel_size * engine.pipeline_parallel_size
+    if engine.gpus_per_replica:
+        bundles, accelerator = [{"GPU": 1, "CPU": 1}] * workers, {"kind": "gpu"}
+    else:
+        bundles, accelerator = [{"CPU": engine.cpus_per_replica}], {"kind": "cpu"}
+    env = engine_env(engine)
+    return LLMConfig(
+        model_loading_config={"model_id": f"engine-{key}", "model_source": model_path},
+        engine_kwargs=engine_kwargs(engine),
+        accelerator_type=engine.accelerator_type if engine.gpus_per_replica else None,
+        accelerator_config=accelerator,
+        placement_group_config={"bundles": bundles, "strategy": "PACK"},
+        deployment_config={
+            "name": f"engine-{key}",
+            "num_replicas": engine.replicas,
+            # Every row Ray Data has in flight waits inside vLLM's scheduler, not in Serve.
+            "max_ongoing_requests": 4096,
+            # The replica actor's own CPU would be added to the first bundle (2 CPUs held
+            # for a 1-CPU engine); the bundles above already hold what the engine computes on.
+            "ray_actor_options": {"num_cpus": 0},
+        },
+        runtime_env={"env_vars": env} if env else None,
+        log_engine_metrics=False,
+    )
+
+
+def start_deployment(key: str, engine: Any, model_path: str, stages: list[str]) -> ServedEngine:
+    from ray import serve
+
+    from synth_empathy.stages.llm import resolved
+
+    name = f"engine-{key}"
+    app_name = f"synth-empathy-{name}"
+    log.info(
+        "[engine] starting one engine for %s (Ray Serve deployment %s): %s",
+        ", ".join(stages),
+        name,
+        hardware.describe(resolved(engine)),
+    )
+    start = time.perf_counter()
+    app = serve_llm().build_llm_deployment(
+        deployment_config(key, engine, model_path), override_serve_options={"name": name}
+    )
+    serve.start(http_options={"location": "NoServer"})  # requests come through handles, no HTTP proxy
+    serve.run(app, name=app_name, route_prefix=None)
+    log.info("[engine] %s ready in %.1f s", name, time.perf_counter() - start)
+    return ServedEngine(app=app_name, deployment=name, model_id=name)

@@ -1,0 +1,83 @@
+"""Which LLM stages share one engine, and the request/response shapes on the shared path
+(pure functions: no Ray, no engine; the shared engine itself runs in tests/e2e)."""
+
+from __future__ import annotations
+
+import pytest
+
+from synth_empathy.config import load_config
+from synth_empathy.errors import ConfigError
+from synth_empathy.stages import shared_engine
+from synth_empathy.stages.generation import ANSWER_PREFIX, Generation
+from synth_empathy.stages.judge import Judge
+
+
+def plan(*overrides, preset="default"):
+    return sorted(sorted(s) for s in shared_engine.sharing_plan(load_config(preset, list(overrides))).values())
+
+
+def test_the_default_shares_one_engine_among_its_three_llm_stages():
+    assert plan() == [["discriminator", "generation", "judge"]]
+    assert plan("judge.enabled=false") == [["discriminator", "generation"]]
+    assert plan("ray.engines=per-stage") == []
+
+
+def test_different_engine_sections_do_not_share():
+    # Sampling differs freely (it travels with each request); engine settings do not.
+    assert plan("generation.sampling.max_tokens=7") == [["discriminator", "generation", "judge"]]
+    assert plan("judge.engine.max_model_len=1024") == [["discriminator", "generation"]]
+    assert plan("judge.engine.max_model_len=1024", "discriminator.engine.dtype=float32") == []
+
+
+def test_auto_leaves_gpu_engines_to_their_own_processors():
+    gpu = [f"{s}.engine.gpus_per_replica=1" for s in ("generation", "discriminator", "judge")]
+    assert plan(*gpu) == []
+    assert plan(*gpu, "ray.engines=shared") == [["discriminator", "generation", "judge"]]
+
+
+def test_a_bad_mode_is_a_config_error():
+    with pytest.raises(ConfigError, match="ray.engines must be"):
+        load_config("default", ["ray.engines=sometimes"])
+
+
+def test_a_served_request_continues_the_answer_prefix_and_carries_the_sampling():
+    cfg = load_config()
+    g = cfg.generation
+    stage = Generation(g.engine, g.sampling, g.min_rounds, ("seed_id", "sample_id", "emotion"))
+    row = {"seed_id": "s1", "sample_id": "s1-0", "emotion": "sad", "context": "I lost my dog.", "response": "Oh no."}
+    req = stage.served_request(row, "engine-x")
+    kw = req["request_kwargs"]
+    assert (req["method"], req["dtype"], kw["model"]) == ("chat", "ChatCompletionRequest", "engine-x")
+    assert kw["messages"][-1] == {"role": "assistant", "content": ANSWER_PREFIX}
+    assert kw["continue_final_message"] and not kw["add_generation_prompt"]
+    assert (kw["temperature"], kw["top_p"], kw["max_tokens"]) == (0.8, 0.9, 300)
+    # Carried columns travel under a prefix: the response's own "id"/"model" cannot clobber them.
+    assert req["carry__sample_id"] == "s1-0" and "sample_id" not in req
+
+    response = dict(req, id="chatcmpl-1", model="engine-x", __inference_error__="")
+    response["choices"] = [{"index": 0, "message": {"role": "assistant", "content": " I lost my dog..."}}]
+    response["usage"] = {"completion_tokens": 12}
+    out = stage.served_postprocess(response)
+    assert out["raw_text"] == ANSWER_PREFIX + " I lost my dog..."
+    assert (out["seed_id"], out["sample_id"], out["emotion"]) == ("s1", "s1-0", "sad")
+    assert (out["num_generated_tokens"], out["error"], out["model"]) == (12, None, g.engine.model)
+
+
+def test_a_served_failure_becomes_the_stages_error_column():
+    cfg = load_config()
+    j = cfg.judge
+    stage = Judge(j.engine, j.sampling, ("seed_id", "sample_id"), constrained=True)
+    row = {
+        "seed_id": "s",
+        "sample_id": "s-0",
+        "history": [{"role": "user", "content": "I failed."}],
+        "output": "Sorry.",
+    }
+    req = stage.served_request(row, "engine-x")
+    assert req["request_kwargs"]["structured_outputs"] == {
+        "regex": stage.sampling_params()["structured_outputs"]["regex"]
+    }
+    failed = dict(req, __inference_error__="RayTaskError: engine died")
+    out = stage.served_postprocess(failed)
+    assert out["judge_reason"] == "judge_error" and out["judge_error"].startswith("RayTaskError")
+    assert out["judge_num_tokens"] == 0 and out["sample_id"] == "s-0"
