@@ -33,7 +33,9 @@ def progress_line(stage: str, done: int, total: int, tokens: int, elapsed: float
     if tokens:
         parts.append(f"{tokens / max(rate_since, 1e-9):.0f} tok/s")
     if done == 0:
-        parts.append("waiting for the first part (engine starting)" if elapsed < 120 else "no part finished yet")
+        parts.append(
+            "waiting for the first part (engine starting or first rows)" if elapsed < 120 else "no part finished yet"
+        )
     else:
         parts.append(eta_text((total - done) * elapsed / done if done < total else 0))
     parts.append(f"{elapsed:.0f} s")
