@@ -516,7 +516,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("generation.samples_per_seed must be >= 1")
     if cfg.storage.part_rows < 1:
         raise ConfigError(f"storage.part_rows must be >= 1, got {cfg.storage.part_rows}")
-    if cfg.ray.engines not in ("auto", "shared", "per-stage"):
+    if cfg.ray.engines not in ("auto", "shared", "per-stage"):  # not on/off: YAML reads those as booleans
         raise ConfigError(f"ray.engines must be auto, shared or per-stage, got {cfg.ray.engines!r}")
     if bool(cfg.storage.key) != bool(cfg.storage.secret):
         raise ConfigError("set both storage.key and storage.secret, or neither (to use the AWS chain)")

@@ -31,8 +31,6 @@ from synth_empathy.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "shared", "per-stage")  # not on/off: YAML reads those as booleans
-
 
 @dataclass(frozen=True)
 class ServedEngine:
@@ -60,9 +58,7 @@ def llm_sections(cfg: DictConfig) -> dict[str, Any]:
 def sharing_plan(cfg: DictConfig) -> dict[str, list[str]]:
     """Engine key -> the stages that share it (only groups of two or more that the mode
     allows). A pure function of the config, so the decision is testable without Ray."""
-    mode = cfg.ray.engines
-    if mode not in MODES:
-        raise ConfigError(f"ray.engines must be one of {', '.join(MODES)}, got {mode!r}")
+    mode = cfg.ray.engines  # auto | shared | per-stage, checked when the config loads
     if mode == "per-stage":
         return {}
     groups: dict[str, list[str]] = {}
@@ -123,13 +119,9 @@ class SharedEngines:
     """The run's shared engines: started on first use, deleted by :meth:`close`."""
 
     def __init__(self, cfg: DictConfig):
+        check(cfg)  # preflight raised it already when the pipeline runs
         self.plan = sharing_plan(cfg)
-        self.cfg = cfg
-        if self.plan and (why := serve_missing()):
-            if cfg.ray.engines == "shared":
-                raise ConfigError(
-                    f"ray.engines=shared needs ray[serve] ({why}); install it or set ray.engines=per-stage"
-                )
+        if self.plan and (why := serve_missing()):  # auto without Ray Serve: as before sharing
             log.warning("[engine] one engine per stage: Ray Serve is not usable here (%s)", why)
             self.plan = {}
         self.stage_key = {s: key for key, stages in self.plan.items() for s in stages}
