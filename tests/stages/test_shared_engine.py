@@ -81,3 +81,19 @@ def test_a_served_failure_becomes_the_stages_error_column():
     out = stage.served_postprocess(failed)
     assert out["judge_reason"] == "judge_error" and out["judge_error"].startswith("RayTaskError")
     assert out["judge_num_tokens"] == 0 and out["sample_id"] == "s-0"
+
+
+def test_every_row_of_a_small_stage_is_in_flight_at_once():
+    # One batch at a time per sender sent the default run's 98 generations as two waves
+    # (the second waited for the first's slowest answer); senders now keep several.
+    cfg = load_config("default", ["generation.engine.replicas=2"])
+    e = cfg.generation.engine
+    stage = Generation(e, cfg.generation.sampling)
+    served = shared_engine.ServedEngine(app="app", deployment="engine-x", model_id="engine-x")
+    (sender,) = stage.served_processor(served).stages.values()
+    kw = sender.map_batches_kwargs
+    pool = kw["compute"]
+    in_flight = pool.max_size * pool.max_tasks_in_flight_per_actor * e.batch_size
+    assert kw["max_concurrency"] == pool.max_tasks_in_flight_per_actor > 1
+    assert pool.min_size == pool.max_size == 2 and kw["num_cpus"] == e.helper_cpus
+    assert in_flight >= 98 * 2  # two replicas: the default run's rows twice over
