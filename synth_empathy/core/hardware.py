@@ -255,6 +255,9 @@ def describe(resolved: dict) -> str:
     return line + (f" ({resolved['threads_reason']})" if resolved.get("threads_reason") else "")
 
 
+# synth_empathy.models.cpu_top_p.ENV, named here so that the config needs no torch import.
+CPU_TOP_P_ENV = "SYNTH_EMPATHY_CPU_TOP_P"
+
 _warned: set[str] = set()
 
 
@@ -289,6 +292,8 @@ def resolve_engine(engine, where: str = "engine", hw: Hardware | None = None, ma
         out["env"], out["threads_reason"] = cpu_threads_env(
             engine.cpu_threads_bind, engine.cpus_per_replica, ranks, max_cores, engine.replicas
         )
+        if getattr(engine, "fast_top_p", True):
+            out["env"][CPU_TOP_P_ENV] = "fast"  # read by synth_empathy.models.cpu_top_p in the engine
     else:
         out["env"] = {}
     if choice.warning:

@@ -105,7 +105,7 @@ def test_config_load_records_the_choice_on_both_machines():
     assert (d.dtype, d.memory_utilization) == ("float32", 0.3)
     cores = H.local_cores()
     assert "no avx512_bf16" in d.dtype_reason
-    assert d.env == {"VLLM_CPU_OMP_THREADS_BIND": "0" if cores == 1 else f"0-{cores - 1}"}
+    assert d.env == {"VLLM_CPU_OMP_THREADS_BIND": "0" if cores == 1 else f"0-{cores - 1}", H.CPU_TOP_P_ENV: "fast"}
     assert d.threads_reason == f"auto: all {cores} core(s) of this machine (one replica here)"
     assert cfg.generation.engine.dtype == "auto"  # what was asked stays
     resolve_hardware(cfg, ZEN4)

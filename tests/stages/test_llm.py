@@ -15,6 +15,8 @@ AVX2 = H.Hardware(cpu_model="AMD EPYC 7B13", cpu_flags=frozenset({"avx2"}))
 # cpu_threads_bind=auto: one local replica computes on every core of this machine
 ALL_CORES = "0" if H.local_cores() == 1 else f"0-{H.local_cores() - 1}"
 ZEN4 = H.Hardware(cpu_model="AMD EPYC 9B14", cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16"}))
+# engine.fast_top_p (default on): the engine's vLLM plugin cuts top-p without a vocabulary sort
+FAST_TOP_P = {H.CPU_TOP_P_ENV: "fast"}
 
 
 @pytest.mark.parametrize("hw, dtype, share", [(AVX2, "float32", 0.3), (ZEN4, "bfloat16", 0.15)])
@@ -24,7 +26,7 @@ def test_engine_kwargs_use_the_loaded_choice(hw, dtype, share):
     kw = llm.engine_kwargs(cfg.generation.engine)
     assert kw["dtype"] == dtype and kw["gpu_memory_utilization"] == share
     assert kw["max_num_seqs"] == 8 and kw["swap_space"] == 1 and kw["enforce_eager"] is True
-    assert llm.engine_env(cfg.generation.engine) == {"VLLM_CPU_OMP_THREADS_BIND": ALL_CORES}
+    assert llm.engine_env(cfg.generation.engine) == {"VLLM_CPU_OMP_THREADS_BIND": ALL_CORES, **FAST_TOP_P}
 
 
 def test_explicit_values_pass_through():
@@ -39,9 +41,11 @@ def test_explicit_values_pass_through():
     resolve_hardware(cfg, AVX2)
     kw = llm.engine_kwargs(cfg.generation.engine)
     assert (kw["dtype"], kw["gpu_memory_utilization"]) == ("float16", 0.25)
-    assert llm.engine_env(cfg.generation.engine) == {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}
-    # vllm: vLLM's own binding, nothing set.
+    assert llm.engine_env(cfg.generation.engine) == {"VLLM_CPU_OMP_THREADS_BIND": "0-1", **FAST_TOP_P}
+    # vllm: vLLM's own binding, no binding set; without fast_top_p nothing at all.
     cfg = load_config("default", ["generation.engine.cpu_threads_bind=vllm"])
+    assert llm.engine_env(cfg.generation.engine) == FAST_TOP_P
+    cfg = load_config("default", ["generation.engine.cpu_threads_bind=vllm", "generation.engine.fast_top_p=false"])
     assert llm.engine_env(cfg.generation.engine) == {}
     # auto follows the replica's reservation (clamped to the cores of a local machine).
     cfg = load_config("default", ["generation.engine.cpus_per_replica=2"])
@@ -73,7 +77,7 @@ def test_processor_config_carries_the_env_to_the_engine_actor(caplog):
     with caplog.at_level(logging.INFO, logger="synth_empathy"):
         pc = stage.processor_config(model_path="/nonexistent/model")
     assert "[llm] engine: dtype bfloat16 (cpu has avx512_bf16); memory_utilization 0.15" in caplog.text
-    assert pc.runtime_env == {"env_vars": {"VLLM_CPU_OMP_THREADS_BIND": ALL_CORES}}
+    assert pc.runtime_env == {"env_vars": {"VLLM_CPU_OMP_THREADS_BIND": ALL_CORES, **FAST_TOP_P}}
     assert pc.engine_kwargs["dtype"] == "bfloat16"
-    cfg = load_config("default", ["generation.engine.cpu_threads_bind=vllm"])
+    cfg = load_config("default", ["generation.engine.cpu_threads_bind=vllm", "generation.engine.fast_top_p=false"])
     assert llm.LLMStage(cfg.generation.engine, cfg.generation.sampling).processor_config("/m").runtime_env is None
