@@ -53,25 +53,30 @@ def top_p_filter(logits, p, fallback=None, candidates=CANDIDATES):
     todo = torch.nonzero(p < 1.0).flatten()  # p >= 1: nothing to cut
     if todo.numel() == 0:
         return logits
-    lse = torch.logsumexp(logits[todo].float(), dim=-1, keepdim=True)
+    every = todo.numel() == rows  # the usual step: no row copies, the cut made in place
+    sub = logits if every else logits[todo]
+    lse = torch.logsumexp(sub.float(), dim=-1, keepdim=True)
     for k in candidates:
         if todo.numel() == 0 or k >= vocab:
             break
-        sub = logits[todo]
         vals, idx = sub.topk(k, dim=-1)  # descending
         probs = (vals.float() - lse).exp()
         cum = probs.cumsum(dim=-1)
         pt = p[todo].to(cum.dtype)
         covered = cum[:, -1] >= pt  # the token ranked k+1 is already outside
+        keep = (cum - probs) < pt.unsqueeze(1)
+        keep[:, 0] = True
+        kept = vals.masked_fill(~keep, float("-inf"))
+        if every and bool(covered.all()):
+            return logits.fill_(float("-inf")).scatter_(1, idx, kept)
+        every = False
         if covered.any():
-            keep = (cum - probs) < pt.unsqueeze(1)
-            keep[:, 0] = True
             c = torch.nonzero(covered).flatten()
-            out = torch.full_like(sub[c], float("-inf"))
-            out.scatter_(1, idx[c], vals[c].masked_fill(~keep[c], float("-inf")))
-            logits[todo[c]] = out
+            out = torch.full((c.numel(), vocab), float("-inf"), dtype=logits.dtype)
+            logits[todo[c]] = out.scatter_(1, idx[c], kept[c])
         left = torch.nonzero(~covered).flatten()
         todo, lse = todo[left], lse[left]
+        sub = logits[todo]
     if todo.numel():
         if fallback is None:
             raise ValueError(f"{todo.numel()} rows have a nucleus wider than {candidates[-1]} tokens and no fallback")
