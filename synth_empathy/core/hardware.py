@@ -255,7 +255,7 @@ def describe(resolved: dict) -> str:
     return line + (f" ({resolved['threads_reason']})" if resolved.get("threads_reason") else "")
 
 
-# synth_empathy.models.cpu_top_p.ENV, named here so that the config needs no torch import.
+# In a CPU engine's environment: synth_empathy.models.cpu_top_p (a vLLM plugin) cuts top-p there.
 CPU_TOP_P_ENV = "SYNTH_EMPATHY_CPU_TOP_P"
 
 _warned: set[str] = set()

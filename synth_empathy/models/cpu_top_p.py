@@ -27,10 +27,10 @@ from __future__ import annotations
 import logging
 import os
 
+from synth_empathy.core.hardware import CPU_TOP_P_ENV as ENV
+
 # vLLM prints its own "vllm.*" loggers in the engine processes, where this runs.
 log = logging.getLogger("vllm.plugins.synth_empathy_cpu_top_p")
-
-ENV = "SYNTH_EMPATHY_CPU_TOP_P"
 
 # Candidate counts tried in turn: at the method's temperature 0.8 / top-p 0.9 a
 # nucleus is mostly a handful of tokens; the second size catches the flatter rows
