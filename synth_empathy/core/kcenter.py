@@ -28,9 +28,11 @@ memory-bound matrix-vector product per step. Methods here:
   - **bf16** on a CPU with native bfloat16 (AVX512-BF16 or AMX): about 2.7x the float32
     rate; score error E <= 0.04 max|x|^2 (squared distance).
   - **int8** elsewhere on x86 with AVX2 (or VNNI): every row is quantised once with its
-    own scale, ``x = s_x q_x + dx``, ``s_x = max_i |x_i| / 127``, ``q_x`` in [-127, 127],
-    so each element's rounding is at most ``s_x / 2`` and ``|dx| <= sqrt(d) s_x / 2 <=
-    sqrt(d) |x| / 254``. The ranked score ``|c|^2 - 2 s_x s_c <q_x, q_c>`` (exact int32
+    own scale, ``x = s_x q_x + dx``, ``s_x = max_i |x_i| / L``, ``q_x`` in [-L, L], so each
+    element's rounding is at most ``s_x / 2`` and ``|dx| <= sqrt(d) s_x / 2 <= sqrt(d) |x|
+    / 2L``. L = 127 where ``torch._int_mm`` is exact at 127; oneDNN's AVX2 kernel (no VNNI)
+    saturates there, so L = 79 on AVX2-only CPUs (probed once per process, ``_int8_levels``;
+    reported as ``details["int8_levels"]``). The ranked score ``|c|^2 - 2 s_x s_c <q_x, q_c>`` (exact int32
     sums, ``torch._int_mm``) differs from ``|c|^2 - 2 <x, c>`` by ``2 |<dx, c> + <x - dx,
     dc>|``, so by at most **E = 2 r (2 M + r)**, r the largest residual norm |dx| and M
     the largest row norm; a priori E <= 0.33 M^2 at d = 384, measured on the input and
@@ -306,13 +308,44 @@ class _BF16:
 
 
 _I8_ROWS = 512  # rows per int8 product: the int32 block (512 x 2048) stays in cache
+# Quantisation levels tried, widest first. 79 is the widest an int16-saturating kernel
+# keeps exact: oneDNN without VNNI (AVX2) adds 128 to one operand to use vpmaddubsw
+# (u8 x s8, two products summed in int16), and (79 + 128) * 79 * 2 <= 32767 < (80 + 128) * 80 * 2.
+_I8_LEVELS = (127, 79)
+_i8_levels_seen: dict[tuple, int | None] = {}
+
+
+def _int8_levels(torch) -> int | None:
+    """The widest level L in _I8_LEVELS at which ``torch._int_mm`` is exact on this
+    process's kernel for values in [-L, L]; None if none is (then ``fast`` ranks in float32).
+
+    Measured, not assumed from the CPU flags: with oneDNN's AVX2 kernel (no VNNI: every
+    AVX2-only CPU, or ``ONEDNN_MAX_CPU_ISA=AVX2``) 127 x 127 x 64 came back as 8,160 instead
+    of 1,032,256. The probe is one 512 x 384 x 256 product per level, once per process."""
+    key = (torch.__version__, os.environ.get("ONEDNN_MAX_CPU_ISA"), os.environ.get("DNNL_MAX_CPU_ISA"))
+    if key not in _i8_levels_seen:
+        _i8_levels_seen[key] = None
+        g = torch.Generator().manual_seed(0)
+        for level in _I8_LEVELS:
+            a = torch.randint(-level, level + 1, (_I8_ROWS, 384), generator=g, dtype=torch.int8)
+            b = torch.randint(-level, level + 1, (384, 256), generator=g, dtype=torch.int8)
+            a[:8] = level  # the worst cases for a saturating pair sum: equal signs at +-L
+            a[8:16] = -level
+            b[:, :8] = level
+            b[:, 8:16] = -level
+            if torch.equal(torch._int_mm(a, b), a.int() @ b.int()):
+                _i8_levels_seen[key] = level
+                break
+    return _i8_levels_seen[key]
 
 
 class _Int8:
     """int8 x int8 -> int32 products (``torch._int_mm``: oneDNN, AVX2 vpmaddubsw or VNNI)
     where bf16 is not native: 1.5-2x the float32 rate per row x center score on AVX2
     kernels, scaling included (benchmarks/kcenter_int8_bench.py). Every row is quantised once with its own scale,
-    ``x ~ s_x q_x``, ``s_x = max|x_i| / 127``; a center keeps its row's ``q`` and ``s``.
+    ``x ~ s_x q_x``, ``s_x = max|x_i| / L``; a center keeps its row's ``q`` and ``s``. L is
+    127, or 79 where the product kernel saturates at 127 (:func:`_int8_levels`; E grows with
+    the rounding residuals, about 1.6x).
     The ranked score ``|c|^2 - 2 s_x s_c <q_x, q_c>`` is divided by ``s_x`` (a row's
     ranking does not change), so one pass over the int32 block scales and offsets it.
     Used only to find each row's nearest new center; the distance kept is float32."""
@@ -323,13 +356,16 @@ class _Int8:
         import torch
 
         self.t = t = torch
+        self.levels = level = _int8_levels(torch)
+        if level is None:
+            raise SelectionError("int8 ranking: torch._int_mm is not exact on this machine; rank in float32")
         n, d = xs.shape
         self.q = np.empty((n, d), dtype=np.int8)
         self.s = np.empty(n, dtype=np.float32)
         res = np.empty(n, dtype=np.float32)  # |x - s q|: the rounding residual, for E
         for i in range(0, n, _CHUNK):
             c = xs[i : i + _CHUNK]
-            s = np.abs(c).max(axis=1) / np.float32(127.0)
+            s = np.abs(c).max(axis=1) / np.float32(level)
             s[s == 0] = 1.0  # a zero row quantises to zeros whatever its scale
             q = np.rint(c / s[:, None])
             self.q[i : i + _CHUNK] = q
@@ -397,7 +433,7 @@ def _ranking() -> str | None:
         import torch
     except ImportError:
         return None
-    if want == "int8" and not hasattr(torch, "_int_mm"):
+    if want == "int8" and (not hasattr(torch, "_int_mm") or _int8_levels(torch) is None):
         return None
     return want
 
@@ -693,6 +729,7 @@ def _greedy(
         "products": f"{approx} ranking, float32 distances" if approx is not None else "float32",
         # E of the docstring's bound, measured on this input (int8; bf16's is a priori)
         "ranking_error_bound": None if approx is None else eng.approx.error_bound(),
+        "int8_levels": getattr(eng.approx, "levels", None),
         "distance_evaluations": int(eng.pairs),
         # share of the plain form's N x k row-center distances that were evaluated
         "evaluated_fraction": round(eng.pairs / max(1.0, float(n) * k), 4),

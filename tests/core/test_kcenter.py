@@ -278,6 +278,28 @@ def test_int8_ranking_picks_farthest_up_to_2E(monkeypatch):
     assert radius <= 1.05 * exact_radius  # measured 1.00x here, 1.0012x at 100k / keep 90 %
 
 
+def test_int8_on_the_avx2_kernel_keeps_its_bound():
+    """oneDNN's AVX2 int8 kernel (every AVX2-only CPU; forced here with ONEDNN_MAX_CPU_ISA)
+    saturates pair sums in int16 at +-127: the probe must find a level at which the product
+    is exact there, and the two int8 tests above must hold on that kernel too."""
+    pytest.importorskip("torch")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"}
+    probe = "import torch; from synth_empathy.core import kcenter as K; print(K._int8_levels(torch))"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] in ("127", "79")
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "int8_scores or int8_ranking"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert tests.returncode == 0 and "2 passed" in tests.stdout, tests.stdout[-3000:]
+
+
 def test_ranking_choice_and_override(monkeypatch):
     from synth_empathy.core.hardware import Hardware, kcenter_ranking
 
