@@ -50,6 +50,8 @@ def cpu_facts() -> dict:
         "cpu_model": model,
         "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}),
         "cpus": os.cpu_count(),
+        # set by benchmarks/avx2_emulation.py: the kernels were capped at AVX2, not the CPU
+        "kernels": "capped at AVX2" if os.environ.get("SYNTH_EMPATHY_AVX2_EMULATION") == "1" else "native",
     }
 
 
