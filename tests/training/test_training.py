@@ -101,9 +101,10 @@ def test_a_killed_lora_run_resumes_from_its_checkpoint_and_the_merged_model_load
 
 
 @pytest.mark.e2e
-def test_ray_train_runs_the_same_loop_and_vllm_serves_the_result(chat_jsonl, tmp_path):
-    """TorchTrainer with one CPU worker, then the model folder as a vLLM engine's model
-    (through the judge command, which runs the same Ray Data LLM stage as the pipeline)."""
+def test_ray_train_runs_the_same_loop_and_evaluate_answers_with_the_result(chat_jsonl, tmp_path):
+    """TorchTrainer with one CPU worker, then ``synth-empathy evaluate`` loads the model
+    folder as a vLLM engine (the same Ray Data LLM stage as the pipeline) and answers
+    held-out dialogues with it: a trained folder is what the engines load."""
     from synth_empathy.training.run import run_training
 
     out = tmp_path / "out"
@@ -125,8 +126,12 @@ def test_ray_train_runs_the_same_loop_and_vllm_serves_the_result(chat_jsonl, tmp
     assert (model / "model.safetensors").is_file()
 
     env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    judged = tmp_path / "judged"
-    cmd = [sys.executable, "-m", "synth_empathy", "judge", chat_jsonl, str(judged), f"judge.engine.model={model}"]
+    evaluated = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "synth_empathy", "evaluate", str(evaluated), "--model", f"tuned={model}",
+           "--limit", "4", "evaluate.sampling.max_tokens=24"]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert json.loads((judged / "judge_report.json").read_text())["rows_judged"] == 4
+    tuned = json.loads((evaluated / "evaluation.json").read_text())["models"]["tuned"]
+    assert tuned["rows"] == 4 and tuned["errors"] == 0 and tuned["empty_answers"] < 4
+    assert 0 <= tuned["metrics"]["bleu_1"] <= 1 and 0 <= tuned["metrics"]["embedding_similarity"] <= 1
+    assert "| metric | tuned |" in (evaluated / "evaluation.md").read_text()
