@@ -24,7 +24,7 @@ import pytest
 from helpers import BUCKET, s3fs_client
 from synth_empathy.config import all_keys
 
-N_SEEDS = 12
+N_SEEDS = 8
 OVERRIDES = [
     f"seeds.limit={N_SEEDS}",
     "generation.sampling.max_tokens=160",
