@@ -29,4 +29,7 @@ def cpu_info() -> dict[str, object]:
 def cpu_name() -> str:
     """``AMD EPYC 9R14, 2 cores, avx2 avx512f avx512_bf16`` (the flags that matter here)."""
     info = cpu_info()
-    return f"{info['model']}, {info['cores']} cores, {' '.join(info['flags']) or 'no avx2'}"
+    name = f"{info['model']}, {info['cores']} cores, {' '.join(info['flags']) or 'no avx2'}"
+    if os.environ.get("SYNTH_EMPATHY_AVX2_EMULATION") == "1":  # set by benchmarks/avx2_emulation.py
+        name += ", kernels capped at AVX2 (emulated)"
+    return name
