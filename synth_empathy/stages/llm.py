@@ -117,10 +117,14 @@ class LLMStage:
         light = dict(num_cpus=e.helper_cpus, concurrency=e.replicas)
         env = engine_env(e)
         log.info("[%s] engine: %s", self.name, hardware.describe(resolved(e)))
+        # vLLM tokenizes a prompt and detokenizes its answer itself; Ray Data's separate
+        # stages for them pay off where they keep that CPU work off a GPU engine's actor.
+        # On a CPU engine they are two more actor pools competing with it for the cores.
+        apart = bool(e.gpus_per_replica)
         return vLLMEngineProcessorConfig(
             chat_template_stage=ChatTemplateStageConfig(**light),
-            tokenize_stage=TokenizerStageConfig(**light),
-            detokenize_stage=DetokenizeStageConfig(**light),
+            tokenize_stage=TokenizerStageConfig(enabled=apart, **light),
+            detokenize_stage=DetokenizeStageConfig(enabled=apart, **light),
             model_source=model_path or resolve_model(e.model),
             engine_kwargs=engine_kwargs(e),
             batch_size=e.batch_size,

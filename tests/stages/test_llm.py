@@ -81,3 +81,14 @@ def test_processor_config_carries_the_env_to_the_engine_actor(caplog):
     assert pc.engine_kwargs["dtype"] == "bfloat16"
     cfg = load_config("default", ["generation.engine.cpu_threads_bind=vllm", "generation.engine.fast_top_p=false"])
     assert llm.LLMStage(cfg.generation.engine, cfg.generation.sampling).processor_config("/m").runtime_env is None
+
+
+def test_cpu_engines_tokenize_in_vllm_and_gpu_engines_in_ray_data():
+    # A CPU engine's actor tokenizes and detokenizes itself (two actor pools fewer on a
+    # small machine); a GPU engine keeps Ray Data's stages so that work stays off its actor.
+    for preset, apart in (("default", False), ("single-gpu", True)):
+        cfg = load_config(preset)
+        resolve_hardware(cfg, AVX2)
+        pc = llm.LLMStage(cfg.generation.engine, cfg.generation.sampling).processor_config("/m")
+        assert pc.chat_template_stage.enabled
+        assert (pc.tokenize_stage.enabled, pc.detokenize_stage.enabled) == (apart, apart)
