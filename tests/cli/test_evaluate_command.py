@@ -1,5 +1,6 @@
 """synth-empathy evaluate without an engine: labels, the held-out rows, metrics, bad input.
-The real engine answering (a trained model's folder) is in tests/e2e/test_train_evaluate.py."""
+The real engine answering (a trained model's folder) is in tests/training/test_training.py
+(test_ray_train_runs_the_same_loop_and_evaluate_answers_with_the_result)."""
 
 import pytest
 
