@@ -79,6 +79,7 @@ import resource
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 
@@ -312,9 +313,9 @@ _I8_ROWS = 512  # rows per int8 product: the int32 block (512 x 2048) stays in c
 # keeps exact: oneDNN without VNNI (AVX2) adds 128 to one operand to use vpmaddubsw
 # (u8 x s8, two products summed in int16), and (79 + 128) * 79 * 2 <= 32767 < (80 + 128) * 80 * 2.
 _I8_LEVELS = (127, 79)
-_i8_levels_seen: dict[tuple, int | None] = {}
 
 
+@cache  # oneDNN picks its kernel once per process
 def _int8_levels(torch) -> int | None:
     """The widest level L in _I8_LEVELS at which ``torch._int_mm`` is exact on this
     process's kernel for values in [-L, L]; None if none is (then ``fast`` ranks in float32).
@@ -322,21 +323,17 @@ def _int8_levels(torch) -> int | None:
     Measured, not assumed from the CPU flags: with oneDNN's AVX2 kernel (no VNNI: every
     AVX2-only CPU, or ``ONEDNN_MAX_CPU_ISA=AVX2``) 127 x 127 x 64 came back as 8,160 instead
     of 1,032,256. The probe is one 512 x 384 x 256 product per level, once per process."""
-    key = (torch.__version__, os.environ.get("ONEDNN_MAX_CPU_ISA"), os.environ.get("DNNL_MAX_CPU_ISA"))
-    if key not in _i8_levels_seen:
-        _i8_levels_seen[key] = None
-        g = torch.Generator().manual_seed(0)
-        for level in _I8_LEVELS:
-            a = torch.randint(-level, level + 1, (_I8_ROWS, 384), generator=g, dtype=torch.int8)
-            b = torch.randint(-level, level + 1, (384, 256), generator=g, dtype=torch.int8)
-            a[:8] = level  # the worst cases for a saturating pair sum: equal signs at +-L
-            a[8:16] = -level
-            b[:, :8] = level
-            b[:, 8:16] = -level
-            if torch.equal(torch._int_mm(a, b), a.int() @ b.int()):
-                _i8_levels_seen[key] = level
-                break
-    return _i8_levels_seen[key]
+    g = torch.Generator().manual_seed(0)
+    for level in _I8_LEVELS:
+        a = torch.randint(-level, level + 1, (_I8_ROWS, 384), generator=g, dtype=torch.int8)
+        b = torch.randint(-level, level + 1, (384, 256), generator=g, dtype=torch.int8)
+        a[:8] = level  # the worst cases for a saturating pair sum: equal signs at +-L
+        a[8:16] = -level
+        b[:, :8] = level
+        b[:, 8:16] = -level
+        if torch.equal(torch._int_mm(a, b), a.int() @ b.int()):
+            return level
+    return None
 
 
 class _Int8:
