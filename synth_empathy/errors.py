@@ -14,6 +14,11 @@ class SynthEmpathyError(Exception):
     """Base of the package's own errors."""
 
 
+class EngineStartError(SynthEmpathyError, RuntimeError):
+    """A shared engine (a Ray Serve deployment) failed to start; the message has Ray
+    Serve's reason. Not bad input as such: the cause may be memory, a driver, a model."""
+
+
 class BadInputError(SynthEmpathyError, ValueError):
     """Something the user gave is wrong; the message is one line saying what and where."""
 

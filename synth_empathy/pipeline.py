@@ -79,8 +79,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     manifest = new_manifest(store, cfg)
     init_ray(cfg)
     runner = StageRunner(store, manifest, cfg.ray.progress_interval_s)
-    # LLM stages with equal engine sections share one engine, started when the first runs
-    # and stopped when the run ends, however it ends (on a cluster it would hold its GPUs).
+    # LLM stages with equal engine sections share one engine, started before the first
+    # stage and stopped when the run ends, however it ends (on a cluster it would hold its GPUs).
     with shared_engine.SharedEngines(cfg) as engines:
         return _stages(cfg, store, manifest, runner, engines)
 
@@ -95,6 +95,12 @@ def _stages(
         """The engine arguments of an LLM stage: its model, and its shared engine if any."""
         path = resolve_model(section.engine.model)
         return dict(model_path=path, served=engines.for_stage(stage, section.engine, path))
+
+    # A shared engine boots (~40 s on 2 cores) while the seeds are read, if a generation
+    # or discriminator stage is still to run.
+    to_run = {"generation": generation.CONTRACT, "discriminator": discriminator.CONTRACT}
+    pending = [stage for stage, contract in to_run.items() if not store.is_done(contract.name)]
+    engines.start_early(pending, lambda engine: resolve_model(engine.model))
 
     # 0. Seeds: the dialogues the method starts from.
     def seed_table():

@@ -122,8 +122,10 @@ class Generation(LLMStage):
         return generation_messages(row, self.min_rounds)
 
     def output_columns(self, row: dict[str, Any], text: str) -> dict[str, Any]:
-        # The prefix was written for the model, so it belongs to the dialogue text.
-        return {"raw_text": ANSWER_PREFIX + text, "prompt": json.dumps(row["messages"])}
+        # The prefix was written for the model, so it belongs to the dialogue text (of an
+        # answer there is: a failed request wrote nothing).
+        raw = "" if row.get("__inference_error__") else ANSWER_PREFIX + text
+        return {"raw_text": raw, "prompt": json.dumps(row["messages"])}
 
 
 def expand_stage(ds, cfg: Any):

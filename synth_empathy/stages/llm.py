@@ -17,6 +17,7 @@ dropped with the reason ``<stage>_error``.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from synth_empathy.core import hardware
@@ -151,7 +152,7 @@ class LLMStage:
         out.update(self.output_columns(row, "" if error else (row.get("generated_text") or "")))
         out[self.model_column] = self.engine.model
         out[self.tokens_column] = int(row.get("num_generated_tokens") or 0)
-        out[self.error_column] = str(error)[:500] if error else None
+        out[self.error_column] = short_error(str(error)) if error else None
         return out
 
     def __call__(self, ds, model_path: str | None = None, served: Any = None):
@@ -161,26 +162,30 @@ class LLMStage:
         from ray.data.llm import build_processor
 
         if served is not None:
-            return self.served_processor(served)(ds)
-        processor = build_processor(
-            self.processor_config(model_path), preprocess=self.preprocess, postprocess=self.postprocess
+            out, finish = self.served_processor(served)(ds), self.served_postprocess
+        else:
+            processor = build_processor(
+                self.processor_config(model_path), preprocess=self.preprocess, postprocess=self.postprocess
+            )
+            out, finish = processor(ds), self.postprocess
+        # ray.data.llm hands a failed row (a prompt over max_model_len, a request that
+        # timed out) past postprocess, in the shape the engine got it: its columns and
+        # its error would be lost. It gets them here, as postprocess would have given them.
+        return out.map(
+            lambda row: finish(row) if row.get("__inference_error__") else row, num_cpus=self.engine.helper_cpus
         )
-        return processor(ds)
 
     # -- the same stage against a shared engine (a Ray Serve deployment) ------------------
     def served_processor(self, served: Any):
         from ray.data.llm import ServeDeploymentProcessorConfig, build_processor
 
-        from synth_empathy.stages.shared_engine import serve_llm
-
-        ChatCompletionRequest = serve_llm().openai_api_models.ChatCompletionRequest
-
         e = self.engine
         log.info("[%s] engine: shared, Ray Serve deployment %s", self.name, served.deployment)
+        # No dtype_mapping: the requests go as plain dicts to EngineServer.chat_dict, so
+        # the senders never import vLLM (synth_empathy.stages.engine_server says why).
         config = ServeDeploymentProcessorConfig(
             deployment_name=served.deployment,
             app_name=served.app,
-            dtype_mapping={"ChatCompletionRequest": ChatCompletionRequest},
             concurrency=e.replicas,
             batch_size=e.batch_size,
             should_continue_on_error=True,
@@ -204,8 +209,7 @@ class LLMStage:
         cont = messages[-1]["role"] == "assistant"
         out: dict[str, Any] = {_CARRY + k: row[k] for k in self.passthrough}
         out["messages"] = messages
-        out["method"] = "chat"
-        out["dtype"] = "ChatCompletionRequest"
+        out["method"] = SERVED_METHOD
         out["request_kwargs"] = {
             "model": model_id,
             "messages": messages,
@@ -231,6 +235,20 @@ class LLMStage:
         return self.postprocess(flat)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def short_error(error: str, limit: int = 500) -> str:
+    """One line of at most ``limit`` characters for a row's error column. An error raised
+    in a Ray actor arrives as the actor's traceback; its last line says what failed (a
+    prompt over max_model_len, ...), its first which exception type travelled."""
+    lines = [line.strip() for line in _ANSI.sub("", error).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    text = lines[0] if len(lines) == 1 else f"{lines[0].split(':', 1)[0]}: {lines[-1]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def served_sender_kwargs(engine: Any) -> dict[str, Any]:
     """Ray Data arguments of the actors that send a stage's rows to a shared engine.
 
@@ -250,6 +268,10 @@ def served_sender_kwargs(engine: Any) -> dict[str, Any]:
         "compute": ActorPoolStrategy(size=engine.replicas, max_tasks_in_flight_per_actor=SERVED_BATCHES_IN_FLIGHT),
     }
 
+
+# The shared engine's method that takes a chat request as a dict
+# (synth_empathy.stages.engine_server.EngineServer.chat_dict).
+SERVED_METHOD = "chat_dict"
 
 # Batches each sender keeps in flight: with the default batch of 16, 128 rows per
 # replica, as many as vLLM's CPU server schedules at once (max_num_seqs 128).

@@ -4,9 +4,11 @@ The embedded default runs SmolLM2 as generator, discriminator and judge. With a
 ``ray.data.llm`` vLLM processor per stage, each stage starts its own engine (about 45 s
 on a 2-core CPU, a third of a few-minute run for three stages). Here stages whose
 ``engine`` sections are equal send their requests to one Ray Serve LLM deployment
-instead, started when the first of them runs and deleted when the run ends; Ray Data's
-``ServeDeploymentProcessorConfig`` is the processor on that side
-(:meth:`synth_empathy.stages.llm.LLMStage.served_processor`).
+instead, deleted when the run ends; Ray Data's ``ServeDeploymentProcessorConfig`` is
+the processor on that side (:meth:`synth_empathy.stages.llm.LLMStage.served_processor`).
+The engine begins to start before the first stage (:meth:`SharedEngines.start_early`),
+so it boots while the seeds are read, and the first stage that sends to it waits until
+it serves.
 
 ``ray.engines`` decides: ``per-stage`` never shares; ``shared`` shares wherever two or
 more enabled stages have equal engine sections; ``auto`` does so only for CPU engines. On GPUs
@@ -27,7 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from synth_empathy.core import hardware
-from synth_empathy.errors import ConfigError
+from synth_empathy.errors import ConfigError, EngineStartError
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,13 @@ def sharing_plan(cfg: DictConfig) -> dict[str, list[str]]:
         for key, stages in groups.items()
         if len(stages) > 1 and (mode == "shared" or not engines[key].gpus_per_replica)
     }
+
+
+def early_starts(plan: dict[str, list[str]], pending: list[str]) -> list[str]:
+    """The engine keys worth starting before the stages run: those that a pending stage
+    other than the judge will send to. The judge alone does not count: it starts no
+    engine when the selection is empty, which is known only when it gets there."""
+    return [key for key, stages in plan.items() if any(s in pending and s != "judge" for s in stages)]
 
 
 def resident_engine_cpus(cfg: DictConfig) -> int:
@@ -125,7 +134,10 @@ class SharedEngines:
             log.warning("[engine] one engine per stage: Ray Serve is not usable here (%s)", why)
             self.plan = {}
         self.stage_key = {s: key for key, stages in self.plan.items() for s in stages}
+        self.sections = llm_sections(cfg)
         self.started: dict[str, ServedEngine] = {}
+        self.ready: set[str] = set()
+        self.since: dict[str, float] = {}
 
     def __enter__(self) -> SharedEngines:
         log.info("engines: %s", self.describe())
@@ -139,15 +151,33 @@ class SharedEngines:
             return "one engine per LLM stage"
         return "; ".join(f"one engine for {' + '.join(stages)}" for stages in self.plan.values())
 
+    def start_early(self, pending: list[str], model_path) -> None:
+        """Begin starting, without waiting, the engines that the ``pending`` LLM stages
+        will share (``model_path(engine section)`` gives each its weights). On 2 cores
+        the start is ~40 s of mostly one busy core; the stages before the first LLM
+        stage (the seeds) run beside it instead of before it."""
+        for key in early_starts(self.plan, pending):
+            if key not in self.started:
+                engine = self.sections[self.plan[key][0]]
+                self._launch(key, engine, model_path(engine))
+
     def for_stage(self, stage: str, engine: Any, model_path: str) -> ServedEngine | None:
-        """The running deployment ``stage`` sends to (started now if it is the first),
-        or None: the stage starts its own engine through a vLLM processor."""
+        """The running deployment ``stage`` sends to (started now if nothing started it
+        yet; waited for if it is still starting), or None: the stage starts its own
+        engine through a vLLM processor."""
         key = self.stage_key.get(stage)
         if key is None:
             return None
         if key not in self.started:
-            self.started[key] = start_deployment(key, engine, model_path, self.plan[key])
+            self._launch(key, engine, model_path)
+        if key not in self.ready:
+            wait_running(self.started[key], self.since[key])
+            self.ready.add(key)
         return self.started[key]
+
+    def _launch(self, key: str, engine: Any, model_path: str) -> None:
+        self.since[key] = time.perf_counter()
+        self.started[key] = launch_deployment(key, engine, model_path, self.plan[key])
 
     def close(self) -> None:
         """Delete the deployments (and Serve, if this run started it): the engine's
@@ -198,7 +228,8 @@ def deployment_config(key: str, engine: Any, model_path: str):
     )
 
 
-def start_deployment(key: str, engine: Any, model_path: str, stages: list[str]) -> ServedEngine:
+def launch_deployment(key: str, engine: Any, model_path: str, stages: list[str]) -> ServedEngine:
+    """Deploy the engine and return at once; :func:`wait_running` waits for it."""
     from ray import serve
 
     from synth_empathy.stages.llm import resolved
@@ -211,11 +242,50 @@ def start_deployment(key: str, engine: Any, model_path: str, stages: list[str]) 
         name,
         hardware.describe(resolved(engine)),
     )
-    start = time.perf_counter()
-    app = serve_llm().build_llm_deployment(
-        deployment_config(key, engine, model_path), override_serve_options={"name": name}
+    llm = serve_llm()  # first: it keeps ray.serve.llm's import from taking over the log
+    from synth_empathy.stages.engine_server import EngineServer
+
+    app = llm.build_llm_deployment(
+        deployment_config(key, engine, model_path), override_serve_options={"name": name}, deployment_cls=EngineServer
     )
     serve.start(http_options={"location": "NoServer"})  # requests come through handles, no HTTP proxy
-    serve.run(app, name=app_name, route_prefix=None)
-    log.info("[engine] %s ready in %.1f s", name, time.perf_counter() - start)
+    serve.run_many(
+        [serve.RunTarget(target=app, name=app_name, route_prefix=None)],
+        wait_for_ingress_deployment_creation=False,
+        wait_for_applications_running=False,
+    )
     return ServedEngine(app=app_name, deployment=name, model_id=name)
+
+
+def wait_running(served: ServedEngine, since: float, poll_s: float = 0.5, note_every_s: float = 30.0) -> None:
+    """Wait until ``served``'s application serves; a failed start raises
+    :class:`EngineStartError` with Ray Serve's reason. A line every ``note_every_s``
+    says it is still starting (a first start may convert weights or compile)."""
+    from ray import serve
+
+    waited = time.perf_counter()
+    noted = waited
+    while True:
+        app = serve.status().applications.get(served.app)
+        # ApplicationStatus is a str enum: equal to its name, but str() adds the class
+        status = getattr(app.status, "value", app.status) if app else "NOT_STARTED"
+        if status == "RUNNING":
+            break
+        if status in ("DEPLOY_FAILED", "UNHEALTHY", "DELETING"):
+            reason = (app.message or "").strip().splitlines() if app else []
+            raise EngineStartError(
+                f"the shared engine {served.deployment} did not start ({status}): "
+                f"{reason[-1] if reason else 'no reason given'} (the replica's log under /tmp/ray/session_latest/logs/serve)"
+            )
+        now = time.perf_counter()
+        if now - noted >= note_every_s:
+            log.info("[engine] %s still starting (%.0f s)", served.deployment, now - since)
+            noted = now
+        time.sleep(poll_s)
+    now = time.perf_counter()
+    log.info(
+        "[engine] %s ready in %.1f s (%.1f s of it waited for by the stage)",
+        served.deployment,
+        now - since,
+        now - waited,
+    )

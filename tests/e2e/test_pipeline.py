@@ -18,7 +18,7 @@ from synth_empathy import schemas
 pytestmark = pytest.mark.e2e
 
 OVERRIDES = [
-    "seeds.limit=6",
+    "seeds.limit=7",
     "generation.sampling.max_tokens=160",
     "discriminator.sampling.max_tokens=48",
     "quality.threshold=0",
@@ -26,10 +26,33 @@ OVERRIDES = [
 ]
 
 
+# A seed whose generation prompt is longer than the engine's max_model_len (2048): the
+# engine refuses that one request, and the row must say so rather than go missing.
+TOO_LONG = {
+    "dialogue_id": "too-long",
+    "emotion": "sad",
+    "situation": "A very long day.",
+    "turns": ["I am " + "very " * 2500 + "tired.", "That sounds exhausting."],
+}
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    from synth_empathy.storage.seed_sources import default_seed_path
+
     out = tmp_path_factory.mktemp("runs")
-    cmd = [sys.executable, "-m", "synth_empathy", "run", f"output={out}", "run_id=e2e", *OVERRIDES]
+    seeds = out / "seeds.jsonl"  # the seed that is too long, then the packaged ones (limit 7: six of them)
+    seeds.write_text(json.dumps(TOO_LONG) + "\n" + open(default_seed_path()).read())
+    cmd = [
+        sys.executable,
+        "-m",
+        "synth_empathy",
+        "run",
+        f"output={out}",
+        "run_id=e2e",
+        f"seeds.path={seeds}",
+        *OVERRIDES,
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
     assert first.returncode == 0, first.stderr[-4000:]
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -46,9 +69,21 @@ def test_the_three_llm_stages_share_one_engine(run):
     _, first, again = run
     assert "engines: one engine for generation + discriminator + judge" in first.stderr
     assert first.stderr.count("[engine] starting one engine") == 1
+    # ... in the background before the first stage, which then runs beside its start
+    assert first.stderr.index("[engine] starting one engine") < first.stderr.index("[seeds] running")
     for stage in ("generation", "discriminator", "judge"):
         assert f"[{stage}] engine: shared" in first.stderr
     assert "[engine] starting" not in again.stderr  # nothing left to run: no engine starts
+
+
+def test_a_request_the_engine_refuses_is_that_rows_error(run):
+    run_dir, _, _ = run
+    (gen,) = [r for r in read(run_dir, "generations").to_pylist() if r["seed_id"].startswith("too-long")]
+    assert gen["error"] and "2048" in gen["error"] and not gen["raw_text"]
+    (sample,) = [r for r in read(run_dir, "samples").to_pylist() if r["seed_id"].startswith("too-long")]
+    assert sample["drop_reason"] == "generation_error"
+    others = [r for r in read(run_dir, "generations").to_pylist() if not r["seed_id"].startswith("too-long")]
+    assert all(r["error"] is None and r["raw_text"] for r in others)
 
 
 def test_every_stage_writes_its_declared_schema(run):
@@ -73,8 +108,8 @@ def test_ids_are_unique_and_nest_selected_in_kept_in_samples(run):
     samples = read(run_dir, "samples")
     scored = read(run_dir, "scored")
     selected = read(run_dir, "selected").column("sample_id").to_pylist()
-    assert len(seeds) == 6
-    assert len(gens) == len(set(gens)) == 6  # one sample per seed by default
+    assert len(seeds) == 7
+    assert len(gens) == len(set(gens)) == 7  # one sample per seed by default
     assert set(read(run_dir, "generations").column("seed_id").to_pylist()) == seeds
     assert sorted(samples.column("sample_id").to_pylist()) == sorted(gens)  # nothing lost
     good = {r["sample_id"] for r in samples.to_pylist() if r["drop_reason"] is None}
@@ -107,7 +142,7 @@ def test_exports_and_report(run):
     assert all(r["messages"][-1]["role"] == "assistant" for r in chat)
     report = json.loads((run_dir / "report.json").read_text())
     c = report["counts"]
-    assert c["seeds"] == 6 and c["generations"] == 6 and c["selected"] == n_selected
+    assert c["seeds"] == 7 and c["generations"] == 7 and c["selected"] == n_selected
     assert c["seeds"] >= 1 and c["generations"] >= c["parsed"] >= c["samples"] >= c["kept"] >= c["selected"]
     assert set(report["seconds"]) == {
         "seeds",

@@ -92,3 +92,27 @@ def test_cpu_engines_tokenize_in_vllm_and_gpu_engines_in_ray_data():
         pc = llm.LLMStage(cfg.generation.engine, cfg.generation.sampling).processor_config("/m")
         assert pc.chat_template_stage.enabled
         assert (pc.tokenize_stage.enabled, pc.detokenize_stage.enabled) == (apart, apart)
+
+
+def test_an_actors_traceback_becomes_one_line_saying_what_failed():
+    error = (
+        "RayTaskError(ValueError): \x1b[36mray::ServeReplica:app:engine.handle_request()\x1b[39m (pid=1, ip=x)\n"
+        '  File "/x/engine_server.py", line 40, in chat_dict\n'
+        "    raise ValueError(...)\n"
+        "ValueError: BadRequestError: This model's maximum context length is 2048 tokens.\n"
+    )
+    assert llm.short_error(error) == (
+        "RayTaskError(ValueError): ValueError: BadRequestError: This model's maximum context length is 2048 tokens."
+    )
+    assert llm.short_error("TimeoutError: request timed out") == "TimeoutError: request timed out"
+    assert len(llm.short_error("x" * 2000)) == 500
+
+
+def test_a_failed_generation_has_no_text():
+    from synth_empathy.stages.generation import Generation
+
+    cfg = load_config()
+    g = Generation(cfg.generation.engine, cfg.generation.sampling, passthrough=("sample_id",))
+    row = {"sample_id": "s", "messages": [], "__inference_error__": "ValueError: too long", "generated_text": None}
+    out = g.postprocess(row)
+    assert (out["raw_text"], out["error"], out["num_generated_tokens"]) == ("", "ValueError: too long", 0)

@@ -16,6 +16,22 @@ def plan(*overrides, preset="default"):
     return sorted(sorted(s) for s in shared_engine.sharing_plan(load_config(preset, list(overrides))).values())
 
 
+def served_request_object(request_kwargs):
+    """The request as the shared engine's replica builds it from a sender's dict."""
+    from synth_empathy.stages.engine_server import ChatCompletionRequest
+
+    return ChatCompletionRequest(request_id="0", idx_in_batch=0, **request_kwargs)
+
+
+def test_senders_call_a_method_of_the_engine_server_that_takes_a_dict():
+    import inspect
+
+    from synth_empathy.stages.engine_server import EngineServer
+    from synth_empathy.stages.llm import SERVED_METHOD
+
+    assert inspect.isasyncgenfunction(getattr(EngineServer, SERVED_METHOD))
+
+
 def test_the_default_shares_one_engine_among_its_three_llm_stages():
     assert plan() == [["discriminator", "generation", "judge"]]
     assert plan("judge.enabled=false") == [["discriminator", "generation"]]
@@ -35,6 +51,15 @@ def test_auto_leaves_gpu_engines_to_their_own_processors():
     assert plan(*gpu, "ray.engines=shared") == [["discriminator", "generation", "judge"]]
 
 
+def test_only_an_engine_that_generation_or_the_discriminator_will_use_starts_early():
+    shared = {"k1": ["generation", "discriminator", "judge"]}
+    assert shared_engine.early_starts(shared, ["generation", "discriminator"]) == ["k1"]
+    assert shared_engine.early_starts(shared, ["discriminator"]) == ["k1"]  # resumed after generation
+    # Only the judge left: it starts no engine when the selection is empty, known later.
+    assert shared_engine.early_starts(shared, []) == []
+    assert shared_engine.early_starts({"k2": ["discriminator", "judge"]}, ["generation"]) == []
+
+
 def test_a_bad_mode_is_a_config_error():
     with pytest.raises(ConfigError, match="ray.engines must be"):
         load_config("default", ["ray.engines=sometimes"])
@@ -47,7 +72,10 @@ def test_a_served_request_continues_the_answer_prefix_and_carries_the_sampling()
     row = {"seed_id": "s1", "sample_id": "s1-0", "emotion": "sad", "context": "I lost my dog.", "response": "Oh no."}
     req = stage.served_request(row, "engine-x")
     kw = req["request_kwargs"]
-    assert (req["method"], req["dtype"], kw["model"]) == ("chat", "ChatCompletionRequest", "engine-x")
+    assert (req["method"], kw["model"]) == ("chat_dict", "engine-x") and "dtype" not in req
+    # What the engine's replica makes of it (EngineServer.chat_dict), the sender's two keys added
+    request = served_request_object(kw)
+    assert request.continue_final_message and request.max_tokens == 300
     assert kw["messages"][-1] == {"role": "assistant", "content": ANSWER_PREFIX}
     assert kw["continue_final_message"] and not kw["add_generation_prompt"]
     assert (kw["temperature"], kw["top_p"], kw["max_tokens"]) == (0.8, 0.9, 300)
@@ -77,6 +105,7 @@ def test_a_served_failure_becomes_the_stages_error_column():
     assert req["request_kwargs"]["structured_outputs"] == {
         "regex": stage.sampling_params()["structured_outputs"]["regex"]
     }
+    assert served_request_object(req["request_kwargs"]).structured_outputs.regex
     failed = dict(req, __inference_error__="RayTaskError: engine died")
     out = stage.served_postprocess(failed)
     assert out["judge_reason"] == "judge_error" and out["judge_error"].startswith("RayTaskError")
