@@ -54,6 +54,7 @@ def test_overrides_apply_and_are_typed():
         ("default", ["generation.engine.resolved.dtype=float32"], "filled at config load"),
         ("default", ["diversity.storage_dtype=int8"], "diversity.storage_dtype must be auto, float32"),
         ("default", ["diversity.device=gpu"], "diversity.device must be auto, cpu, cuda"),
+        ("default", ["ray.footer_readers=0"], "ray.footer_readers must be >= 1 or null"),
     ],
 )
 def test_config_errors_are_one_line_and_name_the_problem(preset, overrides, expected):
@@ -99,3 +100,12 @@ def test_readme_config_table_is_the_schemas_own():
     assert section and section.group(1) == docs_table(), (
         "README config table is stale: regenerate it with python -m synth_empathy config --docs"
     )
+
+
+def test_a_small_local_ray_lists_parquet_with_one_footer_reader():
+    from synth_empathy.cluster.ray_init import footer_reader_env
+
+    key = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+    assert footer_reader_env(None, 2) == {key: "1"}
+    assert footer_reader_env(None, 64) == {key: "8"} and footer_reader_env(None, 1024) == {key: "32"}
+    assert footer_reader_env(4, 2) == {key: "4"}  # as configured

@@ -26,15 +26,27 @@ def init_ray(cfg: DictConfig, sections: tuple | None = None) -> None:
         # ray.init() would join that one, and refuse num_cpus).
         # A shared engine stays up through the stages between its users (scoring,
         # selection), so its CPUs come on top of what those stages need.
+        env = {"TOKENIZERS_PARALLELISM": "false", **footer_reader_env(cfg.ray.footer_readers, os.cpu_count() or 1)}
+        os.environ.update(env)  # the driver lists files too
         ray.init(
             address="local",
             num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1) + resident_engine_cpus(cfg),
             include_dashboard=False,
             log_to_driver=True,
-            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+            runtime_env={"env_vars": env},
         )
     quiet_ray_data_progress(cfg)
     check_cluster(cfg, sections)  # a GPU preset on a cluster without GPUs fails here, not after hours
+
+
+def footer_reader_env(readers: int | None, cores: int) -> dict[str, str]:
+    """Ray Data lists a Parquet folder by reading every file's footer on a pool of actors
+    (32 by default), each a new worker process, started again for every read: on 2 cores
+    a read of a 98-row stage took 6-9 s that way and 1.6 s with one reader
+    (``/tmp`` micro-benchmark in benchmarks/README.md). A local Ray gets one reader per 8
+    cores unless ``ray.footer_readers`` says otherwise."""
+    n = readers if readers is not None else max(1, min(32, cores // 8))
+    return {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": str(n)}
 
 
 def quiet_ray_data_progress(cfg: DictConfig) -> None:
