@@ -29,6 +29,8 @@ def test_default_is_the_embedded_cpu_setup():
     assert cfg.generation.engine.gpus_per_replica == 0
     assert cfg.quality.embedder == "packaged:all-minilm-l6-v2"
     assert cfg.output == "./runs"
+    # shorter than the paper's 300 / 128 so that an AVX2-only 2-core machine fits 10 minutes
+    assert (cfg.generation.sampling.max_tokens, cfg.discriminator.sampling.max_tokens) == (240, 64)
 
 
 def test_overrides_apply_and_are_typed():

@@ -75,10 +75,10 @@ def test_a_served_request_continues_the_answer_prefix_and_carries_the_sampling()
     assert (req["method"], kw["model"]) == ("chat_dict", "engine-x") and "dtype" not in req
     # What the engine's replica makes of it (EngineServer.chat_dict), the sender's two keys added
     request = served_request_object(kw)
-    assert request.continue_final_message and request.max_tokens == 300
+    assert request.continue_final_message and request.max_tokens == 240
     assert kw["messages"][-1] == {"role": "assistant", "content": ANSWER_PREFIX}
     assert kw["continue_final_message"] and not kw["add_generation_prompt"]
-    assert (kw["temperature"], kw["top_p"], kw["max_tokens"]) == (0.8, 0.9, 300)
+    assert (kw["temperature"], kw["top_p"], kw["max_tokens"]) == (0.8, 0.9, 240)
     # Carried columns travel under a prefix: the response's own "id"/"model" cannot clobber them.
     assert req["carry__sample_id"] == "s1-0" and "sample_id" not in req
 

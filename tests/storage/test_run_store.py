@@ -60,7 +60,7 @@ def test_secrets_are_redacted_everywhere_they_are_written(tmp_path):
     assert "AKIAXXXX" not in text and "s3cr3t" not in text and "hf_abc" not in text
     plain = redact(cfg)
     assert plain["storage"]["key"] == plain["storage"]["secret"] == "***"
-    assert plain["generation"]["sampling"]["max_tokens"] == 300  # not a secret
+    assert plain["generation"]["sampling"]["max_tokens"] == 240  # not a secret
     assert plain["storage"]["endpoint_url"] == ""
     out = subprocess.run(
         [sys.executable, "-m", "synth_empathy", "config", "storage.key=AKIAXXXX", "storage.secret=s3cr3t"],
