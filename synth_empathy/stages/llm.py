@@ -10,8 +10,9 @@ same messages and sampling settings as OpenAI-style chat requests to that engine
 Serve deployment instead, and reads back the same columns.
 
 Rows whose request fails inside the engine are not lost: they come out with an
-error message (``should_continue_on_error``) and later stages count them as
-dropped with the reason ``<stage>_error``.
+error message (``should_continue_on_error``; ``ray.data.llm`` passes them past the
+postprocess, so a map after the processor gives them the stage's columns) and later
+stages count them as dropped with the reason ``<stage>_error``.
 """
 
 from __future__ import annotations
