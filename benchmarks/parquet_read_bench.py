@@ -30,6 +30,9 @@ def child(path: str, readers: str) -> dict:
     env = {"TOKENIZERS_PARALLELISM": "false"}
     if readers != "ray-default":
         env["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] = readers
+    # The driver plans the read (and sizes the reader pool), so the variable must be in
+    # its own environment, as synth_empathy.cluster.ray_init puts it.
+    os.environ.update(env)
     ray.init(address="local", num_cpus=5, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
     DataContext.get_current().enable_progress_bars = False
     seconds, rows = [], 0
