@@ -200,7 +200,8 @@ def deployment_config(key: str, engine: Any, model_path: str):
     binding as the per-stage vLLM processor (:mod:`synth_empathy.stages.llm`)."""
     from synth_empathy.stages.llm import engine_env, engine_kwargs
 
-    LLMConfig = serve_llm().LLMConfig
+    LLMConfig = serve_llm().LLMConfig  # first: see serve_llm
+    from synth_empathy.stages.engine_server import LocalWeights
 
     workers = engine.tensor_parallel_size * engine.pipeline_parallel_size
     if engine.gpus_per_replica:
@@ -225,6 +226,8 @@ def deployment_config(key: str, engine: Any, model_path: str):
         },
         runtime_env={"env_vars": env} if env else None,
         log_engine_metrics=False,
+        # Local weights: no per-node download task (engine_server says why).
+        callback_config={"callback_class": LocalWeights},
     )
 
 

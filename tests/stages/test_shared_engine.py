@@ -126,3 +126,40 @@ def test_every_row_of_a_small_stage_is_in_flight_at_once():
     assert kw["max_concurrency"] == pool.max_tasks_in_flight_per_actor > 1
     assert pool.min_size == pool.max_size == 2 and kw["num_cpus"] == e.helper_cpus
     assert in_flight >= 98 * 2  # two replicas: the default run's rows twice over
+
+
+def test_the_download_task_is_skipped_only_where_it_would_fetch_nothing():
+    from synth_empathy.stages.engine_server import fetches_nothing
+
+    assert fetches_nothing("/root/.cache/synth-empathy/smollm2-135m-instruct", mirrored=False)
+    assert fetches_nothing("HuggingFaceTB/SmolLM2-135M-Instruct", mirrored=False)  # vLLM fetches it
+    assert not fetches_nothing("s3://bucket/models/smollm2", mirrored=False)
+    assert not fetches_nothing("gs://bucket/models/smollm2", mirrored=False)
+    assert not fetches_nothing("HuggingFaceTB/SmolLM2-135M-Instruct", mirrored=True)
+
+
+def test_a_one_worker_cpu_engine_runs_in_one_process_and_nothing_else_changes():
+    from types import SimpleNamespace
+
+    from synth_empathy.stages.engine_server import one_process
+
+    cpu = SimpleNamespace(world_size=1, distributed_executor_backend="mp")
+    assert one_process(cpu, on_cpu=True) and cpu.distributed_executor_backend == "uni"
+    gpu = SimpleNamespace(world_size=1, distributed_executor_backend="ray")
+    assert not one_process(gpu, on_cpu=False) and gpu.distributed_executor_backend == "ray"
+    two = SimpleNamespace(world_size=2, distributed_executor_backend="mp")
+    assert not one_process(two, on_cpu=True) and two.distributed_executor_backend == "mp"
+
+
+def test_the_deployment_uses_both_start_up_hooks():
+    # Ray Serve LLM is pinned; these are the names its engine start looks up.
+    from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
+
+    from synth_empathy.stages.engine_server import EngineServer, LocalWeights, OneProcessCpuEngine
+
+    assert callable(VLLMEngine._start_async_llm_engine)
+    # The engine class LLMServer.start builds (an instance without its async __init__)
+    assert object.__new__(EngineServer)._get_default_engine_class() is OneProcessCpuEngine
+    cfg = load_config()
+    llm_config = shared_engine.deployment_config("k", cfg.generation.engine, "/models/smollm2")
+    assert llm_config.callback_config.callback_class is LocalWeights
