@@ -163,3 +163,22 @@ def test_the_deployment_uses_both_start_up_hooks():
     cfg = load_config()
     llm_config = shared_engine.deployment_config("k", cfg.generation.engine, "/models/smollm2")
     assert llm_config.callback_config.callback_class is LocalWeights
+
+
+def test_the_engine_core_process_gets_the_workers_openmp_threads(monkeypatch):
+    # OneProcessCpuEngine spawns vLLM's engine-core process inside this context; without
+    # it the process inherited the replica's OMP_NUM_THREADS=1 and generated at 60 % of
+    # the speed. A vLLM that binds threads another way would fail here, not silently.
+    import os
+    from types import SimpleNamespace
+
+    from vllm.utils.ompmultiprocessing import OMPProcessManager
+
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0-1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    parallel = SimpleNamespace(local_world_size=1, data_parallel_rank_local=0, _api_process_count=1)
+    config = SimpleNamespace(parallel_config=parallel, kv_transfer_config=None)
+    with OMPProcessManager(config).configure_omp_envs(rank=0, local_rank=0):
+        assert os.environ["OMP_NUM_THREADS"] == "2"
+        assert "0" in os.environ.get("OMP_PLACES", os.environ.get("GOMP_CPU_AFFINITY", ""))
+    assert os.environ["OMP_NUM_THREADS"] == "1"
