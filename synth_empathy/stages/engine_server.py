@@ -8,10 +8,11 @@ torch and transformers into the sender: about 11 s of one core in every sender p
 one per LLM stage, on the 2-core machine (measured: ``import
 ray.serve.llm.openai_api_models`` 12.0 s against 2.0 s for the sender's own module). The
 engine's replica has all of it loaded already, so requests and answers cross as dicts.
-This module is imported only where the deployment is built (the driver) and where it
-runs (the replica), never by a sender.
+This module is imported only in the replica (through
+:class:`synth_empathy.stages.shared_engine.EngineReplica`; on GPU also by the driver,
+which builds that deployment with Ray Serve LLM's builder), never by a sender.
 
-Two steps of Ray Serve LLM's engine start do nothing for a one-worker CPU engine on
+Three steps of Ray Serve LLM's engine start do nothing for a one-worker CPU engine on
 local weights, and each costs a new process that imports torch (about 11 s of one core
 on the 2-core machine, on the stage's critical path):
 
@@ -22,10 +23,16 @@ on the 2-core machine, on the stage's critical path):
   one-worker engine inside its engine-core process (:class:`OneProcessCpuEngine`).
   Generation throughput is the same either way (2026-11-28, 98 prompts x 96 tokens,
   kernels capped at AVX2: 138 tok/s multiprocess, 140 in one process).
+
+And one more waits for something the engine does not need: Ray's usage telemetry, pushed
+through a detached actor that the replica creates and waits for (a new worker process,
+4.5 s on 2 cores, after the engine is up and before the replica counts as started).
+:meth:`EngineServer._start_engine` pushes it in the background instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -33,7 +40,8 @@ from pydantic import BaseModel
 from ray.llm._internal.common.callbacks.base import CallbackBase
 from ray.llm._internal.common.utils.cloud_utils import is_remote_path
 from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
-from ray.serve.llm import LLMServer
+from ray.llm._internal.serve.observability.usage_telemetry.usage import push_telemetry_report_for_all_models
+from ray.serve.llm import LLMConfig, LLMServer
 from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
 
@@ -85,6 +93,13 @@ class OneProcessCpuEngine(VLLMEngine):
 class EngineServer(LLMServer):
     _default_engine_cls = OneProcessCpuEngine
 
+    async def _start_engine(self):
+        """:meth:`LLMServer._start_engine` with its telemetry report sent in the background:
+        the replica serves once the engine is up, not once Ray's usage telemetry actor has
+        started (module docstring)."""
+        await self.engine.start()
+        asyncio.get_running_loop().run_in_executor(None, push_telemetry_report_for_all_models, [self._llm_config])
+
     async def chat_dict(self, request: dict[str, Any]) -> AsyncGenerator[Any, None]:
         """:meth:`LLMServer.chat` of ``ChatCompletionRequest(**request)``, each answer
         as a dict (what the sender makes of a pydantic answer anyway). A request that
@@ -99,3 +114,12 @@ class EngineServer(LLMServer):
                 # instead of an answer with no text and no error.
                 raise ValueError(f"{getattr(error, 'type', None) or 'engine error'}: {error.message}")
             yield item.model_dump() if isinstance(item, BaseModel) else item
+
+
+async def start_server(llm_config: dict[str, Any]) -> EngineServer:
+    """An :class:`EngineServer` of ``llm_config`` (``LLMConfig``'s fields), its engine
+    started: what Ray Serve does with the deployment class, done inside
+    :class:`synth_empathy.stages.shared_engine.EngineReplica`."""
+    server = EngineServer.sync_init(LLMConfig(**llm_config))
+    await server.start()
+    return server

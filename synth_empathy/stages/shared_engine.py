@@ -18,7 +18,9 @@ straight from Ray Data, so ``auto`` leaves it there.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -109,11 +111,16 @@ def serve_llm():
 
 
 def serve_missing() -> str | None:
-    """Why Ray Serve cannot be used here (None: it can)."""
+    """Why Ray Serve cannot be used here (None: it can). Checked without importing
+    ``ray.serve.llm`` (12 s of vLLM, torch and transformers on 2 cores): the replica
+    imports it, and a failure there is the engine's start error."""
     try:
-        serve_llm()
+        import ray.serve  # noqa: F401  (its own dependencies: fastapi, starlette, ...)
     except Exception as exc:  # an import error of any of its dependencies
         return f"{type(exc).__name__}: {exc}"
+    for module in ("vllm", "ray.serve.llm"):
+        if importlib.util.find_spec(module) is None:
+            return f"ModuleNotFoundError: no module named {module!r}"
     return None
 
 
@@ -195,13 +202,16 @@ class SharedEngines:
         self.started.clear()
 
 
-def deployment_config(key: str, engine: Any, model_path: str):
-    """A Ray Serve ``LLMConfig`` with the same engine arguments, resources and thread
-    binding as the per-stage vLLM processor (:mod:`synth_empathy.stages.llm`)."""
-    from synth_empathy.stages.llm import engine_env, engine_kwargs
+# Ray Serve LLM's start-up callback for local weights (engine_server says why), by import
+# path: the driver does not import the replica's heavy module.
+LOCAL_WEIGHTS = "synth_empathy.stages.engine_server.LocalWeights"
 
-    LLMConfig = serve_llm().LLMConfig  # first: see serve_llm
-    from synth_empathy.stages.engine_server import LocalWeights
+
+def llm_config(key: str, engine: Any, model_path: str) -> dict[str, Any]:
+    """The fields of the engine's Ray Serve ``LLMConfig``, as plain data: the same engine
+    arguments, resources and thread binding as the per-stage vLLM processor
+    (:mod:`synth_empathy.stages.llm`)."""
+    from synth_empathy.stages.llm import engine_env, engine_kwargs
 
     workers = engine.tensor_parallel_size * engine.pipeline_parallel_size
     if engine.gpus_per_replica:
@@ -209,7 +219,7 @@ def deployment_config(key: str, engine: Any, model_path: str):
     else:
         bundles, accelerator = [{"CPU": engine.cpus_per_replica}], {"kind": "cpu"}
     env = engine_env(engine)
-    return LLMConfig(
+    return dict(
         model_loading_config={"model_id": f"engine-{key}", "model_source": model_path},
         engine_kwargs=engine_kwargs(engine),
         accelerator_type=engine.accelerator_type if engine.gpus_per_replica else None,
@@ -227,7 +237,84 @@ def deployment_config(key: str, engine: Any, model_path: str):
         runtime_env={"env_vars": env} if env else None,
         log_engine_metrics=False,
         # Local weights: no per-node download task (engine_server says why).
-        callback_config={"callback_class": LocalWeights},
+        callback_config={"callback_class": LOCAL_WEIGHTS},
+    )
+
+
+def cpu_deployment_options(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Serve options of a CPU engine's deployment: what Ray Serve LLM's
+    ``build_llm_deployment`` makes of ``config`` (placement group of the engine's
+    bundles, its defaults for health checks, the job's runtime environment with the
+    engine's variables and its worker set-up hook), computed without importing it.
+    ``tests/stages/test_shared_engine.py`` compares the two, so a Ray upgrade that
+    changes them fails there."""
+    import ray
+
+    deployment = copy.deepcopy(config["deployment_config"])
+    actor = deployment.pop("ray_actor_options", {})
+    pg = config["placement_group_config"]
+    first, *rest = [dict(b) for b in pg["bundles"]]
+    # The replica actor's own resources are merged into the first bundle.
+    first["CPU"] = float(first.get("CPU", 0) + actor.get("num_cpus", 1))
+    first["GPU"] = first.get("GPU", 0) + actor.get("num_gpus", 0)
+    actor["runtime_env"] = {
+        **ray.get_runtime_context().runtime_env,
+        "worker_process_setup_hook": "ray.llm._internal.serve._worker_process_setup_hook",
+        **actor.get("runtime_env", {}),
+        **(config["runtime_env"] or {}),
+    }
+    return {
+        "health_check_period_s": 10,
+        "health_check_timeout_s": 10,
+        **deployment,
+        "ray_actor_options": actor,
+        "placement_group_bundles": [first, *rest],
+        "placement_group_strategy": pg["strategy"],
+    }
+
+
+class EngineReplica:
+    """The shared CPU engine's Ray Serve deployment class: a thin front of
+    :class:`synth_empathy.stages.engine_server.EngineServer` that imports it inside the
+    replica. Deploying ``EngineServer`` itself (Ray Serve LLM's ``build_llm_deployment``)
+    makes the driver import ``ray.serve.llm`` first, 12 s of one core on the 2-core
+    machine before the replica could even be created; the replica imports it anyway."""
+
+    async def __init__(self, llm_config: dict[str, Any]):
+        from synth_empathy.stages.engine_server import start_server
+
+        self.server = await start_server(llm_config)
+
+    async def chat_dict(self, request: dict[str, Any]):
+        """:meth:`EngineServer.chat_dict` (the method the senders call)."""
+        async for item in self.server.chat_dict(request):
+            yield item
+
+    async def check_health(self) -> None:
+        await self.server.check_health()
+
+    async def __del__(self) -> None:
+        server = getattr(self, "server", None)
+        if server is not None:
+            await server.__del__()  # stops the engine (and its engine-core process)
+
+
+def build_deployment(key: str, engine: Any, model_path: str):
+    """The engine's Serve application: on CPU an :class:`EngineReplica` with options
+    computed here; on GPU Ray Serve LLM's own builder (its bundles carry the accelerator
+    type; the import is seconds of an hours-long run)."""
+    from ray import serve
+
+    config = llm_config(key, engine, model_path)
+    if not engine.gpus_per_replica:
+        return serve.deployment(EngineReplica, **cpu_deployment_options(config)).bind(llm_config=config)
+    llm = serve_llm()  # first: it keeps ray.serve.llm's import from taking over the log
+    from synth_empathy.stages.engine_server import EngineServer
+
+    return llm.build_llm_deployment(
+        llm.LLMConfig(**config),
+        override_serve_options={"name": config["deployment_config"]["name"]},
+        deployment_cls=EngineServer,
     )
 
 
@@ -245,12 +332,7 @@ def launch_deployment(key: str, engine: Any, model_path: str, stages: list[str])
         name,
         hardware.describe(resolved(engine)),
     )
-    llm = serve_llm()  # first: it keeps ray.serve.llm's import from taking over the log
-    from synth_empathy.stages.engine_server import EngineServer
-
-    app = llm.build_llm_deployment(
-        deployment_config(key, engine, model_path), override_serve_options={"name": name}, deployment_cls=EngineServer
-    )
+    app = build_deployment(key, engine, model_path)
     serve.start(http_options={"location": "NoServer"})  # requests come through handles, no HTTP proxy
     serve.run_many(
         [serve.RunTarget(target=app, name=app_name, route_prefix=None)],

@@ -151,18 +151,71 @@ def test_a_one_worker_cpu_engine_runs_in_one_process_and_nothing_else_changes():
     assert not one_process(two, on_cpu=True) and two.distributed_executor_backend == "mp"
 
 
-def test_the_deployment_uses_both_start_up_hooks():
+def test_the_deployment_uses_the_start_up_hooks():
     # Ray Serve LLM is pinned; these are the names its engine start looks up.
+    from ray.llm._internal.common.utils.import_utils import load_class
+    from ray.llm._internal.serve.core.server.llm_server import LLMServer
     from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
+    from ray.serve.llm import LLMConfig
 
     from synth_empathy.stages.engine_server import EngineServer, LocalWeights, OneProcessCpuEngine
 
-    assert callable(VLLMEngine._start_async_llm_engine)
+    assert callable(VLLMEngine._start_async_llm_engine) and callable(LLMServer._start_engine)
     # The engine class LLMServer.start builds (an instance without its async __init__)
     assert object.__new__(EngineServer)._get_default_engine_class() is OneProcessCpuEngine
     cfg = load_config()
-    llm_config = shared_engine.deployment_config("k", cfg.generation.engine, "/models/smollm2")
-    assert llm_config.callback_config.callback_class is LocalWeights
+    config = LLMConfig(**shared_engine.llm_config("k", cfg.generation.engine, "/models/smollm2"))
+    assert load_class(config.callback_config.callback_class) is LocalWeights
+
+
+def test_the_cpu_deployment_is_what_ray_serve_llm_would_build_but_for_its_class():
+    # The shared CPU engine is deployed without the driver importing ray.serve.llm, its
+    # options computed in shared_engine; they must stay what Ray Serve LLM's builder
+    # makes of the same LLMConfig (a Ray upgrade that changes them fails here).
+    import inspect
+
+    from synth_empathy.stages.engine_server import EngineServer
+    from synth_empathy.stages.llm import SERVED_METHOD
+
+    llm = shared_engine.serve_llm()
+    for overrides in ([], ["generation.engine.cpus_per_replica=2", "generation.engine.replicas=2"]):
+        e = load_config("default", overrides).generation.engine
+        config = shared_engine.llm_config("k", e, "/models/smollm2")
+        ours = shared_engine.build_deployment("k", e, "/models/smollm2")._bound_deployment
+        theirs = llm.build_llm_deployment(
+            llm.LLMConfig(**config), override_serve_options={"name": "engine-k"}, deployment_cls=EngineServer
+        )._bound_deployment
+        assert ours.name == theirs.name == "engine-k"
+        assert ours._deployment_config == theirs._deployment_config
+        assert ours.ray_actor_options == theirs.ray_actor_options
+        assert ours._replica_config.placement_group_bundles == theirs._replica_config.placement_group_bundles
+        assert ours._replica_config.placement_group_strategy == theirs._replica_config.placement_group_strategy
+        assert ours.func_or_class is shared_engine.EngineReplica and ours.init_kwargs == {"llm_config": config}
+    # The senders' method, the health check and the engine's shutdown reach the server.
+    for method in (SERVED_METHOD, "check_health", "__del__"):
+        assert method in vars(shared_engine.EngineReplica) and hasattr(EngineServer, method)
+    assert inspect.isasyncgenfunction(getattr(shared_engine.EngineReplica, SERVED_METHOD))
+
+
+def test_a_gpu_engine_keeps_ray_serve_llms_builder():
+    from synth_empathy.stages.engine_server import EngineServer
+
+    e = load_config("default", ["generation.engine.gpus_per_replica=1"]).generation.engine
+    deployment = shared_engine.build_deployment("k", e, "/models/m")._bound_deployment
+    assert deployment.func_or_class is EngineServer
+    assert deployment._replica_config.placement_group_bundles[0]["GPU"] == 1
+
+
+def test_checking_for_ray_serve_does_not_import_vllm():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from synth_empathy.stages.shared_engine import serve_missing; "
+        "assert serve_missing() is None; print('vllm' in sys.modules, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
 
 
 def test_the_engine_core_process_gets_the_workers_openmp_threads(monkeypatch):
