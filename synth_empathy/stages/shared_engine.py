@@ -233,6 +233,9 @@ def llm_config(key: str, engine: Any, model_path: str) -> dict[str, Any]:
             # The replica actor's own CPU would be added to the first bundle (2 CPUs held
             # for a 1-CPU engine); the bundles above already hold what the engine computes on.
             "ray_actor_options": {"num_cpus": 0},
+            # Stopping the replica at the end of a run waited one 2 s loop of Serve's
+            # graceful shutdown for requests that had all been answered.
+            "graceful_shutdown_wait_loop_s": 0.2,
         },
         runtime_env={"env_vars": env} if env else None,
         log_engine_metrics=False,
