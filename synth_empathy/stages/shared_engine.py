@@ -24,6 +24,7 @@ import importlib.util
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -360,10 +361,11 @@ def wait_running(served: ServedEngine, since: float, poll_s: float = 0.5, note_e
         if status == "RUNNING":
             break
         if status in ("DEPLOY_FAILED", "UNHEALTHY", "DELETING"):
-            reason = (app.message or "").strip().splitlines() if app else []
+            deployment = app.deployments.get(served.deployment) if app else None
+            reason = start_failure(app.message if app else "", deployment.message if deployment else "")
             raise EngineStartError(
-                f"the shared engine {served.deployment} did not start ({status}): "
-                f"{reason[-1] if reason else 'no reason given'} (the replica's log under /tmp/ray/session_latest/logs/serve)"
+                f"the shared engine {served.deployment} did not start ({status}): {reason} "
+                "(the replica's log under /tmp/ray/session_latest/logs/serve)"
             )
         now = time.perf_counter()
         if now - noted >= note_every_s:
@@ -377,3 +379,18 @@ def wait_running(served: ServedEngine, since: float, poll_s: float = 0.5, note_e
         now - since,
         now - waited,
     )
+
+
+def start_failure(app_message: str, deployment_message: str) -> str:
+    """The line that says why the engine did not start. The application's message is
+    Serve's summary ("Failed to update the deployments [...]"); the deployment's ends with
+    the replica's traceback, whose last exception line names the cause (a vLLM config
+    error, out of memory, a missing model)."""
+    lines = [line.strip() for line in (deployment_message or "").splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*:", line)]
+    if errors:
+        # The last raised exception; its message may go on over the following lines.
+        i = max(k for k, line in enumerate(lines) if line == errors[-1])
+        return " ".join(lines[i : i + 3])[:600]
+    summary = [line.strip() for line in (app_message or "").splitlines() if line.strip()]
+    return (lines or summary or ["no reason given"])[-1][:600]

@@ -235,3 +235,23 @@ def test_the_engine_core_process_gets_the_workers_openmp_threads(monkeypatch):
         assert os.environ["OMP_NUM_THREADS"] == "2"
         assert "0" in os.environ.get("OMP_PLACES", os.environ.get("GOMP_CPU_AFFINITY", ""))
     assert os.environ["OMP_NUM_THREADS"] == "1"
+
+
+def test_a_failed_start_names_the_replicas_exception_not_serves_summary():
+    deployment_message = (
+        "The deployment failed to start 3 times in a row. This may be due to a problem with its "
+        "constructor or initial health check failing. See controller logs for details. Error:\n"
+        "Traceback (most recent call last):\n"
+        '  File "/x/vllm_engine.py", line 300, in _get_vllm_engine_config\n'
+        "    raise RuntimeError(f'Failed to create vLLM engine config: {e}') from None\n"
+        "RuntimeError: Failed to create vLLM engine config: 1 validation error for ModelConfig\n"
+        "  Value error, User-specified max_model_len (100000) is greater than the derived max_model_len\n"
+    )
+    summary = "Failed to update the deployments ['engine-k']."
+    reason = shared_engine.start_failure(summary, deployment_message)
+    assert reason.startswith("RuntimeError: Failed to create vLLM engine config")
+    assert "max_model_len (100000)" in reason and "\n" not in reason
+    # Without a traceback: the deployment's last line, else Serve's summary.
+    assert shared_engine.start_failure(summary, "Replica died: out of memory") == "Replica died: out of memory"
+    assert shared_engine.start_failure(summary, "") == summary
+    assert shared_engine.start_failure("", "") == "no reason given"
