@@ -12,7 +12,7 @@ This module is imported only in the replica (through
 :class:`synth_empathy.stages.shared_engine.EngineReplica`; on GPU also by the driver,
 which builds that deployment with Ray Serve LLM's builder), never by a sender.
 
-Three steps of Ray Serve LLM's engine start do nothing for a one-worker CPU engine on
+Two steps of Ray Serve LLM's engine start do nothing for a one-worker CPU engine on
 local weights, and each costs a new process that imports torch (about 11 s of one core
 on the 2-core machine, on the stage's critical path):
 
