@@ -117,6 +117,7 @@ def _stages(
         lambda ds, carry: generation.generation_stage(ds, g, carry, **llm("generation", g)),
         prepare=lambda ds: generation.expand_stage(ds, g),  # one row per seed and sample, with its id
         part_rows=part_rows,
+        engine_progress=engines.progress("generation"),
     )
 
     # 2. Parse rounds and sample turns: history of k rounds -> the aligned target.
@@ -132,6 +133,7 @@ def _stages(
         lambda ds, carry: discriminator.discriminator_stage(ds, d, carry, **llm("discriminator", d)),
         where=col("drop_reason").is_null(),
         part_rows=part_rows,
+        engine_progress=engines.progress("discriminator"),
     )
 
     # 3b. Quality score = 100 x cos(target, discriminator answer); keep >= threshold.
@@ -158,6 +160,7 @@ def _stages(
             lambda ds, carry: judge.judge_stage(ds, j, carry, **llm("judge", j)),
             source=(lambda salvage: None) if no_rows else None,
             part_rows=part_rows,
+            engine_progress=engines.progress("judge"),
         )
 
     result = report.write_report(store, cfg, runner.timings)

@@ -44,6 +44,8 @@ from ray.llm._internal.serve.observability.usage_telemetry.usage import push_tel
 from ray.serve.llm import LLMConfig, LLMServer
 from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
+from synth_empathy.storage.progress import STAGE_TAG, EngineCounters
+
 
 def fetches_nothing(model_source: str, mirrored: bool) -> bool:
     """Whether Ray Serve LLM's per-node download task would return ``model_source``
@@ -100,20 +102,53 @@ class EngineServer(LLMServer):
         await self.engine.start()
         asyncio.get_running_loop().run_in_executor(None, push_telemetry_report_for_all_models, [self._llm_config])
 
+    @property
+    def counters(self) -> EngineCounters:
+        """Requests and tokens per stage, for the driver's progress line."""
+        if getattr(self, "_counters", None) is None:
+            self._counters = EngineCounters()
+        return self._counters
+
     async def chat_dict(self, request: dict[str, Any]) -> AsyncGenerator[Any, None]:
         """:meth:`LLMServer.chat` of ``ChatCompletionRequest(**request)``, each answer
         as a dict (what the sender makes of a pydantic answer anyway). A request that
         does not validate raises pydantic's ValidationError, which Ray Data's sender
-        records as that row's error (``should_continue_on_error``)."""
-        stream = await self.chat(ChatCompletionRequest(**request))
-        async for item in stream:
-            error = getattr(item, "error", None)
-            if error is not None and hasattr(error, "message"):
-                # vLLM answers a request it refuses (a prompt over max_model_len, ...)
-                # with an ErrorResponse; raised, it becomes that row's error column
-                # instead of an answer with no text and no error.
-                raise ValueError(f"{getattr(error, 'type', None) or 'engine error'}: {error.message}")
-            yield item.model_dump() if isinstance(item, BaseModel) else item
+        records as that row's error (``should_continue_on_error``). The request is
+        counted for its stage (``STAGE_TAG``, removed here)."""
+        request = dict(request)
+        stage = str(request.pop(STAGE_TAG, None) or "")
+        self.counters.received(stage, request.get("max_tokens") or request.get("max_completion_tokens"))
+        tokens, failed = 0, True
+        try:
+            stream = await self.chat(ChatCompletionRequest(**request))
+            async for item in stream:
+                error = getattr(item, "error", None)
+                if error is not None and hasattr(error, "message"):
+                    # vLLM answers a request it refuses (a prompt over max_model_len, ...)
+                    # with an ErrorResponse; raised, it becomes that row's error column
+                    # instead of an answer with no text and no error.
+                    raise ValueError(f"{getattr(error, 'type', None) or 'engine error'}: {error.message}")
+                out = item.model_dump() if isinstance(item, BaseModel) else item
+                tokens += int(((out.get("usage") or {}) if isinstance(out, dict) else {}).get("completion_tokens") or 0)
+                yield out
+            failed = False
+        finally:
+            self.counters.finished(stage, tokens, failed=failed)
+
+    def tokens_in_flight(self) -> int | None:
+        """Tokens generated so far for the requests still in the engine, read from
+        vLLM's output processor (its per-request detokenizer); None where a vLLM version
+        keeps them elsewhere (then the rate counts finished answers only).
+        ``tests/stages/test_shared_engine.py`` checks the path on the installed vLLM."""
+        try:
+            states = self.engine._engine_client.output_processor.request_states
+            return sum(state.detokenizer.num_output_tokens() for state in list(states.values()))
+        except Exception:
+            return None
+
+    async def progress(self, stage: str) -> dict[str, Any] | None:
+        """The stage's :meth:`EngineCounters.snapshot` (the driver's progress line)."""
+        return self.counters.snapshot(stage, self.tokens_in_flight())
 
 
 async def start_server(llm_config: dict[str, Any]) -> EngineServer:

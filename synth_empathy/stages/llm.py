@@ -23,6 +23,7 @@ from typing import Any
 
 from synth_empathy.core import hardware
 from synth_empathy.models.weights import resolve_model
+from synth_empathy.storage.progress import STAGE_TAG
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,7 @@ class LLMStage:
             "add_generation_prompt": not cont,
             "continue_final_message": cont,
             **self.sampling_params(),
+            STAGE_TAG: self.name,  # the engine counts the stage's requests (progress lines)
         }
         return out
 

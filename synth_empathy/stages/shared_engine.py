@@ -26,6 +26,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,6 +184,29 @@ class SharedEngines:
             self.ready.add(key)
         return self.started[key]
 
+    def progress(self, stage: str) -> Callable[[], dict[str, Any] | str | None] | None:
+        """What the stage's progress line reads from its shared engine: a callable that
+        returns ``"starting"`` until the engine serves, then the engine's counts for the
+        stage (:class:`synth_empathy.storage.progress.EngineCounters`). None for a stage
+        without a shared engine, or one of several replicas (a call reaches only one)."""
+        key = self.stage_key.get(stage)
+        if key is None or self.sections[stage].replicas != 1:
+            return None
+        handle = None
+
+        def read():
+            nonlocal handle
+            if key not in self.ready:
+                return "starting"
+            if handle is None:
+                from ray import serve
+
+                served = self.started[key]
+                handle = serve.get_deployment_handle(served.deployment, served.app)
+            return handle.progress.remote(stage).result(timeout_s=10)
+
+        return read
+
     def _launch(self, key: str, engine: Any, model_path: str) -> None:
         self.since[key] = time.perf_counter()
         self.started[key] = launch_deployment(key, engine, model_path, self.plan[key])
@@ -237,6 +261,9 @@ def llm_config(key: str, engine: Any, model_path: str) -> dict[str, Any]:
             # Stopping the replica at the end of a run waited one 2 s loop of Serve's
             # graceful shutdown for requests that had all been answered.
             "graceful_shutdown_wait_loop_s": 0.2,
+            # Serve logs a line per request ("CALL chat_dict OK 12207.7ms"), which the
+            # driver's log repeats: 185 lines that buried the progress lines of a default run.
+            "logging_config": {"enable_access_log": False},
         },
         runtime_env={"env_vars": env} if env else None,
         log_engine_metrics=False,
@@ -293,6 +320,10 @@ class EngineReplica:
         """:meth:`EngineServer.chat_dict` (the method the senders call)."""
         async for item in self.server.chat_dict(request):
             yield item
+
+    async def progress(self, stage: str):
+        """:meth:`EngineServer.progress` (the driver's progress line asks)."""
+        return await self.server.progress(stage)
 
     async def check_health(self) -> None:
         await self.server.check_health()

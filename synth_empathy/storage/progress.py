@@ -6,6 +6,14 @@ engine finishes them, so the stage folder itself says how far the stage is. A
 parts that appeared since the stage started and logs one line every ``interval``
 seconds, the same on a laptop, in a Ray job's log and against object storage, where a
 terminal progress bar would print nothing useful.
+
+A stage that sends to a shared engine (:mod:`synth_empathy.stages.shared_engine`) gets
+its rows back in batches that finish together near the stage's end (every row of a small
+stage is in the engine at once), so its parts say nothing until then. There the line
+comes from the engine instead: :class:`EngineCounters`, kept in the engine's replica,
+counts each stage's requests and tokens (the stage's name travels in every request under
+:data:`STAGE_TAG`), and :func:`served_line` turns them into rows answered, tok/s and an
+ETA.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -42,12 +52,104 @@ def progress_line(stage: str, done: int, total: int, tokens: int, elapsed: float
     return ", ".join(parts)
 
 
-class StageProgress:
-    """Logs a stage's progress from the parts in its folder until stopped."""
+# The request key that names the stage a request to a shared engine belongs to; the
+# engine counts by it and removes it before vLLM sees the request.
+STAGE_TAG = "synth_empathy_stage"
 
-    def __init__(self, store, stage: str, total: int, tokens_column: str | None, interval: float = 20.0) -> None:
+
+class EngineCounters:
+    """Requests and generated tokens per stage, kept by the shared engine's replica.
+
+    ``received`` when a request arrives, ``finished`` when its answer (or error) goes
+    back; :meth:`snapshot` is what the driver's progress line reads.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._stages: dict[str, dict[str, Any]] = {}
+
+    def received(self, stage: str, max_tokens: int | None) -> None:
+        s = self._stages.setdefault(
+            stage, {"received": 0, "answered": 0, "failed": 0, "tokens": 0, "max_tokens": 0, "first": self._clock()}
+        )
+        s["received"] += 1
+        s["max_tokens"] = max(s["max_tokens"], int(max_tokens or 0))
+
+    def finished(self, stage: str, tokens: int | None, failed: bool = False) -> None:
+        s = self._stages[stage]
+        s["failed" if failed else "answered"] += 1
+        s["tokens"] += int(tokens or 0)
+
+    def in_flight(self) -> int:
+        return sum(s["received"] - s["answered"] - s["failed"] for s in self._stages.values())
+
+    def snapshot(self, stage: str, tokens_in_flight: int | None) -> dict[str, Any] | None:
+        """The stage's counts (None before its first request). ``tokens_in_flight``, the
+        tokens of the answers still being generated (engine-wide: the stages of a run
+        take turns), counts for the stage while it has requests in flight."""
+        s = self._stages.get(stage)
+        if s is None:
+            return None
+        busy = s["received"] - s["answered"] - s["failed"]
+        return {
+            **{k: v for k, v in s.items() if k != "first"},
+            "in_flight": busy,
+            "tokens_in_flight": (tokens_in_flight or 0) if busy else 0,
+            "busy_s": self._clock() - s["first"],
+        }
+
+
+RATE_AFTER_S = 10.0  # seconds of a stage's requests before its rate and ETA are shown
+
+
+def served_line(stage: str, total: int, snap: dict[str, Any] | str | None, written: int, elapsed: float) -> str:
+    """``[generations] 54/98 rows answered (55%), 16 written, 175 tok/s, ETA at most 40s, 100 s``.
+
+    ``snap`` is :meth:`EngineCounters.snapshot` of the stage, ``"starting"`` while its
+    engine starts, None before its first request. The rate counts the tokens of answers
+    still being generated; the ETA assumes every unanswered row runs to ``max_tokens``
+    at that rate, so it is an upper bound while the rate holds.
+    """
+    if not isinstance(snap, dict):
+        what = "engine starting" if snap == "starting" else "sending the first rows"
+        return f"[{stage}] 0/{total} rows, {what}, {elapsed:.0f} s"
+    done = min(snap["answered"] + snap["failed"], total)
+    pct = 100 * done / total if total else 100.0
+    head = f"[{stage}] {done}/{total} rows answered ({pct:.0f}%"
+    head += f", {snap['failed']} failed)" if snap["failed"] else ")"
+    parts = [head, f"{written} written"]
+    tokens = snap["tokens"] + snap["tokens_in_flight"]
+    # The first seconds are the prompts' prefill: a rate from them would promise hours.
+    rate = tokens / snap["busy_s"] if snap["busy_s"] >= RATE_AFTER_S else 0.0
+    if rate > 0:
+        parts.append(f"{rate:.0f} tok/s")
+    if done >= total:
+        parts.append("writing the last parts")
+    elif rate > 0 and snap["max_tokens"]:
+        left = max((total - done) * snap["max_tokens"] - snap["tokens_in_flight"], 0)
+        parts.append(eta_text(left / rate).replace("ETA ", "ETA at most "))
+    else:
+        parts.append(eta_text(None))
+    parts.append(f"{elapsed:.0f} s")
+    return ", ".join(parts)
+
+
+class StageProgress:
+    """Logs a stage's progress until stopped: from the parts in its folder, or, given
+    ``engine`` (a callable returning the stage's :meth:`EngineCounters.snapshot` from its
+    shared engine), from the engine."""
+
+    def __init__(
+        self,
+        store,
+        stage: str,
+        total: int,
+        tokens_column: str | None,
+        interval: float = 20.0,
+        engine: Callable[[], dict[str, Any] | str | None] | None = None,
+    ) -> None:
         self.store, self.stage, self.total, self.tokens_column = store, stage, total, tokens_column
-        self.interval = interval
+        self.interval, self.engine = interval, engine
         self._seen: dict[str, tuple[int, int]] = {}  # part path -> (rows, tokens)
         self._before = set(store.parts(stage))  # salvaged parts do not count as this attempt's work
         self._stop = threading.Event()
@@ -82,8 +184,16 @@ class StageProgress:
             self._seen[path] = (rows, tokens)
         return sum(r for r, _ in self._seen.values()), sum(t for _, t in self._seen.values())
 
+    def line(self) -> str:
+        done, tokens = self.poll()
+        elapsed = time.perf_counter() - self._start
+        if self.engine is not None:
+            try:
+                return served_line(self.stage, self.total, self.engine(), min(done, self.total), elapsed)
+            except Exception as exc:  # the engine busy or gone: the parts still tell
+                log.debug("[%s] no progress from the engine: %s", self.stage, exc)
+        return progress_line(self.stage, min(done, self.total), self.total, tokens, elapsed, elapsed)
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            done, tokens = self.poll()
-            elapsed = time.perf_counter() - self._start
-            log.info(progress_line(self.stage, min(done, self.total), self.total, tokens, elapsed, elapsed))
+            log.info(self.line())

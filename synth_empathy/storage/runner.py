@@ -83,6 +83,7 @@ class StageRunner:
         where: Any = None,
         prepare: Callable[[Any], Any] | None = None,
         part_rows: int | None = None,
+        engine_progress: Callable[[], Any] | None = None,
     ) -> dict:
         """A Ray Data stage keyed by ``contract.key``, resumable row by row.
 
@@ -92,7 +93,9 @@ class StageRunner:
         from outside the run, ``source(salvage)`` with its ``columns``: a Ray Dataset of
         the rows still to do, or None when none is left (then no engine starts).
         ``part_rows`` cuts the input into blocks of at most that many rows, each of which
-        becomes one part: the progress a crash keeps (LLM stages).
+        becomes one part: the progress a crash keeps (LLM stages). ``engine_progress``
+        reads a shared engine's counts for the progress line
+        (:meth:`synth_empathy.stages.shared_engine.SharedEngines.progress`).
         """
         store = self.store
         if store.is_done(contract.name):
@@ -132,7 +135,7 @@ class StageRunner:
                 counted = source is not None or (contract.key or "sample_id") not in columns
                 total = self._rows_to_do(contract, salvage, ds if counted else None, where)
                 with (
-                    StageProgress(store, contract.name, total, contract.tokens, self.progress_interval)
+                    StageProgress(store, contract.name, total, contract.tokens, self.progress_interval, engine_progress)
                     if (contract.tokens)
                     else nullcontext()
                 ):

@@ -7,6 +7,7 @@ itself is tested in test_stages.py with the real embedder.
 """
 
 import json
+import re
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ OVERRIDES = [
     "discriminator.sampling.max_tokens=48",
     "quality.threshold=0",
     "diversity.keep_ratio=0.5",
+    "ray.progress_interval_s=5",  # progress lines while the short stages run
 ]
 
 
@@ -74,6 +76,13 @@ def test_the_three_llm_stages_share_one_engine(run):
     for stage in ("generation", "discriminator", "judge"):
         assert f"[{stage}] engine: shared" in first.stderr
     assert "[engine] starting" not in again.stderr  # nothing left to run: no engine starts
+
+
+def test_the_shared_engines_stages_log_rows_answered_not_a_line_per_request(run):
+    _, first, _ = run
+    lines = re.findall(r"\[(generations|discriminated|judged)\] (\d+)/(\d+) rows answered", first.stderr)
+    assert lines and all(int(done) <= int(total) for _, done, total in lines), lines
+    assert "CALL chat_dict" not in first.stderr  # Serve's access log is off for the engine
 
 
 def test_a_request_the_engine_refuses_is_that_rows_error(run):

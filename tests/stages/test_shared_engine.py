@@ -19,8 +19,10 @@ def plan(*overrides, preset="default"):
 def served_request_object(request_kwargs):
     """The request as the shared engine's replica builds it from a sender's dict."""
     from synth_empathy.stages.engine_server import ChatCompletionRequest
+    from synth_empathy.storage.progress import STAGE_TAG
 
-    return ChatCompletionRequest(request_id="0", idx_in_batch=0, **request_kwargs)
+    kwargs = {k: v for k, v in request_kwargs.items() if k != STAGE_TAG}  # counted, then removed
+    return ChatCompletionRequest(request_id="0", idx_in_batch=0, **kwargs)
 
 
 def test_senders_call_a_method_of_the_engine_server_that_takes_a_dict():
@@ -79,6 +81,7 @@ def test_a_served_request_continues_the_answer_prefix_and_carries_the_sampling()
     assert kw["messages"][-1] == {"role": "assistant", "content": ANSWER_PREFIX}
     assert kw["continue_final_message"] and not kw["add_generation_prompt"]
     assert (kw["temperature"], kw["top_p"], kw["max_tokens"]) == (0.8, 0.9, 240)
+    assert kw["synth_empathy_stage"] == "generation"  # the engine counts it for the progress line
     # Carried columns travel under a prefix: the response's own "id"/"model" cannot clobber them.
     assert req["carry__sample_id"] == "s1-0" and "sample_id" not in req
 
@@ -255,3 +258,38 @@ def test_a_failed_start_names_the_replicas_exception_not_serves_summary():
     assert shared_engine.start_failure(summary, "Replica died: out of memory") == "Replica died: out of memory"
     assert shared_engine.start_failure(summary, "") == summary
     assert shared_engine.start_failure("", "") == "no reason given"
+
+
+def test_the_engine_reads_its_tokens_in_flight_where_the_installed_vllm_keeps_them():
+    # EngineServer.tokens_in_flight reads engine._engine_client.output_processor
+    # .request_states[*].detokenizer.num_output_tokens(); vLLM calls these internal.
+    import inspect
+
+    from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
+    from vllm.v1.engine.async_llm import AsyncLLM
+    from vllm.v1.engine.detokenizer import IncrementalDetokenizer
+    from vllm.v1.engine.output_processor import OutputProcessor, RequestState
+
+    from synth_empathy.stages.engine_server import EngineServer
+
+    assert "self._engine_client = self._start_async_llm_engine(" in inspect.getsource(VLLMEngine)
+    assert "self.output_processor = OutputProcessor(" in inspect.getsource(AsyncLLM)
+    assert OutputProcessor(None, log_stats=False).request_states == {}
+    assert "self.detokenizer = detokenizer" in inspect.getsource(RequestState.__init__)
+    detok = IncrementalDetokenizer()
+    detok.update([5, 6, 7], stop_terminated=False)
+    assert detok.num_output_tokens() == 3
+
+    server = object.__new__(EngineServer)  # without its async __init__ (no engine)
+    assert server.tokens_in_flight() is None  # no engine yet: unknown, not zero
+
+
+def test_a_stages_progress_reads_its_shared_engine_only_once_it_serves():
+    engines = shared_engine.SharedEngines(load_config())
+    read = engines.progress("generation")
+    assert read() == "starting"  # nothing launched: the line says the engine is starting
+    assert engines.progress("seeds") is None
+    per_stage = shared_engine.SharedEngines(load_config("default", ["ray.engines=per-stage"]))
+    assert per_stage.progress("generation") is None  # its own engine: the parts tell
+    cfg = load_config("default", [f"{s}.engine.replicas=2" for s in ("generation", "discriminator", "judge")])
+    assert shared_engine.SharedEngines(cfg).progress("generation") is None  # a call reaches one replica
