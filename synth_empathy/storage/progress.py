@@ -94,21 +94,40 @@ class EngineCounters:
         return {
             **{k: v for k, v in s.items() if k != "first"},
             "in_flight": busy,
-            "tokens_in_flight": (tokens_in_flight or 0) if busy else 0,
+            # None: this vLLM keeps them where the engine does not look (finished answers only)
+            "tokens_in_flight": (tokens_in_flight if busy else 0) if tokens_in_flight is not None else None,
             "busy_s": self._clock() - s["first"],
         }
 
 
-RATE_AFTER_S = 10.0  # seconds of a stage's requests before its rate and ETA are shown
+RATE_AFTER_S = 10.0  # seconds of a stage's requests before a rate over all of them is shown
+ENGINE_SAMPLE_S = 5.0  # seconds between two reads of the engine's counts (the rate's window)
 
 
-def served_line(stage: str, total: int, snap: dict[str, Any] | str | None, written: int, elapsed: float) -> str:
-    """``[generations] 54/98 rows answered (55%), 16 written, 175 tok/s, ETA at most 40s, 100 s``.
+def engine_rate(previous: dict[str, Any] | None, snap: dict[str, Any]) -> float | None:
+    """Generated tokens/s since the ``previous`` snapshot of the stage (the engine's rate
+    now), or over the whole stage for its first line. None while the engine still reads
+    the prompts (fewer tokens than requests in flight): the ~20 s of prefill at a
+    default generation's start would otherwise promise an ETA of hours."""
+    tokens = snap["tokens"] + (snap["tokens_in_flight"] or 0)
+    if snap["in_flight"] and snap["tokens_in_flight"] is not None and snap["tokens_in_flight"] < snap["in_flight"]:
+        return None
+    if previous is not None and snap["busy_s"] - previous["busy_s"] >= 1.0:
+        before = previous["tokens"] + (previous["tokens_in_flight"] or 0)
+        return max(tokens - before, 0) / (snap["busy_s"] - previous["busy_s"])
+    return tokens / snap["busy_s"] if snap["busy_s"] >= RATE_AFTER_S else None
+
+
+def served_line(
+    stage: str, total: int, snap: dict[str, Any] | str | None, written: int, elapsed: float, rate: float | None = None
+) -> str:
+    """``[generations] 54/98 rows answered (55%), 16 written, 175 tok/s, ETA 40s, 100 s``.
 
     ``snap`` is :meth:`EngineCounters.snapshot` of the stage, ``"starting"`` while its
-    engine starts, None before its first request. The rate counts the tokens of answers
-    still being generated; the ETA assumes every unanswered row runs to ``max_tokens``
-    at that rate, so it is an upper bound while the rate holds.
+    engine starts, None before its first request; ``rate`` is :func:`engine_rate`. The
+    ETA assumes every unanswered row runs to ``max_tokens`` at that rate (the tokens of
+    answers still being generated counted): long for answers that stop early, short by
+    the last batch's slower steps and the parts' writing.
     """
     if not isinstance(snap, dict):
         what = "engine starting" if snap == "starting" else "sending the first rows"
@@ -118,18 +137,17 @@ def served_line(stage: str, total: int, snap: dict[str, Any] | str | None, writt
     head = f"[{stage}] {done}/{total} rows answered ({pct:.0f}%"
     head += f", {snap['failed']} failed)" if snap["failed"] else ")"
     parts = [head, f"{written} written"]
-    tokens = snap["tokens"] + snap["tokens_in_flight"]
-    # The first seconds are the prompts' prefill: a rate from them would promise hours.
-    rate = tokens / snap["busy_s"] if snap["busy_s"] >= RATE_AFTER_S else 0.0
-    if rate > 0:
-        parts.append(f"{rate:.0f} tok/s")
     if done >= total:
         parts.append("writing the last parts")
-    elif rate > 0 and snap["max_tokens"]:
-        left = max((total - done) * snap["max_tokens"] - snap["tokens_in_flight"], 0)
-        parts.append(eta_text(left / rate).replace("ETA ", "ETA at most "))
+    elif rate is None:
+        parts.append("reading the prompts" if snap["in_flight"] else eta_text(None))
     else:
-        parts.append(eta_text(None))
+        parts.append(f"{rate:.0f} tok/s")
+        if rate > 0 and snap["max_tokens"]:
+            left = max((total - done) * snap["max_tokens"] - (snap["tokens_in_flight"] or 0), 0)
+            parts.append(eta_text(left / rate))
+        else:
+            parts.append(eta_text(None))
     parts.append(f"{elapsed:.0f} s")
     return ", ".join(parts)
 
@@ -150,6 +168,7 @@ class StageProgress:
     ) -> None:
         self.store, self.stage, self.total, self.tokens_column = store, stage, total, tokens_column
         self.interval, self.engine = interval, engine
+        self._previous: dict[str, Any] | None = None  # the engine's last snapshot (the rate since)
         self._seen: dict[str, tuple[int, int]] = {}  # part path -> (rows, tokens)
         self._before = set(store.parts(stage))  # salvaged parts do not count as this attempt's work
         self._stop = threading.Event()
@@ -184,16 +203,37 @@ class StageProgress:
             self._seen[path] = (rows, tokens)
         return sum(r for r, _ in self._seen.values()), sum(t for _, t in self._seen.values())
 
+    def sample(self) -> tuple[dict[str, Any] | str | None, float | None]:
+        """The engine's snapshot of the stage and its rate since the previous sample."""
+        snap = self.engine()
+        rate = None
+        if isinstance(snap, dict):
+            rate = engine_rate(self._previous, snap)
+            self._previous = snap
+        return snap, rate
+
     def line(self) -> str:
         done, tokens = self.poll()
         elapsed = time.perf_counter() - self._start
         if self.engine is not None:
             try:
-                return served_line(self.stage, self.total, self.engine(), min(done, self.total), elapsed)
+                snap, rate = self.sample()
+                return served_line(self.stage, self.total, snap, min(done, self.total), elapsed, rate)
             except Exception as exc:  # the engine busy or gone: the parts still tell
                 log.debug("[%s] no progress from the engine: %s", self.stage, exc)
         return progress_line(self.stage, min(done, self.total), self.total, tokens, elapsed, elapsed)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            log.info(self.line())
+        # The engine is sampled every few seconds between lines, so that a line's rate is
+        # the engine's over the last seconds, not a mean that still holds the prompts' prefill.
+        poll = min(self.interval, ENGINE_SAMPLE_S) if self.engine is not None else self.interval
+        last = time.perf_counter()
+        while not self._stop.wait(poll):
+            if time.perf_counter() - last >= self.interval - poll / 2:
+                log.info(self.line())
+                last = time.perf_counter()
+            else:
+                try:
+                    self.sample()
+                except Exception as exc:
+                    log.debug("[%s] no progress from the engine: %s", self.stage, exc)
