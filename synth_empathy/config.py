@@ -276,7 +276,8 @@ class RayConfig:
     verbose_progress: bool = opt(
         False,
         "also log Ray Data's own per-operator progress (a multi-line dump every 10 s when the "
-        "output is not a terminal); off: one progress line per LLM stage (rows, tok/s, ETA)",
+        "output is not a terminal) and, on a local Ray, vLLM's INFO lines as an engine starts; "
+        "off: one progress line per LLM stage (rows, tok/s, ETA)",
     )
     progress_interval_s: float = opt(20.0, "seconds between the progress lines of an LLM stage")
     footer_readers: Optional[int] = opt(

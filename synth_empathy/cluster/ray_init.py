@@ -26,7 +26,11 @@ def init_ray(cfg: DictConfig, sections: tuple | None = None) -> None:
         # ray.init() would join that one, and refuse num_cpus).
         # A shared engine stays up through the stages between its users (scoring,
         # selection), so its CPUs come on top of what those stages need.
-        env = {"TOKENIZERS_PARALLELISM": "false", **footer_reader_env(cfg.ray.footer_readers, os.cpu_count() or 1)}
+        env = {
+            "TOKENIZERS_PARALLELISM": "false",
+            **footer_reader_env(cfg.ray.footer_readers, os.cpu_count() or 1),
+            **engine_log_env(cfg.ray.verbose_progress, os.environ),
+        }
         os.environ.update(env)  # the driver lists files too
         ray.init(
             address="local",
@@ -47,6 +51,15 @@ def footer_reader_env(readers: int | None, cores: int) -> dict[str, str]:
     ``ray.footer_readers`` says otherwise."""
     n = readers if readers is not None else max(1, min(32, cores // 8))
     return {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": str(n)}
+
+
+def engine_log_env(verbose: bool, environ) -> dict[str, str]:
+    """vLLM logs ~35 INFO lines as an engine starts (its config, KV cache size, thread
+    binding, ...), which the driver's log repeats between the progress lines; they are
+    not logged unless ``ray.verbose_progress`` (or ``VLLM_LOGGING_LEVEL`` is set). Its
+    warnings and errors still are, and the run's own ``[engine]`` line names the dtype,
+    memory share and binding."""
+    return {} if verbose or "VLLM_LOGGING_LEVEL" in environ else {"VLLM_LOGGING_LEVEL": "WARNING"}
 
 
 def quiet_ray_data_progress(cfg: DictConfig) -> None:

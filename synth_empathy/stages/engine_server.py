@@ -129,7 +129,8 @@ class EngineServer(LLMServer):
                     # instead of an answer with no text and no error.
                     raise ValueError(f"{getattr(error, 'type', None) or 'engine error'}: {error.message}")
                 out = item.model_dump() if isinstance(item, BaseModel) else item
-                tokens += int(((out.get("usage") or {}) if isinstance(out, dict) else {}).get("completion_tokens") or 0)
+                usage = out.get("usage") if isinstance(out, dict) else None
+                tokens += int((usage or {}).get("completion_tokens") or 0)
                 yield out
             failed = False
         finally:
