@@ -80,9 +80,6 @@ class EngineCounters:
         s["failed" if failed else "answered"] += 1
         s["tokens"] += int(tokens or 0)
 
-    def in_flight(self) -> int:
-        return sum(s["received"] - s["answered"] - s["failed"] for s in self._stages.values())
-
     def snapshot(self, stage: str, tokens_in_flight: int | None) -> dict[str, Any] | None:
         """The stage's counts (None before its first request). ``tokens_in_flight``, the
         tokens of the answers still being generated (engine-wide: the stages of a run
@@ -203,9 +200,14 @@ class StageProgress:
             self._seen[path] = (rows, tokens)
         return sum(r for r, _ in self._seen.values()), sum(t for _, t in self._seen.values())
 
-    def sample(self) -> tuple[dict[str, Any] | str | None, float | None]:
-        """The engine's snapshot of the stage and its rate since the previous sample."""
-        snap = self.engine()
+    def sample(self) -> tuple[dict[str, Any] | str | None, float | None] | None:
+        """The engine's snapshot of the stage and its rate since the previous sample; None
+        where the engine does not answer (busy or gone: the parts still tell)."""
+        try:
+            snap = self.engine()
+        except Exception as exc:
+            log.debug("[%s] no progress from the engine: %s", self.stage, exc)
+            return None
         rate = None
         if isinstance(snap, dict):
             rate = engine_rate(self._previous, snap)
@@ -215,12 +217,10 @@ class StageProgress:
     def line(self) -> str:
         done, tokens = self.poll()
         elapsed = time.perf_counter() - self._start
-        if self.engine is not None:
-            try:
-                snap, rate = self.sample()
-                return served_line(self.stage, self.total, snap, min(done, self.total), elapsed, rate)
-            except Exception as exc:  # the engine busy or gone: the parts still tell
-                log.debug("[%s] no progress from the engine: %s", self.stage, exc)
+        sampled = self.sample() if self.engine is not None else None
+        if sampled is not None:
+            snap, rate = sampled
+            return served_line(self.stage, self.total, snap, min(done, self.total), elapsed, rate)
         return progress_line(self.stage, min(done, self.total), self.total, tokens, elapsed, elapsed)
 
     def _loop(self) -> None:
@@ -232,8 +232,5 @@ class StageProgress:
             if time.perf_counter() - last >= self.interval - poll / 2:
                 log.info(self.line())
                 last = time.perf_counter()
-            else:
-                try:
-                    self.sample()
-                except Exception as exc:
-                    log.debug("[%s] no progress from the engine: %s", self.stage, exc)
+            elif self.engine is not None:
+                self.sample()

@@ -58,7 +58,6 @@ def test_the_engine_counts_each_stages_requests_and_tokens():
     # The engine's tokens in flight are the stage's only while it has requests in flight.
     assert counts.snapshot("generation", 40)["tokens_in_flight"] == 0
     assert counts.snapshot("discriminator", 40)["tokens_in_flight"] == 40
-    assert counts.in_flight() == 1
     assert counts.snapshot("discriminator", None)["tokens_in_flight"] is None  # unknown stays unknown
 
 
