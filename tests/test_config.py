@@ -57,6 +57,12 @@ def test_overrides_apply_and_are_typed():
         ("default", ["diversity.storage_dtype=int8"], "diversity.storage_dtype must be auto, float32"),
         ("default", ["diversity.device=gpu"], "diversity.device must be auto, cpu, cuda"),
         ("default", ["ray.footer_readers=0"], "ray.footer_readers must be >= 1 or null"),
+        ("default", ["judge.engine.kv_block_size=big"], "judge.engine.kv_block_size must be auto or a positive"),
+        (
+            "default",
+            ["generation.engine.kv_block_size=0"],
+            "generation.engine.kv_block_size must be auto or a positive",
+        ),
     ],
 )
 def test_config_errors_are_one_line_and_name_the_problem(preset, overrides, expected):

@@ -57,6 +57,8 @@ def engine_kwargs(engine: Any) -> dict[str, Any]:
     }
     if engine.max_num_seqs:
         kwargs["max_num_seqs"] = engine.max_num_seqs
+    if r.get("block_size"):  # absent in a config.yaml resolved before the option existed
+        kwargs["block_size"] = r["block_size"]
     kwargs.update(dict(engine.extra or {}))
     return kwargs
 

@@ -26,6 +26,7 @@ def test_engine_kwargs_use_the_loaded_choice(hw, dtype, share):
     kw = llm.engine_kwargs(cfg.generation.engine)
     assert kw["dtype"] == dtype and kw["gpu_memory_utilization"] == share
     assert kw["max_num_seqs"] == 8 and kw["swap_space"] == 1 and kw["enforce_eager"] is True
+    assert kw["block_size"] == H.CPU_KV_BLOCK == 32  # kv_block_size=auto on the CPU backend
     assert llm.engine_env(cfg.generation.engine) == {"VLLM_CPU_OMP_THREADS_BIND": ALL_CORES, **FAST_TOP_P}
 
 
@@ -41,6 +42,10 @@ def test_explicit_values_pass_through():
     resolve_hardware(cfg, AVX2)
     kw = llm.engine_kwargs(cfg.generation.engine)
     assert (kw["dtype"], kw["gpu_memory_utilization"]) == ("float16", 0.25)
+    cfg = load_config("default", ["generation.engine.kv_block_size=64"])
+    assert llm.engine_kwargs(cfg.generation.engine)["block_size"] == 64
+    cfg = load_config("default", ["generation.engine.extra.block_size=96"])  # extra has the last word
+    assert llm.engine_kwargs(cfg.generation.engine)["block_size"] == 96
     assert llm.engine_env(cfg.generation.engine) == {"VLLM_CPU_OMP_THREADS_BIND": "0-1", **FAST_TOP_P}
     # vllm: vLLM's own binding, no binding set; without fast_top_p nothing at all.
     cfg = load_config("default", ["generation.engine.cpu_threads_bind=vllm"])
@@ -58,6 +63,7 @@ def test_gpu_engines_get_no_cpu_binding():
     resolve_hardware(cfg, AVX2)  # a CPU-only driver: vLLM decides the dtype on the GPU node
     e = cfg.generation.engine
     assert llm.engine_kwargs(e)["dtype"] == "auto" and llm.engine_env(e) == {}
+    assert "block_size" not in llm.engine_kwargs(e)  # vLLM's own on a GPU
     assert llm.engine_kwargs(e)["gpu_memory_utilization"] == e.memory_utilization
 
 
@@ -68,6 +74,9 @@ def test_an_unloaded_engine_config_is_resolved_on_the_spot(monkeypatch):
     assert llm.engine_kwargs(EngineConfig())["gpu_memory_utilization"] == 0.3
     monkeypatch.setattr(H, "detect", lambda with_cuda=False: ZEN4)
     assert llm.engine_kwargs(e)["dtype"] == "bfloat16"
+    # a config.yaml resolved before kv_block_size existed: vLLM's own block size
+    old = OmegaConf.structured(EngineConfig(resolved={"dtype": "float32", "memory_utilization": 0.3}))
+    assert "block_size" not in llm.engine_kwargs(old)
 
 
 def test_processor_config_carries_the_env_to_the_engine_actor(caplog):
