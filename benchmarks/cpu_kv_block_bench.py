@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from machine import cpu_name
+from machine import cpu_name, record, run_child
 
 DECODE_STEPS = 160
 
@@ -94,17 +93,10 @@ def main() -> int:
     env.update(SYNTH_EMPATHY_CPU_TOP_P="fast", VLLM_ENABLE_V1_MULTIPROCESSING="0")
     for r in range(args.rounds):
         for block in (int(b) for b in args.blocks.split(",")):
-            proc = subprocess.run(
-                [sys.executable, __file__, "--child", args.dtype, str(block)], env=env, capture_output=True, text=True
-            )
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                print(proc.stderr[-3000:], file=sys.stderr)
+            result = run_child([sys.executable, __file__, "--child", args.dtype, str(block)], env)
+            if result is None:
                 return 1
-            rec = {"block_size": block, "dtype": args.dtype, "round": r, "cpu": cpu_name(), **json.loads(lines[-1][7:])}
-            print(json.dumps(rec), flush=True)
-            with out.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
+            record(out, {"block_size": block, "dtype": args.dtype, "round": r, "cpu": cpu_name(), **result})
     return 0
 
 

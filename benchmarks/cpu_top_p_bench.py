@@ -25,12 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from machine import cpu_name
+from machine import cpu_name, record, run_child
 
 SAMPLERS = {
     "vllm-sort": (0.9, {}),
@@ -97,20 +96,12 @@ def main() -> int:
             top_p, env = SAMPLERS[name]
             child_env = {k: v for k, v in os.environ.items() if k != "SYNTH_EMPATHY_CPU_TOP_P"}
             child_env.update(bind, **env)
-            proc = subprocess.run(
-                [sys.executable, __file__, "--child", args.dtype, str(top_p), str(args.max_tokens)],
-                env=child_env,
-                capture_output=True,
-                text=True,
+            result = run_child(
+                [sys.executable, __file__, "--child", args.dtype, str(top_p), str(args.max_tokens)], child_env
             )
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                print(proc.stderr[-3000:], file=sys.stderr)
+            if result is None:
                 return 1
-            rec = {"sampler": name, "dtype": args.dtype, "round": r, "cpu": cpu_name(), **json.loads(lines[-1][7:])}
-            print(json.dumps(rec), flush=True)
-            with out.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
+            record(out, {"sampler": name, "dtype": args.dtype, "round": r, "cpu": cpu_name(), **result})
     return 0
 
 

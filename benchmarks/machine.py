@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
@@ -33,3 +34,27 @@ def cpu_name() -> str:
     if os.environ.get("SYNTH_EMPATHY_AVX2_EMULATION") == "1":  # set by benchmarks/avx2_emulation.py
         name += ", kernels capped at AVX2 (emulated)"
     return name
+
+
+def run_child(args: list[str], env: dict[str, str]) -> dict | None:
+    """Run one benchmark configuration in its own process (vLLM fixes its settings at
+    engine start) and return what it printed as ``RESULT <json>``; None (its stderr's
+    tail printed) if it failed."""
+    import json
+    import subprocess
+
+    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return None
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def record(out, rec: dict) -> None:
+    """Print one record and append it to the JSON-lines file ``out``."""
+    import json
+
+    print(json.dumps(rec), flush=True)
+    with open(out, "a") as f:
+        f.write(json.dumps(rec) + "\n")
