@@ -87,8 +87,8 @@ class EngineConfig:
         "auto",
         "tokens per KV-cache block (vLLM block_size); prompts reuse a cached prefix in whole "
         "blocks. auto: 32 on CPU engines, where vLLM's 128 reused almost none of the default "
-        "run's generation prompts (they share ~60-90 tokens: the system prompt and the "
-        "instructions up to the emotion); prefill 19-20 s -> 14-17 s, decoding no slower "
+        "run's generation prompts (those of one emotion share their first ~88 tokens, the "
+        "system prompt and the instructions); prefill 19-20 s -> 14-17 s, decoding no slower "
         "(kernels capped at AVX2, benchmarks/README.md); vLLM's own on a GPU. A number is "
         "passed as given (the CPU backend needs a multiple of 32)",
     )
