@@ -38,7 +38,7 @@ def child(dtype: str, block_size: int) -> dict:
 
     from synth_empathy.models.weights import resolve_model
     from synth_empathy.stages.generation import generation_messages
-    from synth_empathy.storage.seed_sources import default_seed_path, read_seeds
+    from synth_empathy.stages.seed_sources import default_seed_path, read_seeds
 
     seeds = read_seeds(default_seed_path()).to_arrow().to_pylist()  # as the default run reads them
     prompts = [generation_messages(s) for s in seeds]

@@ -7,7 +7,7 @@ packaged SmolLM2-135M, ``max_tokens=300``, temperature 0.8, and three samplers:
 * ``vllm-sort`` - ``top_p=0.9`` (the method's), vLLM's own top-p (sorts every
   sequence's 49,152 logits each step);
 * ``fast`` - ``top_p=0.9`` with ``SYNTH_EMPATHY_CPU_TOP_P=fast`` in the engine's
-  environment (synth_empathy.models.cpu_top_p, loaded by vLLM as a plugin);
+  environment (synth_empathy.engines.cpu_top_p, loaded by vLLM as a plugin);
 * ``no-top-p`` - ``top_p=1.0``: no cut at all, the floor both can reach.
 
 Each sampler in its own child process (vLLM loads plugins once per process), the
@@ -43,7 +43,7 @@ def child(dtype: str, top_p: float, max_tokens: int) -> dict:
 
     from synth_empathy.models.weights import resolve_model
     from synth_empathy.stages.generation import generation_messages
-    from synth_empathy.storage.seed_sources import default_seed_path, read_seeds
+    from synth_empathy.stages.seed_sources import default_seed_path, read_seeds
 
     seeds = read_seeds(default_seed_path()).to_arrow().to_pylist()  # as the default run reads them
     prompts = [generation_messages(s) for s in seeds]

@@ -174,8 +174,8 @@ def load() -> float:
 
 
 def run_case(name: str, spec) -> dict:
-    from synth_empathy.cluster.kcenter_shards import map_shards_on_ray
     from synth_empathy.core import kcenter as K
+    from synth_empathy.stages.kcenter_shards import map_shards_on_ray
 
     data, n, keep, repeats, np_steps, torch_steps, shards = spec
     x = ed_embeddings() if data == "ed" else clustered_unit_vectors(n)
@@ -255,8 +255,8 @@ def run_splits(name: str, spec, shard_counts=(4, 8), repeats: int = 1) -> dict:
     picks do not change between repeats)."""
     import ray
 
-    from synth_empathy.cluster.kcenter_shards import map_shards_on_ray
     from synth_empathy.core import kcenter as K
+    from synth_empathy.stages.kcenter_shards import map_shards_on_ray
 
     data, n, keep = spec[:3]
     x = ed_embeddings() if data == "ed" else clustered_unit_vectors(n)

@@ -55,10 +55,10 @@ from machine import cpu_name
 
 from synth_empathy import schemas
 from synth_empathy.core.turn_sampling import sample_turns
+from synth_empathy.executor.runner import StageRunner
 from synth_empathy.stages import discriminator, generation, quality, seeds, turns
 from synth_empathy.stages.generation import sample_id
 from synth_empathy.storage.run_store import RunStore
-from synth_empathy.storage.runner import StageRunner
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"

@@ -46,7 +46,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def seed_rows(n: int) -> list[dict[str, Any]]:
     """n generation rows from the shipped seeds (cycled), as the pipeline expands them."""
-    from synth_empathy.storage.seed_sources import default_seed_path, read_seeds
+    from synth_empathy.stages.seed_sources import default_seed_path, read_seeds
 
     seeds = read_seeds(default_seed_path()).to_arrow().to_pylist()
     return [dict(seeds[i % len(seeds)], sample_id=f"{seeds[i % len(seeds)]['seed_id']}#g{i}") for i in range(n)]
@@ -86,9 +86,9 @@ def config():
 def llm_plain(args) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
 
+    from synth_empathy.engines.options import engine_env, engine_kwargs
     from synth_empathy.models.weights import resolve_model
     from synth_empathy.stages.generation import generation_messages
-    from synth_empathy.stages.llm import engine_env, engine_kwargs
 
     cfg = config().generation
     kwargs = engine_kwargs(cfg.engine)

@@ -26,7 +26,9 @@ from ray.data.expressions import col
 from synth_empathy import report
 from synth_empathy.cluster.ray_init import init_ray
 from synth_empathy.config import redacted_yaml
+from synth_empathy.engines import shared as shared_engine
 from synth_empathy.errors import BadInputError
+from synth_empathy.executor.runner import StageRunner
 from synth_empathy.models.weights import check_model, resolve_model
 from synth_empathy.stages import (
     dataset_card,
@@ -37,13 +39,11 @@ from synth_empathy.stages import (
     quality,
     seeds,
     selection,
-    shared_engine,
     turns,
 )
+from synth_empathy.stages.seed_sources import validate_seed_source
 from synth_empathy.storage.manifest import new_manifest
 from synth_empathy.storage.run_store import RunStore, new_run_id, storage_options
-from synth_empathy.storage.runner import StageRunner
-from synth_empathy.storage.seed_sources import default_seed_path, validate_seed_source
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def preflight(cfg: DictConfig) -> RunStore:
     A run folder that the output check made is removed again when a later check fails,
     so a run that never started leaves nothing behind.
     """
-    seeds_path = cfg.seeds.path or default_seed_path()
+    seeds_path = seeds.seed_path(cfg.seeds)
     validate_seed_source(seeds_path, cfg.seeds.layout, storage_options(seeds_path, cfg.storage))
     store = RunStore(cfg.output, cfg.run_id or new_run_id(), storage_options(cfg.output, cfg.storage))
     made_here = store.local and not store.fs.exists(store.root)  # object stores get only the probe
@@ -104,7 +104,7 @@ def _stages(
 
     # 0. Seeds: the dialogues the method starts from.
     def seed_table():
-        table, info = seeds.seed_table(cfg, storage_options(cfg.seeds.path or default_seed_path(), cfg.storage))
+        table, info = seeds.seed_table(cfg.seeds, storage_options(seeds.seed_path(cfg.seeds), cfg.storage))
         store.write_json("seeds.json", info)
         return table
 

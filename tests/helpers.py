@@ -51,8 +51,8 @@ def scored_run(tmp_path, n=300, parts=4, d=8, seed=1):
     import pyarrow.parquet as pq
 
     from synth_empathy import schemas
+    from synth_empathy.executor.runner import StageRunner
     from synth_empathy.storage.run_store import RunStore
-    from synth_empathy.storage.runner import StageRunner
 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, d)).astype(np.float32)

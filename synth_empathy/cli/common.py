@@ -1,4 +1,4 @@
-"""What every command shares: logging, the config arguments, and the bad-input exit.
+"""What every command shares: the config arguments, and the bad-input exit.
 
 Every command takes ``--preset NAME`` and ``key=value`` overrides of the one config
 schema (:mod:`synth_empathy.config`); its own flags are aliases for config keys. Every
@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import logging
 import sys
 from collections.abc import Callable
 
 from synth_empathy.errors import BadInputError, ConfigError
 
 EXIT_BAD_INPUT = 2
-
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s synth-empathy %(message)s", datefmt="%H:%M:%S")
 
 
 class Parser(argparse.ArgumentParser):

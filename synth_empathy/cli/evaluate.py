@@ -31,8 +31,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, load_with_aliases, setup_logging
+from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, load_with_aliases
 from synth_empathy.errors import EvaluationInputError
+from synth_empathy.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def heldout_rows(cfg: Any, storage_options: dict | None = None) -> tuple[pa.Tabl
     """The held-out pairs as discriminator rows (sorted by id, at most ``limit``), and what was read."""
     from synth_empathy.core.heldout import is_heldout
     from synth_empathy.core.sft_data import seed_row
-    from synth_empathy.storage.seed_sources import default_seed_path, read_seeds
+    from synth_empathy.stages.seed_sources import default_seed_path, read_seeds
 
     e, fraction = cfg.evaluate, cfg.train.heldout_fraction if cfg.evaluate.heldout_only else None
     path = e.data or default_seed_path()
@@ -126,12 +127,12 @@ def run_evaluation(output: str, cfg: Any) -> dict[str, Any]:
 
     from synth_empathy.cli.judge import output_store
     from synth_empathy.cluster.ray_init import init_ray
+    from synth_empathy.executor.runner import StageRunner
     from synth_empathy.models.embedder import encode
     from synth_empathy.models.weights import check_model, resolve_model
     from synth_empathy.stages.contract import StageContract
     from synth_empathy.stages.discriminator import discriminator_stage
     from synth_empathy.storage.run_store import storage_options
-    from synth_empathy.storage.runner import StageRunner
 
     e = cfg.evaluate
     if not e.models:

@@ -46,8 +46,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from synth_empathy import schemas
-from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, load_with_aliases, setup_logging
+from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, load_with_aliases
 from synth_empathy.errors import JudgeInputError  # noqa: F401 (re-exported)
+from synth_empathy.logs import setup_logging
 from synth_empathy.stages.contract import StageContract
 
 log = logging.getLogger(__name__)
@@ -236,10 +237,10 @@ def run_judging(
 ) -> dict[str, Any]:
     """Judge ``input`` into ``output`` with ``cfg.judge``; returns the report."""
     from synth_empathy.cluster.ray_init import init_ray
+    from synth_empathy.executor.runner import StageRunner
     from synth_empathy.models.weights import check_model, resolve_model
     from synth_empathy.stages.judge import judge_stage, judge_summary
     from synth_empathy.storage.run_store import storage_options
-    from synth_empathy.storage.runner import StageRunner
 
     if sample is not None and sample < 1:
         raise JudgeInputError(f"--sample must be at least 1, got {sample}")

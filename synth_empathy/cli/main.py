@@ -21,8 +21,9 @@ import importlib
 import json
 import sys
 
-from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, setup_logging
+from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input
 from synth_empathy.config import docs_table, load_config, redacted_yaml
+from synth_empathy.logs import setup_logging
 
 # command -> (module with main(argv), help); `run` and `config` are this module's own
 COMMANDS = {

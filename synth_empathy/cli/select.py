@@ -33,10 +33,10 @@ import uuid
 import numpy as np
 
 from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, load_with_aliases
-from synth_empathy.cluster.kcenter_shards import map_shards_on_ray
 from synth_empathy.core.kcenter import METHODS, SelectionError, resolve_k, select_k_center
 from synth_empathy.core.near_duplicates import check_threshold, drop_near_duplicates
 from synth_empathy.core.shard_split import SPLITS
+from synth_empathy.stages.kcenter_shards import map_shards_on_ray
 
 SELECTED_FILE = "selected.parquet"
 REPORT_FILE = "selection_report.json"

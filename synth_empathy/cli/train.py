@@ -22,7 +22,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, load_with_aliases, setup_logging
+from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, load_with_aliases
+from synth_empathy.logs import setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:

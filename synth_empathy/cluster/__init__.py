@@ -1,2 +1,1 @@
-"""Where the code runs: Ray start-up and resource checks, job submission, and the Ray
-tasks of the sharded k-center."""
+"""Where the code runs: Ray start-up and resource checks, and job submission."""

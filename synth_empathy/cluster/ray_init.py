@@ -8,7 +8,7 @@ import os
 from omegaconf import DictConfig
 
 from synth_empathy.cluster.submit import check_cluster
-from synth_empathy.stages.shared_engine import resident_engine_cpus
+from synth_empathy.engines.shared import resident_engine_cpus
 
 
 def init_ray(cfg: DictConfig, sections: tuple | None = None) -> None:

@@ -270,7 +270,7 @@ def describe(resolved: dict) -> str:
     return line + (f" ({resolved['threads_reason']})" if resolved.get("threads_reason") else "")
 
 
-# In a CPU engine's environment: synth_empathy.models.cpu_top_p (a vLLM plugin) cuts top-p there.
+# In a CPU engine's environment: synth_empathy.engines.cpu_top_p (a vLLM plugin) cuts top-p there.
 CPU_TOP_P_ENV = "SYNTH_EMPATHY_CPU_TOP_P"
 
 _warned: set[str] = set()
@@ -309,7 +309,7 @@ def resolve_engine(engine, where: str = "engine", hw: Hardware | None = None, ma
             engine.cpu_threads_bind, engine.cpus_per_replica, ranks, max_cores, engine.replicas
         )
         if getattr(engine, "fast_top_p", True):
-            out["env"][CPU_TOP_P_ENV] = "fast"  # read by synth_empathy.models.cpu_top_p in the engine
+            out["env"][CPU_TOP_P_ENV] = "fast"  # read by synth_empathy.engines.cpu_top_p in the engine
     else:
         out["env"] = {}
     if choice.warning:

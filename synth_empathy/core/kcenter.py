@@ -781,7 +781,7 @@ def per_part(k, parts) -> list:
 
 def map_shards_here(x, parts, k, start: int, device: str, fast: bool) -> list:
     """Run every shard in this process, one after another (no Ray: the core stays pure).
-    :func:`synth_empathy.cluster.kcenter_shards.map_shards_on_ray` runs them as Ray tasks.
+    :func:`synth_empathy.stages.kcenter_shards.map_shards_on_ray` runs them as Ray tasks.
     ``k``: centers per shard, one number or one per part."""
     return [shard_greedy(x, p, kp, start, device, fast) for p, kp in zip(parts, per_part(k, parts))]
 
@@ -861,7 +861,7 @@ def select_k_center(
     ``per_shard`` (``full`` | ``proportional``) shape ``sharded``'s split and the
     centers each shard keeps. ``map_shards(x, parts, k, start, device, fast)`` runs the
     shards of ``sharded`` (default: here, one after another; the pipeline and ``synth-empathy select`` pass the Ray version from
-    :mod:`synth_empathy.cluster.kcenter_shards`). ``storage`` is the dtype of the rows on
+    :mod:`synth_empathy.stages.kcenter_shards`). ``storage`` is the dtype of the rows on
     a GPU (:mod:`synth_empathy.core.kcenter_device`); ``x`` may be a torch tensor there.
     """
     if method not in METHODS:

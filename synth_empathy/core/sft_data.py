@@ -7,7 +7,7 @@ and every row becomes chat messages through
 discriminator stage uses at run time. Sources:
 
 * **seed pairs** (``seed_id, context, response``, read from ED or any seed file by
-  :func:`synth_empathy.storage.seed_sources.read_seeds`): ``context`` lines become the
+  :func:`synth_empathy.stages.seed_sources.read_seeds`): ``context`` lines become the
   history (``Speaker`` = user, ``Listener`` = assistant) and the instruction
   (``context`` + ``"\\nListener:"``), ``response`` the target - exactly the layout a
   generated sample has;

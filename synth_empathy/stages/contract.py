@@ -1,6 +1,6 @@
 """What a stage declares: the table it reads, the columns it requires, the schema it writes.
 
-The runner (:mod:`synth_empathy.storage.runner`) checks ``requires`` against the input
+The runner (:mod:`synth_empathy.executor.runner`) checks ``requires`` against the input
 table's schema before anything starts (an engine start is a minute on a CPU; a missing
 column should cost a second), derives the columns the stage carries through unchanged
 from the input, and casts every batch to ``produces`` before it is written.

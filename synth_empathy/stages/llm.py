@@ -5,7 +5,7 @@ columns it carries through (``passthrough``) and what it adds
 (:meth:`LLMStage.output_columns`). Everything about engines - replicas, GPUs, tensor
 parallelism, batching, retries - comes from :class:`synth_empathy.config.EngineConfig`
 and is handed to Ray Data LLM, which runs each engine in an actor of a pool. When several
-stages share one engine (:mod:`synth_empathy.stages.shared_engine`), the stage sends the
+stages share one engine (:mod:`synth_empathy.engines.shared`), the stage sends the
 same messages and sampling settings as OpenAI-style chat requests to that engine's Ray
 Serve deployment instead, and reads back the same columns.
 
@@ -22,63 +22,15 @@ import re
 from typing import Any
 
 from synth_empathy.core import hardware
+from synth_empathy.engines.counters import STAGE_TAG
+from synth_empathy.engines.options import engine_env, engine_kwargs, placement, resolved
 from synth_empathy.models.weights import resolve_model
-from synth_empathy.storage.progress import STAGE_TAG
 
 log = logging.getLogger(__name__)
 
 # The response's own columns (id, model, usage, ...) land in the same row as the input's,
 # so the columns a stage carries through travel under this prefix on the served path.
 _CARRY = "carry__"
-
-
-def resolved(engine: Any) -> dict[str, Any]:
-    """What the engine runs with on this machine (dtype, memory share, env): filled in by
-    :func:`synth_empathy.config.load_config`, else decided here the same way."""
-    r = engine.get("resolved") if hasattr(engine, "get") else getattr(engine, "resolved", None)
-    if r:
-        return dict(r)
-    r = hardware.resolve_engine(engine)
-    if r.get("warning"):
-        hardware.warn_once(r["warning"])
-    return r
-
-
-def engine_kwargs(engine: Any) -> dict[str, Any]:
-    """vLLM engine arguments from an EngineConfig (``auto`` dtype and memory share resolved)."""
-    r = resolved(engine)
-    kwargs: dict[str, Any] = {
-        "dtype": r["dtype"],
-        "max_model_len": engine.max_model_len,
-        "gpu_memory_utilization": r["memory_utilization"],
-        "enforce_eager": engine.enforce_eager,
-        "tensor_parallel_size": engine.tensor_parallel_size,
-        "pipeline_parallel_size": engine.pipeline_parallel_size,
-    }
-    if engine.max_num_seqs:
-        kwargs["max_num_seqs"] = engine.max_num_seqs
-    if r.get("block_size"):  # absent in a config.yaml resolved before the option existed
-        kwargs["block_size"] = r["block_size"]
-    kwargs.update(dict(engine.extra or {}))
-    return kwargs
-
-
-def engine_env(engine: Any) -> dict[str, str]:
-    """Environment variables of the engine's actor (and so of vLLM's worker, which
-    inherits them): the CPU thread binding of ``engine.cpu_threads_bind``."""
-    return {k: str(v) for k, v in (resolved(engine).get("env") or {}).items()}
-
-
-def placement(engine: Any) -> dict[str, Any]:
-    """One placement-group bundle per engine worker (tp x pp of them per replica).
-
-    With GPUs each worker holds one GPU; on the CPU backend the single worker holds
-    ``cpus_per_replica`` CPUs, leaving the rest of a small machine to Ray Data's own
-    pre- and post-processing tasks.
-    """
-    if engine.gpus_per_replica:
-        return {"bundle_per_worker": {"GPU": 1, "CPU": 1}, "strategy": "PACK"}
-    return {"bundle_per_worker": {"CPU": engine.cpus_per_replica}}
 
 
 class LLMStage:
@@ -162,7 +114,7 @@ class LLMStage:
     def __call__(self, ds, model_path: str | None = None, served: Any = None):
         """Apply the stage to a Ray Dataset (lazily, like any Ray Data transform): through
         its own vLLM processor, or through ``served`` (a
-        :class:`~synth_empathy.stages.shared_engine.ServedEngine`) when it shares one."""
+        :class:`~synth_empathy.engines.shared.ServedEngine`) when it shares one."""
         from ray.data.llm import build_processor
 
         if served is not None:
@@ -186,7 +138,7 @@ class LLMStage:
         e = self.engine
         log.info("[%s] engine: shared, Ray Serve deployment %s", self.name, served.deployment)
         # No dtype_mapping: the requests go as plain dicts to EngineServer.chat_dict, so
-        # the senders never import vLLM (synth_empathy.stages.engine_server says why).
+        # the senders never import vLLM (synth_empathy.engines.server says why).
         config = ServeDeploymentProcessorConfig(
             deployment_name=served.deployment,
             app_name=served.app,
@@ -275,7 +227,7 @@ def served_sender_kwargs(engine: Any) -> dict[str, Any]:
 
 
 # The shared engine's method that takes a chat request as a dict
-# (synth_empathy.stages.engine_server.EngineServer.chat_dict).
+# (synth_empathy.engines.server.EngineServer.chat_dict).
 SERVED_METHOD = "chat_dict"
 
 # Batches each sender keeps in flight: with the default batch of 16, 128 rows per

@@ -74,9 +74,9 @@ def pick(x: np.ndarray, cfg: Any, seed: int) -> tuple[np.ndarray, np.ndarray | N
     picks (or None) and the selection's figures. Both the in-memory and the streaming
     path call this, so a step on the matrix (near-duplicate removal, say) goes here.
     """
-    from synth_empathy.cluster.kcenter_shards import map_shards_on_ray
     from synth_empathy.core.kcenter import select_k_center
     from synth_empathy.core.near_duplicates import drop_near_duplicates
+    from synth_empathy.stages.kcenter_shards import map_shards_on_ray
 
     n_kept = len(x)
     rows, near, k = drop_near_duplicates(x, cfg.near_duplicate_cosine, cfg.k, cfg.keep_ratio, device=cfg.device)

@@ -1,2 +1,1 @@
-"""Where data lives: the run folder (stage tables, markers, resume), seed readers, the
-manifest."""
+"""Where data lives: the run folder (stage tables, markers, resume) and the manifest."""

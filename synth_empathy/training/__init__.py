@@ -4,5 +4,5 @@
 :mod:`~synth_empathy.training.loop` is the training loop (plain PyTorch + transformers +
 peft, callable without Ray), :mod:`~synth_empathy.training.run` checks the inputs and
 runs the loop in this process or under Ray Train
-(:mod:`synth_empathy.cluster.ray_train`).
+(:mod:`synth_empathy.training.ray_train`).
 """

@@ -4,7 +4,7 @@ A source is a path or URL. JSONL (``.jsonl``/``.json``, optionally compressed) w
 records are alpaca (``instruction``/``input``/``output``) or chat (``messages``) records
 - the pipeline's ``selected.alpaca.jsonl`` / ``selected.chat.jsonl`` exports - is read as
 such; anything else goes through the seed readers
-(:func:`synth_empathy.storage.seed_sources.read_seeds`: ED's CSV layouts, its Parquet,
+(:func:`synth_empathy.stages.seed_sources.read_seeds`: ED's CSV layouts, its Parquet,
 ``{context, response}`` pairs, the shipped dialogue file). Seed pairs are split by
 dialogue (:mod:`synth_empathy.core.heldout`) and only the training side is used;
 exported records carry no dialogue key and are used whole.
@@ -112,7 +112,7 @@ def read_source(
                 f"messages) in any record"
             )
         return rows, {"path": path, "kind": "export", "rows": len(rows), "heldout": 0, "dropped": dict(dropped)}
-    from synth_empathy.storage.seed_sources import read_seeds
+    from synth_empathy.stages.seed_sources import read_seeds
 
     try:
         first = _first_record(path, storage_options) if _is_json(path) else None

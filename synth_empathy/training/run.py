@@ -15,7 +15,7 @@ Order (every check before a worker starts or the model's weights load):
    (a finished one is read back), a different one is refused.
 
 Then :func:`synth_empathy.training.loop.train_loop` runs here (``train.use_ray=false``)
-or in Ray Train's workers (:mod:`synth_empathy.cluster.ray_train`). An ``s3://`` (any
+or in Ray Train's workers (:mod:`synth_empathy.training.ray_train`). An ``s3://`` (any
 fsspec URL) output is trained in a local staging folder under the cache and uploaded at
 the end (model, report, plot); checkpoints stay in the staging folder, so resuming such
 a run works on the same machine.
@@ -271,8 +271,8 @@ def run_training(cfg: Any) -> dict[str, Any]:
         out_dir,
     )
     if t.use_ray:
-        from synth_empathy.cluster import ray_train
         from synth_empathy.cluster.ray_init import init_ray
+        from synth_empathy.training import ray_train
 
         init_ray(cfg, sections=("train",))
         ray_train.fit(

@@ -20,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from synth_empathy.cli import select as S
-from synth_empathy.cluster.kcenter_shards import map_shards_on_ray
 from synth_empathy.core import kcenter as K
 from synth_empathy.core.kcenter import SelectionError
+from synth_empathy.stages.kcenter_shards import map_shards_on_ray
 
 ROOT = Path(__file__).resolve().parents[2]
 ED_VALID = ROOT / ".." / "shared" / "data" / "ed" / "valid.csv"
@@ -358,7 +358,7 @@ def test_sharded_on_local_ray_within_documented_bound(local_ray, shard_by):
 
 
 def test_one_gpu_per_shard_task_only_where_there_are_gpus(local_ray):
-    from synth_empathy.cluster.kcenter_shards import _gpus_per_task
+    from synth_empathy.stages.kcenter_shards import _gpus_per_task
 
     assert _gpus_per_task("cuda") == _gpus_per_task("cuda:1") == 1
     assert _gpus_per_task("cpu") == _gpus_per_task("torch-cpu") == 0

@@ -40,7 +40,7 @@ TOO_LONG = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from synth_empathy.storage.seed_sources import default_seed_path
+    from synth_empathy.stages.seed_sources import default_seed_path
 
     out = tmp_path_factory.mktemp("runs")
     seeds = out / "seeds.jsonl"  # the seed that is too long, then the packaged ones (limit 7: six of them)

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from synth_empathy.config import EngineConfig, load_config, resolve_hardware
 from synth_empathy.core import hardware as H
+from synth_empathy.engines import options
 from synth_empathy.stages import llm
 
 AVX2 = H.Hardware(cpu_model="AMD EPYC 7B13", cpu_flags=frozenset({"avx2"}))
@@ -23,11 +24,11 @@ FAST_TOP_P = {H.CPU_TOP_P_ENV: "fast"}
 def test_engine_kwargs_use_the_loaded_choice(hw, dtype, share):
     cfg = load_config("default", ["generation.engine.max_num_seqs=8", "generation.engine.extra.swap_space=1"])
     resolve_hardware(cfg, hw)
-    kw = llm.engine_kwargs(cfg.generation.engine)
+    kw = options.engine_kwargs(cfg.generation.engine)
     assert kw["dtype"] == dtype and kw["gpu_memory_utilization"] == share
     assert kw["max_num_seqs"] == 8 and kw["swap_space"] == 1 and kw["enforce_eager"] is True
     assert kw["block_size"] == H.CPU_KV_BLOCK == 32  # kv_block_size=auto on the CPU backend
-    assert llm.engine_env(cfg.generation.engine) == {"VLLM_CPU_OMP_THREADS_BIND": ALL_CORES, **FAST_TOP_P}
+    assert options.engine_env(cfg.generation.engine) == {"VLLM_CPU_OMP_THREADS_BIND": ALL_CORES, **FAST_TOP_P}
 
 
 def test_explicit_values_pass_through():
@@ -40,21 +41,21 @@ def test_explicit_values_pass_through():
         ],
     )
     resolve_hardware(cfg, AVX2)
-    kw = llm.engine_kwargs(cfg.generation.engine)
+    kw = options.engine_kwargs(cfg.generation.engine)
     assert (kw["dtype"], kw["gpu_memory_utilization"]) == ("float16", 0.25)
     cfg = load_config("default", ["generation.engine.kv_block_size=64"])
-    assert llm.engine_kwargs(cfg.generation.engine)["block_size"] == 64
+    assert options.engine_kwargs(cfg.generation.engine)["block_size"] == 64
     cfg = load_config("default", ["generation.engine.extra.block_size=96"])  # extra has the last word
-    assert llm.engine_kwargs(cfg.generation.engine)["block_size"] == 96
-    assert llm.engine_env(cfg.generation.engine) == {"VLLM_CPU_OMP_THREADS_BIND": "0-1", **FAST_TOP_P}
+    assert options.engine_kwargs(cfg.generation.engine)["block_size"] == 96
+    assert options.engine_env(cfg.generation.engine) == {"VLLM_CPU_OMP_THREADS_BIND": "0-1", **FAST_TOP_P}
     # vllm: vLLM's own binding, no binding set; without fast_top_p nothing at all.
     cfg = load_config("default", ["generation.engine.cpu_threads_bind=vllm"])
-    assert llm.engine_env(cfg.generation.engine) == FAST_TOP_P
+    assert options.engine_env(cfg.generation.engine) == FAST_TOP_P
     cfg = load_config("default", ["generation.engine.cpu_threads_bind=vllm", "generation.engine.fast_top_p=false"])
-    assert llm.engine_env(cfg.generation.engine) == {}
+    assert options.engine_env(cfg.generation.engine) == {}
     # auto follows the replica's reservation (clamped to the cores of a local machine).
     cfg = load_config("default", ["generation.engine.cpus_per_replica=2"])
-    bind = llm.engine_env(cfg.generation.engine)["VLLM_CPU_OMP_THREADS_BIND"]
+    bind = options.engine_env(cfg.generation.engine)["VLLM_CPU_OMP_THREADS_BIND"]
     assert bind == ("0-1" if H.local_cores() >= 2 else "0")
 
 
@@ -62,21 +63,21 @@ def test_gpu_engines_get_no_cpu_binding():
     cfg = load_config("single-gpu")
     resolve_hardware(cfg, AVX2)  # a CPU-only driver: vLLM decides the dtype on the GPU node
     e = cfg.generation.engine
-    assert llm.engine_kwargs(e)["dtype"] == "auto" and llm.engine_env(e) == {}
-    assert "block_size" not in llm.engine_kwargs(e)  # vLLM's own on a GPU
-    assert llm.engine_kwargs(e)["gpu_memory_utilization"] == e.memory_utilization
+    assert options.engine_kwargs(e)["dtype"] == "auto" and options.engine_env(e) == {}
+    assert "block_size" not in options.engine_kwargs(e)  # vLLM's own on a GPU
+    assert options.engine_kwargs(e)["gpu_memory_utilization"] == e.memory_utilization
 
 
 def test_an_unloaded_engine_config_is_resolved_on_the_spot(monkeypatch):
     monkeypatch.setattr(H, "detect", lambda with_cuda=False: AVX2)
     e = OmegaConf.structured(EngineConfig)
-    assert llm.engine_kwargs(e)["dtype"] == "float32"
-    assert llm.engine_kwargs(EngineConfig())["gpu_memory_utilization"] == 0.3
+    assert options.engine_kwargs(e)["dtype"] == "float32"
+    assert options.engine_kwargs(EngineConfig())["gpu_memory_utilization"] == 0.3
     monkeypatch.setattr(H, "detect", lambda with_cuda=False: ZEN4)
-    assert llm.engine_kwargs(e)["dtype"] == "bfloat16"
+    assert options.engine_kwargs(e)["dtype"] == "bfloat16"
     # a config.yaml resolved before kv_block_size existed: vLLM's own block size
     old = OmegaConf.structured(EngineConfig(resolved={"dtype": "float32", "memory_utilization": 0.3}))
-    assert "block_size" not in llm.engine_kwargs(old)
+    assert "block_size" not in options.engine_kwargs(old)
 
 
 def test_processor_config_carries_the_env_to_the_engine_actor(caplog):

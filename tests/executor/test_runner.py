@@ -5,10 +5,10 @@ import pytest
 
 from synth_empathy import schemas
 from synth_empathy.errors import BadInputError, StageInputError
+from synth_empathy.executor.runner import StageRunner
 from synth_empathy.stages import discriminator, generation, judge, quality, seeds, selection, turns
 from synth_empathy.stages.contract import StageContract
 from synth_empathy.storage.run_store import RunStore
-from synth_empathy.storage.runner import StageRunner
 
 PIPELINE = [seeds, generation, turns, discriminator, quality, selection, judge]
 

@@ -1,4 +1,4 @@
-"""Tests of the seed stage (synth_empathy.storage.seed_sources): every layout, the shipped file, errors."""
+"""Tests of the seed stage (synth_empathy.stages.seed_sources): every layout, the shipped file, errors."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from synth_empathy.storage.seed_sources import (
+from synth_empathy.stages.seed_sources import (
     COLUMNS,
     DROP_REASONS,
     SeedError,

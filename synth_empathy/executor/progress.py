@@ -7,10 +7,10 @@ parts that appeared since the stage started and logs one line every ``interval``
 seconds, the same on a laptop, in a Ray job's log and against object storage, where a
 terminal progress bar would print nothing useful.
 
-A stage that sends to a shared engine (:mod:`synth_empathy.stages.shared_engine`) gets
+A stage that sends to a shared engine (:mod:`synth_empathy.engines.shared`) gets
 its rows back in batches that finish together near the stage's end (every row of a small
 stage is in the engine at once), so its parts say nothing until then. There the line
-comes from the engine instead: :class:`EngineCounters`, kept in the engine's replica,
+comes from the engine instead: :class:`synth_empathy.engines.counters.EngineCounters`, kept in the engine's replica,
 counts each stage's requests and tokens (the stage's name travels in every request under
 :data:`STAGE_TAG`), and :func:`served_line` turns them into rows answered, tok/s and an
 ETA.
@@ -50,51 +50,6 @@ def progress_line(stage: str, done: int, total: int, tokens: int, elapsed: float
         parts.append(eta_text((total - done) * elapsed / done if done < total else 0))
     parts.append(f"{elapsed:.0f} s")
     return ", ".join(parts)
-
-
-# The request key that names the stage a request to a shared engine belongs to; the
-# engine counts by it and removes it before vLLM sees the request.
-STAGE_TAG = "synth_empathy_stage"
-
-
-class EngineCounters:
-    """Requests and generated tokens per stage, kept by the shared engine's replica.
-
-    ``received`` when a request arrives, ``finished`` when its answer (or error) goes
-    back; :meth:`snapshot` is what the driver's progress line reads.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._stages: dict[str, dict[str, Any]] = {}
-
-    def received(self, stage: str, max_tokens: int | None) -> None:
-        s = self._stages.setdefault(
-            stage, {"received": 0, "answered": 0, "failed": 0, "tokens": 0, "max_tokens": 0, "first": self._clock()}
-        )
-        s["received"] += 1
-        s["max_tokens"] = max(s["max_tokens"], int(max_tokens or 0))
-
-    def finished(self, stage: str, tokens: int | None, failed: bool = False) -> None:
-        s = self._stages[stage]
-        s["failed" if failed else "answered"] += 1
-        s["tokens"] += int(tokens or 0)
-
-    def snapshot(self, stage: str, tokens_in_flight: int | None) -> dict[str, Any] | None:
-        """The stage's counts (None before its first request). ``tokens_in_flight``, the
-        tokens of the answers still being generated (engine-wide: the stages of a run
-        take turns), counts for the stage while it has requests in flight."""
-        s = self._stages.get(stage)
-        if s is None:
-            return None
-        busy = s["received"] - s["answered"] - s["failed"]
-        return {
-            **{k: v for k, v in s.items() if k != "first"},
-            "in_flight": busy,
-            # None: this vLLM keeps them where the engine does not look (finished answers only)
-            "tokens_in_flight": (tokens_in_flight if busy else 0) if tokens_in_flight is not None else None,
-            "busy_s": self._clock() - s["first"],
-        }
 
 
 RATE_AFTER_S = 10.0  # seconds of a stage's requests before a rate over all of them is shown

@@ -24,8 +24,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from synth_empathy.executor.progress import StageProgress
 from synth_empathy.stages.contract import StageContract
-from synth_empathy.storage.progress import StageProgress
 from synth_empathy.storage.run_store import RunStore, Salvage, exclude_ids
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class StageRunner:
         ``part_rows`` cuts the input into blocks of at most that many rows, each of which
         becomes one part: the progress a crash keeps (LLM stages). ``engine_progress``
         reads a shared engine's counts for the progress line
-        (:meth:`synth_empathy.stages.shared_engine.SharedEngines.progress`).
+        (:meth:`synth_empathy.engines.shared.SharedEngines.progress`).
         """
         store = self.store
         if store.is_done(contract.name):

@@ -187,7 +187,7 @@ class SharedEngines:
     def progress(self, stage: str) -> Callable[[], dict[str, Any] | str | None] | None:
         """What the stage's progress line reads from its shared engine: a callable that
         returns ``"starting"`` until the engine serves, then the engine's counts for the
-        stage (:class:`synth_empathy.storage.progress.EngineCounters`). None for a stage
+        stage (:class:`synth_empathy.engines.counters.EngineCounters`). None for a stage
         without a shared engine, or one of several replicas (a call reaches only one)."""
         key = self.stage_key.get(stage)
         if key is None or self.sections[stage].replicas != 1:
@@ -229,14 +229,14 @@ class SharedEngines:
 
 # Ray Serve LLM's start-up callback for local weights (engine_server says why), by import
 # path: the driver does not import the replica's heavy module.
-LOCAL_WEIGHTS = "synth_empathy.stages.engine_server.LocalWeights"
+LOCAL_WEIGHTS = "synth_empathy.engines.server.LocalWeights"
 
 
 def llm_config(key: str, engine: Any, model_path: str) -> dict[str, Any]:
     """The fields of the engine's Ray Serve ``LLMConfig``, as plain data: the same engine
     arguments, resources and thread binding as the per-stage vLLM processor
     (:mod:`synth_empathy.stages.llm`)."""
-    from synth_empathy.stages.llm import engine_env, engine_kwargs
+    from synth_empathy.engines.options import engine_env, engine_kwargs
 
     workers = engine.tensor_parallel_size * engine.pipeline_parallel_size
     if engine.gpus_per_replica:
@@ -277,7 +277,7 @@ def cpu_deployment_options(config: dict[str, Any]) -> dict[str, Any]:
     ``build_llm_deployment`` makes of ``config`` (placement group of the engine's
     bundles, its defaults for health checks, the job's runtime environment with the
     engine's variables and its worker set-up hook), computed without importing it.
-    ``tests/stages/test_shared_engine.py`` compares the two, so a Ray upgrade that
+    ``tests/engines/test_shared_engine.py`` compares the two, so a Ray upgrade that
     changes them fails there."""
     import ray
 
@@ -306,13 +306,13 @@ def cpu_deployment_options(config: dict[str, Any]) -> dict[str, Any]:
 
 class EngineReplica:
     """The shared CPU engine's Ray Serve deployment class: a thin front of
-    :class:`synth_empathy.stages.engine_server.EngineServer` that imports it inside the
+    :class:`synth_empathy.engines.server.EngineServer` that imports it inside the
     replica. Deploying ``EngineServer`` itself (Ray Serve LLM's ``build_llm_deployment``)
     makes the driver import ``ray.serve.llm`` first, 12 s of one core on the 2-core
     machine before the replica could even be created; the replica imports it anyway."""
 
     async def __init__(self, llm_config: dict[str, Any]):
-        from synth_empathy.stages.engine_server import start_server
+        from synth_empathy.engines.server import start_server
 
         self.server = await start_server(llm_config)
 
@@ -344,7 +344,7 @@ def build_deployment(key: str, engine: Any, model_path: str):
     if not engine.gpus_per_replica:
         return serve.deployment(EngineReplica, **cpu_deployment_options(config)).bind(llm_config=config)
     llm = serve_llm()  # first: it keeps ray.serve.llm's import from taking over the log
-    from synth_empathy.stages.engine_server import EngineServer
+    from synth_empathy.engines.server import EngineServer
 
     return llm.build_llm_deployment(
         llm.LLMConfig(**config),
@@ -357,7 +357,7 @@ def launch_deployment(key: str, engine: Any, model_path: str, stages: list[str])
     """Deploy the engine and return at once; :func:`wait_running` waits for it."""
     from ray import serve
 
-    from synth_empathy.stages.llm import resolved
+    from synth_empathy.engines.options import resolved
 
     name = f"engine-{key}"
     app_name = f"synth-empathy-{name}"

@@ -1,4 +1,4 @@
-"""The CPU top-p cut (synth_empathy.models.cpu_top_p) against vLLM's own function, and
+"""The CPU top-p cut (synth_empathy.engines.cpu_top_p) against vLLM's own function, and
 the plugin that puts it into vLLM's CPU sampler."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from synth_empathy.models.cpu_top_p import ENV, register, top_p_filter
+from synth_empathy.engines.cpu_top_p import ENV, register, top_p_filter
 
 sampler = pytest.importorskip("vllm.v1.sample.ops.topk_topp_sampler")
 
@@ -69,7 +69,7 @@ PROBE = textwrap.dedent(
     import torch
     from vllm.plugins import load_general_plugins
     from vllm.v1.sample.ops import topk_topp_sampler as s
-    from synth_empathy.models import cpu_top_p
+    from synth_empathy.engines import cpu_top_p
     original = s.apply_top_k_top_p
     load_general_plugins()  # as vLLM does in its engine and worker processes
     calls = []

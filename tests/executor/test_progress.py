@@ -3,8 +3,8 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synth_empathy.storage.progress import (
-    EngineCounters,
+from synth_empathy.engines.counters import EngineCounters
+from synth_empathy.executor.progress import (
     StageProgress,
     engine_rate,
     eta_text,

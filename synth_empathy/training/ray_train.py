@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def _worker(config: dict[str, Any]) -> None:
     import torch
 
-    from synth_empathy.cli.common import setup_logging
+    from synth_empathy.logs import setup_logging
     from synth_empathy.training.loop import train_loop
 
     setup_logging()  # the loop's step lines, in the worker's log

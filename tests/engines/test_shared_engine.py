@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from synth_empathy.config import load_config
+from synth_empathy.engines import shared as shared_engine
 from synth_empathy.errors import ConfigError
-from synth_empathy.stages import shared_engine
 from synth_empathy.stages.generation import ANSWER_PREFIX, Generation
 from synth_empathy.stages.judge import Judge
 
@@ -18,8 +18,8 @@ def plan(*overrides, preset="default"):
 
 def served_request_object(request_kwargs):
     """The request as the shared engine's replica builds it from a sender's dict."""
-    from synth_empathy.stages.engine_server import ChatCompletionRequest
-    from synth_empathy.storage.progress import STAGE_TAG
+    from synth_empathy.engines.counters import STAGE_TAG
+    from synth_empathy.engines.server import ChatCompletionRequest
 
     kwargs = {k: v for k, v in request_kwargs.items() if k != STAGE_TAG}  # counted, then removed
     return ChatCompletionRequest(request_id="0", idx_in_batch=0, **kwargs)
@@ -28,7 +28,7 @@ def served_request_object(request_kwargs):
 def test_senders_call_a_method_of_the_engine_server_that_takes_a_dict():
     import inspect
 
-    from synth_empathy.stages.engine_server import EngineServer
+    from synth_empathy.engines.server import EngineServer
     from synth_empathy.stages.llm import SERVED_METHOD
 
     assert inspect.isasyncgenfunction(getattr(EngineServer, SERVED_METHOD))
@@ -132,7 +132,7 @@ def test_every_row_of_a_small_stage_is_in_flight_at_once():
 
 
 def test_the_download_task_is_skipped_only_where_it_would_fetch_nothing():
-    from synth_empathy.stages.engine_server import fetches_nothing
+    from synth_empathy.engines.server import fetches_nothing
 
     assert fetches_nothing("/root/.cache/synth-empathy/smollm2-135m-instruct", mirrored=False)
     assert fetches_nothing("HuggingFaceTB/SmolLM2-135M-Instruct", mirrored=False)  # vLLM fetches it
@@ -144,7 +144,7 @@ def test_the_download_task_is_skipped_only_where_it_would_fetch_nothing():
 def test_a_one_worker_cpu_engine_runs_in_one_process_and_nothing_else_changes():
     from types import SimpleNamespace
 
-    from synth_empathy.stages.engine_server import one_process
+    from synth_empathy.engines.server import one_process
 
     cpu = SimpleNamespace(world_size=1, distributed_executor_backend="mp")
     assert one_process(cpu, on_cpu=True) and cpu.distributed_executor_backend == "uni"
@@ -161,7 +161,7 @@ def test_the_deployment_uses_the_start_up_hooks():
     from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
     from ray.serve.llm import LLMConfig
 
-    from synth_empathy.stages.engine_server import EngineServer, LocalWeights, OneProcessCpuEngine
+    from synth_empathy.engines.server import EngineServer, LocalWeights, OneProcessCpuEngine
 
     assert callable(VLLMEngine._start_async_llm_engine) and callable(LLMServer._start_engine)
     # The engine class LLMServer.start builds (an instance without its async __init__)
@@ -177,7 +177,7 @@ def test_the_cpu_deployment_is_what_ray_serve_llm_would_build_but_for_its_class(
     # makes of the same LLMConfig (a Ray upgrade that changes them fails here).
     import inspect
 
-    from synth_empathy.stages.engine_server import EngineServer
+    from synth_empathy.engines.server import EngineServer
     from synth_empathy.stages.llm import SERVED_METHOD
 
     llm = shared_engine.serve_llm()
@@ -201,7 +201,7 @@ def test_the_cpu_deployment_is_what_ray_serve_llm_would_build_but_for_its_class(
 
 
 def test_a_gpu_engine_keeps_ray_serve_llms_builder():
-    from synth_empathy.stages.engine_server import EngineServer
+    from synth_empathy.engines.server import EngineServer
 
     e = load_config("default", ["generation.engine.gpus_per_replica=1"]).generation.engine
     deployment = shared_engine.build_deployment("k", e, "/models/m")._bound_deployment
@@ -214,7 +214,7 @@ def test_checking_for_ray_serve_does_not_import_vllm():
     import sys
 
     code = (
-        "import sys; from synth_empathy.stages.shared_engine import serve_missing; "
+        "import sys; from synth_empathy.engines.shared import serve_missing; "
         "assert serve_missing() is None; print('vllm' in sys.modules, 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -270,7 +270,7 @@ def test_the_engine_reads_its_tokens_in_flight_where_the_installed_vllm_keeps_th
     from vllm.v1.engine.detokenizer import IncrementalDetokenizer
     from vllm.v1.engine.output_processor import OutputProcessor, RequestState
 
-    from synth_empathy.stages.engine_server import EngineServer
+    from synth_empathy.engines.server import EngineServer
 
     assert "self._engine_client = self._start_async_llm_engine(" in inspect.getsource(VLLMEngine)
     assert "self.output_processor = OutputProcessor(" in inspect.getsource(AsyncLLM)

@@ -9,7 +9,7 @@ one per LLM stage, on the 2-core machine (measured: ``import
 ray.serve.llm.openai_api_models`` 12.0 s against 2.0 s for the sender's own module). The
 engine's replica has all of it loaded already, so requests and answers cross as dicts.
 This module is imported only in the replica (through
-:class:`synth_empathy.stages.shared_engine.EngineReplica`; on GPU also by the driver,
+:class:`synth_empathy.engines.shared.EngineReplica`; on GPU also by the driver,
 which builds that deployment with Ray Serve LLM's builder), never by a sender.
 
 Two steps of Ray Serve LLM's engine start do nothing for a one-worker CPU engine on
@@ -44,7 +44,7 @@ from ray.llm._internal.serve.observability.usage_telemetry.usage import push_tel
 from ray.serve.llm import LLMConfig, LLMServer
 from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
-from synth_empathy.storage.progress import STAGE_TAG, EngineCounters
+from synth_empathy.engines.counters import STAGE_TAG, EngineCounters
 
 
 def fetches_nothing(model_source: str, mirrored: bool) -> bool:
@@ -140,7 +140,7 @@ class EngineServer(LLMServer):
         """Tokens generated so far for the requests still in the engine, read from
         vLLM's output processor (its per-request detokenizer); None where a vLLM version
         keeps them elsewhere (then the rate counts finished answers only).
-        ``tests/stages/test_shared_engine.py`` checks the path on the installed vLLM."""
+        ``tests/engines/test_shared_engine.py`` checks the path on the installed vLLM."""
         try:
             states = self.engine._engine_client.output_processor.request_states
             return sum(state.detokenizer.num_output_tokens() for state in list(states.values()))
@@ -155,7 +155,7 @@ class EngineServer(LLMServer):
 async def start_server(llm_config: dict[str, Any]) -> EngineServer:
     """An :class:`EngineServer` of ``llm_config`` (``LLMConfig``'s fields), its engine
     started: what Ray Serve does with the deployment class, done inside
-    :class:`synth_empathy.stages.shared_engine.EngineReplica`."""
+    :class:`synth_empathy.engines.shared.EngineReplica`."""
     server = EngineServer.sync_init(LLMConfig(**llm_config))
     await server.start()
     return server
