@@ -6,6 +6,7 @@ ties and duplicate rows; the fast, GPU-code and sharded paths against the exact 
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import runpy
@@ -587,3 +588,41 @@ def test_unknown_embedder_fails_before_reading(tmp_path, capsys):
     )
     assert rc == 2 and "embedder 'packaged:nope'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# The package's submodules, bottom to top: each may import only those before it.
+KCENTER_LAYERS = ("rows", "products", "lazy", "device", "greedy", "sharded", "select")
+
+
+def _imported(node: ast.AST, here: str) -> list[str]:
+    """Dotted names an import statement may load: the module and module.name for each name
+    (``from a import b`` loads a.b when b is a submodule); relative imports resolved."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    base = node.module or ""
+    if node.level:
+        parts = here.split(".")[: -node.level]
+        base = ".".join(parts + ([base] if base else []))
+    return [base] + [f"{base}.{a.name}" for a in node.names]
+
+
+def test_kcenter_submodules_import_only_downward():
+    """No import circle in synth_empathy.core.kcenter: every import of a submodule, at the
+    top or inside a function, names a submodule listed before it in KCENTER_LAYERS, never
+    the package itself (its __init__ imports them all), and every submodule is listed."""
+    pkg = Path(K.__file__).parent
+    name = K.__name__
+    assert sorted(p.stem for p in pkg.glob("*.py") if p.stem != "__init__") == sorted(KCENTER_LAYERS)
+    for i, mod in enumerate(KCENTER_LAYERS):
+        tree = ast.parse((pkg / f"{mod}.py").read_text())
+        for node in ast.walk(tree):
+            for target in _imported(node, f"{name}.{mod}"):
+                if target == name:
+                    raise AssertionError(
+                        f"{mod} (line {node.lineno}) imports the package itself: import from its modules"
+                    )
+                if target.startswith(name + "."):
+                    sub = target[len(name) + 1 :].split(".")[0]
+                    assert sub in KCENTER_LAYERS[:i], f"{mod} (line {node.lineno}) imports {target}: not below it"
