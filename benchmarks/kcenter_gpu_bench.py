@@ -97,7 +97,7 @@ def run_case(name: str, spec, device: str, out: Path) -> None:
     import torch
 
     from synth_empathy.core.kcenter import select_k_center
-    from synth_empathy.core.kcenter_device import _fp32_products
+    from synth_empathy.core.kcenter.device import _fp32_products
 
     n, d, keep, methods, plain_steps, _ = spec
     dev = torch.device("cuda" if device == "cuda" else "cpu")

@@ -1,10 +1,10 @@
 """int8 vs float32 (vs bf16) ranking in the CPU k-center, natively and on AVX2 kernels.
 
 The k-center ``fast`` path ranks each refresh's new centers in low precision: bf16 where
-the CPU has it natively, else int8 (:mod:`synth_empathy.core.kcenter`). This script checks
-the int8 choice for AVX2-only CPUs on whatever machine it runs on, by capping the kernels
-each library may pick (it emulates the instruction set, not another CPU's caches, memory
-or clock):
+the CPU has it natively, else int8 (:mod:`synth_empathy.core.kcenter.products`). This
+script checks the int8 choice for AVX2-only CPUs on whatever machine it runs on, by
+capping the kernels each library may pick (it emulates the instruction set, not another
+CPU's caches, memory or clock):
 
 * oneDNN (``torch._int_mm``): ``ONEDNN_MAX_CPU_ISA=AVX2`` (and ``DNNL_MAX_CPU_ISA``);
 * OpenBLAS (numpy's float32 products): ``OPENBLAS_CORETYPE=Haswell``;
@@ -66,15 +66,16 @@ def one_shape(m: int, c: int, d: int, r: np.random.Generator) -> dict:
     """Cost of each way to rank ``c`` centers for ``m`` rows, best of 5."""
     import torch
 
-    from synth_empathy.core import kcenter as K
+    from synth_empathy.core import hardware
+    from synth_empathy.core.kcenter.products import _BF16, _Int8, _Numpy, _Torch
 
     x = r.standard_normal((m + c, d)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     xn = np.einsum("ij,ij->i", x, x)
     a, an, b2, bn = x[:m], xn[:m], -2.0 * x[m:], xn[m:]
-    be_np, be_t = K._Numpy(), K._Torch("cpu")
+    be_np, be_t = _Numpy(), _Torch("cpu")
     ta, tan, tb2, tbn = (torch.from_numpy(np.ascontiguousarray(v)) for v in (a, an, b2, bn))
-    i8 = K._Int8(x, xn, c)
+    i8 = _Int8(x, xn, c)
     i8.add(0, c, np.arange(m, m + c))
     rows = i8.rows(np.arange(m))
     fns = {
@@ -83,8 +84,8 @@ def one_shape(m: int, c: int, d: int, r: np.random.Generator) -> dict:
         "int8 product only": lambda: torch._int_mm(rows[0], i8.cq[:c].T),  # one block, no scaling
         "int8 ranking (engine)": lambda: i8.min_arg(rows, 0, c),
     }
-    if K.hardware.bf16_native():  # emulated (slow) under the AVX2 cap, shown for scale
-        bf = K._BF16(x, xn, c)
+    if hardware.bf16_native():  # emulated (slow) under the AVX2 cap, shown for scale
+        bf = _BF16(x, xn, c)
         bf.add(0, c, np.arange(m, m + c))
         brows = bf.rows(np.arange(m))
         fns["bf16 ranking (engine)"] = lambda: bf.min_arg(brows, 0, c)
@@ -108,6 +109,7 @@ def case(n: int, keep: float, plain_steps: int, isa: str) -> dict:
     sys.path.insert(0, str(HERE))
     from kcenter_bench import clustered_unit_vectors, plain_numpy
 
+    from synth_empathy.core import hardware
     from synth_empathy.core import kcenter as K
 
     x = clustered_unit_vectors(n)
@@ -125,7 +127,7 @@ def case(n: int, keep: float, plain_steps: int, isa: str) -> dict:
     }
     print(f"plain numpy: {sec:.1f} s for {plain_steps} picks -> {sec * k / plain_steps:.0f} s", flush=True)
     # bf16 under the AVX2 cap is emulated (~25 ns per score, 5x float32): not run there.
-    rankings = ["int8"] + (["bfloat16"] if K.hardware.bf16_native() and isa == "native" else [])
+    rankings = ["int8"] + (["bfloat16"] if hardware.bf16_native() and isa == "native" else [])
     for label, method, rk in [("exact", "exact", None)] + [(f"fast-{r}", "fast", r) for r in rankings]:
         if rk:
             os.environ["SYNTH_EMPATHY_KCENTER_RANKING"] = rk

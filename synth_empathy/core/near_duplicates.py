@@ -117,7 +117,7 @@ def _torch_device(backend: str, device: str):
         if device == "auto" and not torch.cuda.is_available():
             return None
         device = "cuda" if device == "auto" else device
-    from synth_empathy.core.kcenter_device import resolve_device
+    from synth_empathy.core.kcenter.device import resolve_device
 
     return resolve_device("torch-cpu" if device in ("cpu", "auto") else device)
 
@@ -126,7 +126,7 @@ def _near_duplicates_torch(xu: np.ndarray, te: float, dev) -> tuple[np.ndarray, 
     """The numpy loop's twin on a torch device: (dup_of, kept mask), the same rows kept."""
     import torch
 
-    from synth_empathy.core.kcenter_device import _fp32_products
+    from synth_empathy.core.kcenter.device import _fp32_products
 
     rows, cols_per = (_ROWS, _COLS) if dev.type == "cpu" else (4 * _ROWS, 2 * _COLS)  # fewer syncs
     n = len(xu)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from synth_empathy.core.kcenter import per_part, shard_greedy
+from synth_empathy.core.kcenter.sharded import per_part, shard_greedy
 
 
 def _gpus_per_task(device: str) -> int:

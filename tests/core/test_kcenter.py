@@ -6,6 +6,7 @@ ties and duplicate rows; the fast, GPU-code and sharded paths against the exact 
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import runpy
@@ -21,7 +22,8 @@ from hypothesis import strategies as st
 
 from synth_empathy.cli import select as S
 from synth_empathy.core import kcenter as K
-from synth_empathy.core.kcenter import SelectionError
+from synth_empathy.core.kcenter import SelectionError, lazy, products
+from synth_empathy.core.kcenter.greedy import _greedy
 from synth_empathy.stages.kcenter_shards import map_shards_on_ray
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,7 +107,7 @@ def problems(draw):
 @given(problems())
 def test_exact_matches_brute_force_pick_by_pick(p):
     x, k, start, pool = p
-    idx, dist, got_radius, _, _ = K._greedy(x, k, start, pool_size=pool)
+    idx, dist, got_radius, _, _ = _greedy(x, k, start, pool_size=pool)
     assert idx.dtype == np.int64
     radius = check_picks(x, idx, k, start)
     assert got_radius == pytest.approx(radius, abs=1e-4)
@@ -231,7 +233,7 @@ def test_int8_scores_within_the_error_bound():
     pytest.importorskip("torch")
     x = varied_norms(700, 40, seed=11)
     xn = np.einsum("ij,ij->i", x, x)
-    q = K._Int8(x, xn, 300)
+    q = products._Int8(x, xn, 300)
     centers = np.arange(400, 700)
     q.add(0, 300, centers)
     g = np.arange(400)
@@ -252,13 +254,13 @@ def test_int8_ranking_picks_farthest_up_to_2E(monkeypatch):
     picks and within sqrt((2 OPT)^2 + 2E), OPT <= the exact greedy's radius."""
     pytest.importorskip("torch")
     monkeypatch.setenv("SYNTH_EMPATHY_KCENTER_RANKING", "int8")
-    monkeypatch.setattr(K, "_APPROX_MIN_CENTERS", 1)
+    monkeypatch.setattr(lazy, "_APPROX_MIN_CENTERS", 1)  # read by lazy._Lazy.refresh
     calls = []
-    real = K._Int8.min_arg
-    monkeypatch.setattr(K._Int8, "min_arg", lambda self, *a: calls.append(1) or real(self, *a))
+    real = products._Int8.min_arg
+    monkeypatch.setattr(products._Int8, "min_arg", lambda self, *a: calls.append(1) or real(self, *a))
     x = varied_norms(1200, 24, seed=4)
     k = 500
-    idx, _dist, radius, det, dev = K._greedy(x, k, 0, fast=True, pool_size=32)
+    idx, _dist, radius, det, dev = _greedy(x, k, 0, fast=True, pool_size=32)
     assert calls and det["products"] == "int8 ranking, float32 distances" and dev == "cpu"
     E = det["ranking_error_bound"]
     assert len(np.unique(idx)) == k and idx[0] == 0
@@ -288,7 +290,7 @@ def test_int8_on_the_avx2_kernel_keeps_its_bound():
     import sys
 
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"}
-    probe = "import torch; from synth_empathy.core import kcenter as K; print(K._int8_levels(torch))"
+    probe = "import torch; from synth_empathy.core.kcenter import products as P; print(P._int8_levels(torch))"
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] in ("127", "79")
     tests = subprocess.run(
@@ -586,3 +588,41 @@ def test_unknown_embedder_fails_before_reading(tmp_path, capsys):
     )
     assert rc == 2 and "embedder 'packaged:nope'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# The package's submodules, bottom to top: each may import only those before it.
+KCENTER_LAYERS = ("rows", "products", "lazy", "device", "greedy", "sharded", "select")
+
+
+def _imported(node: ast.AST, here: str) -> list[str]:
+    """Dotted names an import statement may load: the module and module.name for each name
+    (``from a import b`` loads a.b when b is a submodule); relative imports resolved."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    base = node.module or ""
+    if node.level:
+        parts = here.split(".")[: -node.level]
+        base = ".".join(parts + ([base] if base else []))
+    return [base] + [f"{base}.{a.name}" for a in node.names]
+
+
+def test_kcenter_submodules_import_only_downward():
+    """No import circle in synth_empathy.core.kcenter: every import of a submodule, at the
+    top or inside a function, names a submodule listed before it in KCENTER_LAYERS, never
+    the package itself (its __init__ imports them all), and every submodule is listed."""
+    pkg = Path(K.__file__).parent
+    name = K.__name__
+    assert sorted(p.stem for p in pkg.glob("*.py") if p.stem != "__init__") == sorted(KCENTER_LAYERS)
+    for i, mod in enumerate(KCENTER_LAYERS):
+        tree = ast.parse((pkg / f"{mod}.py").read_text())
+        for node in ast.walk(tree):
+            for target in _imported(node, f"{name}.{mod}"):
+                if target == name:
+                    raise AssertionError(
+                        f"{mod} (line {node.lineno}) imports the package itself: import from its modules"
+                    )
+                if target.startswith(name + "."):
+                    sub = target[len(name) + 1 :].split(".")[0]
+                    assert sub in KCENTER_LAYERS[:i], f"{mod} (line {node.lineno}) imports {target}: not below it"

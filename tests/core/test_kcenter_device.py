@@ -1,4 +1,4 @@
-"""The device-resident greedy (synth_empathy.core.kcenter_device), run on the CPU through torch.
+"""The device-resident greedy (synth_empathy.core.kcenter.device), run on the CPU through torch.
 
 The GPU runs this same code (plus CUDA graphs over the same steps); here it is checked
 pick by pick against the float64 brute force of test_kcenter, with small pools that
@@ -17,7 +17,7 @@ from synth_empathy.core import kcenter as K
 from synth_empathy.core.kcenter import SelectionError
 
 torch = pytest.importorskip("torch")
-D = pytest.importorskip("synth_empathy.core.kcenter_device")
+D = pytest.importorskip("synth_empathy.core.kcenter.device")
 
 from core.test_kcenter import check_picks, clustered, problems  # noqa: E402
 

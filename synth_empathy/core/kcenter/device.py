@@ -2,8 +2,9 @@
 
 The plain greedy on a GPU makes one pass over all N rows per pick and reads the newest
 center's distances back to the host (``int(argmax)``) before the next: bound by memory
-(N d 4 bytes per pick) and by one host round trip per pick. Here nothing leaves the
-device inside a round, and a round makes many exact picks:
+(N d 4 bytes per pick) and by one host round trip per pick. The CPU's lazy bounds
+(module ``lazy``) need per-row bookkeeping that would keep a GPU waiting on the host.
+Here nothing leaves the device inside a round, and a round makes many exact picks:
 
 1. *Pool.* The ``pool_size`` rows farthest from the chosen set (``topk`` of ``md``, every
    row's squared distance to its nearest center, exact) and ``tau``, the largest
@@ -36,6 +37,8 @@ row, so the radius is off by at most twice that from the float32 one.
 
 Exact duplicate rows are collapsed on the device first (a hash of the stored bits, then
 a row compare), as on the CPU path: a copy is picked only once every distinct row is.
+Measured times against the plain GPU greedy: benchmarks/README.md, "On one GPU: the
+device-resident engine".
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import time
 
 import numpy as np
 
+from synth_empathy.core.kcenter.rows import with_copies
 from synth_empathy.errors import SelectionError
 
 STORAGE_DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -369,9 +373,8 @@ class DeviceGreedy:
 
 def greedy(x, k: int, start: int, *, device: str, fast: bool = False, storage: str = "auto", pool_size: int = 4096):
     """Device-resident farthest-first from row ``start``: (indices, distance_at_pick,
-    radius, details, device name), as :func:`synth_empathy.core.kcenter._greedy`."""
-    from synth_empathy.core.kcenter import with_copies
-
+    radius, details, device name), as :func:`synth_empathy.core.kcenter.lazy.greedy` on the
+    CPU. ``x`` checked, ``k`` resolved and ``start`` a row index (:func:`greedy._greedy`)."""
     torch = _torch()
     dev = resolve_device(device)
     n, d = x.shape
