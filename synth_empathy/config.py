@@ -115,6 +115,13 @@ class SeedsConfig:
     path: str = opt("", "seed file or URL; empty = the seed file shipped in the package")
     layout: str = opt("auto", "auto | shipped | pairs | ed_csv | ed_turns_csv | ed_parquet")
     limit: Optional[int] = opt(None, "use only the first N seed pairs")
+    license: Optional[str] = opt(
+        None,
+        "Hugging Face license id of the seed data (cc-by-4.0, other, ...), which the generated "
+        "corpus inherits: the run's dataset card names it. null: auto-detected, cc-by-nc-4.0 for "
+        "the EmpatheticDialogues layouts, apache-2.0 for the packaged seeds (written for this "
+        "project), else unknown",
+    )
 
 
 @dataclass
@@ -549,6 +556,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("set both storage.key and storage.secret, or neither (to use the AWS chain)")
     if cfg.storage.anon and (cfg.storage.key or cfg.storage.profile):
         raise ConfigError("storage.anon cannot be combined with storage.key or storage.profile")
+    lic = cfg.seeds.license
+    if lic and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", lic.strip().lower()):
+        raise ConfigError(f"seeds.license must be a Hugging Face license id like cc-by-4.0 or other, got {lic!r}")
     t = cfg.turns
     if not 0 <= t.min_history <= t.max_history:
         raise ConfigError("need 0 <= turns.min_history <= turns.max_history")
