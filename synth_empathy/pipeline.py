@@ -96,7 +96,7 @@ def _stages(
         path = resolve_model(section.engine.model)
         return dict(model_path=path, served=engines.for_stage(stage, section.engine, path))
 
-    # A shared engine boots (~40 s on 2 cores) while the seeds are read, if a generation
+    # A shared engine boots (tens of seconds on a small CPU) while the seeds are read, if a generation
     # or discriminator stage is still to run.
     to_run = {"generation": generation.CONTRACT, "discriminator": discriminator.CONTRACT}
     pending = [stage for stage, contract in to_run.items() if not store.is_done(contract.name)]

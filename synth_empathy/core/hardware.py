@@ -1,8 +1,8 @@
 """Which dtype and engine settings this machine runs fast: the one place that decides.
 
 bfloat16 halves memory traffic, but only some CPUs compute it natively (x86 flags
-``avx512_bf16`` or ``amx_bf16``); elsewhere it is emulated and slow (vLLM on an AVX2-only
-AMD EPYC: 18 generated tokens/s in bf16, 64 in float32, 3.6x). :func:`choose_dtype`
+``avx512_bf16`` or ``amx_bf16``); elsewhere it is emulated and several times slower than
+float32 (benchmarks/README.md, "Figures behind the code"). :func:`choose_dtype`
 turns a requested dtype (``auto`` or an explicit one) into the dtype to run and the
 reason, from facts about the machine (:class:`Hardware`) that tests can inject; the vLLM
 engine arguments (:mod:`synth_empathy.stages.llm`), the config loader (which records the
@@ -35,7 +35,7 @@ DTYPES = {
     "float32": "float32",
     "float": "float32",
 }
-EMULATED_COST = "3.6x slower than float32 in vLLM on an AVX2 EPYC (18 vs 64 generated tokens/s)"
+EMULATED_COST = "several times slower than float32 in vLLM where bf16 is emulated (benchmarks/README.md)"
 # KV-cache share of the NUMA node's RAM on the CPU backend, by dtype: the float32 engine
 # (twice the weights and activations to profile) did not start at 0.15 on a 24 GiB
 # machine ("requested memory for kv (-0.21/1.53 GiB)"), 0.3 worked.
@@ -212,12 +212,12 @@ def cpu_threads_env(
 ) -> tuple[dict[str, str], str]:
     """Environment for a CPU engine's worker from ``engine.cpu_threads_bind``, and why.
 
-    vLLM (0.32) binds its compute threads once at engine start; left alone it holds one
+    vLLM binds its compute threads once at engine start; left alone it holds one
     core back for its scheduler process and binds the rest of the node. ``auto``: a
     single replica on this machine (``max_cores`` known: a local Ray) computes on every
-    core, ``0..max_cores-1``: on an idle 2-core EPYC (Zen 4) both cores gave 1.57x one core
-    in plain vLLM (float32 261 vs 167 tokens/s, bf16 404 vs 277) and the default run took
-    320 s instead of 397 s, with Ray's own processes on the same cores (benchmarks/README.md).
+    core, ``0..max_cores-1``: faster in plain vLLM and in the default run, with Ray's own
+    processes on the same cores (benchmarks/README.md, "vLLM on the CPU: dtype x
+    compute-thread binding").
     Elsewhere (several replicas here, or engines on a cluster's nodes) it binds as many
     cores as the replica reserves in Ray (``cpus``, at least 1), so replicas do not share
     cores. A machine shared with other heavy jobs is the exception: there one core was

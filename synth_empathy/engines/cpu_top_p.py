@@ -2,10 +2,8 @@
 
 vLLM's CPU sampler applies top-p by sorting every sequence's whole vocabulary at every
 step (``apply_top_k_top_p_pytorch``). With SmolLM2's 49,152 tokens and ~100 sequences
-in a step, that sort took 40 % of the default run's generation: the 98 generation
-prompts at 300 tokens took 126-141 s with the method's ``top_p=0.9`` and 78-81 s
-with ``top_p=1.0`` (plain ``vllm.LLM.chat``, float32, 2-core Zen 4;
-benchmarks/README.md).
+in a step, that sort was about 40 % of the default run's generation (benchmarks/README.md,
+"Top-p in vLLM's CPU sampler").
 
 :func:`top_p_filter` gives the same tokens the same logits: it takes the few highest
 logits first (``torch.topk``, no full sort), and where their probability mass already

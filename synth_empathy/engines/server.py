@@ -4,29 +4,27 @@ a chat request as a plain dict, and a shorter start on the CPU backend.
 
 Ray Data's senders would otherwise build every request as vLLM's ``ChatCompletionRequest``
 and receive vLLM's ``ChatCompletionResponse``, and either class loads most of vLLM,
-torch and transformers into the sender: about 11 s of one core in every sender process,
-one per LLM stage, on the 2-core machine (measured: ``import
-ray.serve.llm.openai_api_models`` 12.0 s against 2.0 s for the sender's own module). The
-engine's replica has all of it loaded already, so requests and answers cross as dicts.
+torch and transformers into the sender: seconds of a core in every sender process, one
+per LLM stage, which a small machine feels (benchmarks/README.md, "Figures behind the code"). The engine's replica has all of it
+loaded already, so requests and answers cross as dicts.
 This module is imported only in the replica (through
 :class:`synth_empathy.engines.shared.EngineReplica`; on GPU also by the driver,
 which builds that deployment with Ray Serve LLM's builder), never by a sender.
 
 Two steps of Ray Serve LLM's engine start do nothing for a one-worker CPU engine on
-local weights, and each costs a new process that imports torch (about 11 s of one core
-on the 2-core machine, on the stage's critical path):
+local weights, and each costs a new process that imports torch, on the stage's critical
+path:
 
 * the per-node "download" task, which for weights that are neither in a cloud bucket
   nor mirrored returns the path it was given (:class:`LocalWeights` skips it);
 * vLLM's separate worker process: Serve LLM runs every CPU engine with the
   multiprocess executor, where vLLM itself (and ``ray.data.llm``'s processor) runs a
   one-worker engine inside its engine-core process (:class:`OneProcessCpuEngine`).
-  Generation throughput is the same either way (2026-11-28, 98 prompts x 96 tokens,
-  kernels capped at AVX2: 138 tok/s multiprocess, 140 in one process).
+  Generation throughput is the same either way (benchmarks/README.md, "Figures behind the code").
 
 And one more waits for something the engine does not need: Ray's usage telemetry, pushed
 through a detached actor that the replica creates and waits for (a new worker process,
-4.5 s on 2 cores, after the engine is up and before the replica counts as started).
+after the engine is up and before the replica counts as started).
 :meth:`EngineServer._start_engine` pushes it in the background instead.
 """
 
@@ -87,7 +85,7 @@ class OneProcessCpuEngine(VLLMEngine):
         # The multiprocess executor gives its worker process the OpenMP threads and core
         # binding of VLLM_CPU_OMP_THREADS_BIND through the environment; the engine-core
         # process, spawned here, now computes, so it gets them instead (without them it
-        # inherits the replica's OMP_NUM_THREADS=1: 87 against 145 tok/s, measured).
+        # inherits the replica's OMP_NUM_THREADS=1, and decodes at about 0.6 of the rate).
         with OMPProcessManager(vllm_engine_config).configure_omp_envs(rank=0, local_rank=0):
             return start(vllm_engine_args, vllm_engine_config, placement_group)
 

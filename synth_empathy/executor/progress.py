@@ -59,8 +59,8 @@ ENGINE_SAMPLE_S = 5.0  # seconds between two reads of the engine's counts (the r
 def engine_rate(previous: dict[str, Any] | None, snap: dict[str, Any]) -> float | None:
     """Generated tokens/s since the ``previous`` snapshot of the stage (the engine's rate
     now), or over the whole stage for its first line. None while the engine still reads
-    the prompts (fewer tokens than requests in flight): the ~20 s of prefill at a
-    default generation's start would otherwise promise an ETA of hours."""
+    the prompts (fewer tokens than requests in flight): the prefill at a generation's
+    start would otherwise promise an ETA of hours."""
     tokens = snap["tokens"] + (snap["tokens_in_flight"] or 0)
     if snap["in_flight"] and snap["tokens_in_flight"] is not None and snap["tokens_in_flight"] < snap["in_flight"]:
         return None

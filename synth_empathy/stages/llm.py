@@ -210,8 +210,8 @@ def served_sender_kwargs(engine: Any) -> dict[str, Any]:
     """Ray Data arguments of the actors that send a stage's rows to a shared engine.
 
     A sender awaits its batch's slowest answer before it yields the batch; one batch at
-    a time per sender sent the default run's 98 generations as two waves, 64 + 2 rows and
-    then 32 (41 s more in bf16, the engine half idle). Several batches in flight per
+    a time per sender sent the default run's generations as two waves, the engine half
+    idle during the second. Several batches in flight per
     sender (as the vLLM processor keeps ``max_concurrent_batches`` of them) put every row
     of a small stage into vLLM's scheduler at once, which batches them itself.
     """

@@ -97,7 +97,7 @@ class _Torch:
 
 class _BF16:
     """bfloat16 products through torch on a CPU with native bf16 (AVX512-BF16 or AMX),
-    about 2.7x the float32 BLAS rate on the benchmark machine. Used only to find each
+    faster than the float32 BLAS products (benchmarks/README.md, "k-center selection"). Used only to find each
     row's nearest new center; the distance kept is recomputed in float32."""
 
     name = "bf16"
@@ -162,8 +162,8 @@ def _int8_levels(torch) -> int | None:
 
 class _Int8:
     """int8 x int8 -> int32 products (``torch._int_mm``: oneDNN, AVX2 vpmaddubsw or VNNI)
-    where bf16 is not native: 1.5-2x the float32 rate per row x center score on AVX2
-    kernels, scaling included (benchmarks/kcenter_int8_bench.py). Every row is quantised once with its own scale,
+    where bf16 is not native: faster per row x center score than float32 on AVX2 kernels,
+    scaling included (benchmarks/kcenter_int8_bench.py and its section). Every row is quantised once with its own scale,
     ``x ~ s_x q_x``, ``s_x = max|x_i| / L``; a center keeps its row's ``q`` and ``s``. L is
     127, or 79 where the product kernel saturates at 127 (:func:`_int8_levels`; E grows with
     the rounding residuals, about 1.6x).
