@@ -14,7 +14,7 @@ import importlib.resources
 import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -405,12 +405,20 @@ class PipelineConfig:
     output: str = opt("./runs", "folder or URL under which <run_id>/ is written")
     seed: int = opt(0, "seed for turn sampling, selection start and subsets")
     seeds: SeedsConfig = sub(SeedsConfig, "where the seed dialogues come from")
-    generation: GenerationConfig = sub(GenerationConfig, "step 1")
-    turns: TurnSamplingConfig = sub(TurnSamplingConfig, "step 2")
-    discriminator: DiscriminatorConfig = sub(DiscriminatorConfig, "step 3a")
-    quality: QualityConfig = sub(QualityConfig, "step 3b")
-    diversity: DiversityConfig = sub(DiversityConfig, "step 4")
-    judge: JudgeConfig = sub(JudgeConfig, "step 6")
+    generation: GenerationConfig = sub(
+        GenerationConfig, "step 1, generation: new multi-round dialogues written from each seed"
+    )
+    turns: TurnSamplingConfig = sub(
+        TurnSamplingConfig, "step 2, turn sampling: a history of k rounds and its aligned target"
+    )
+    discriminator: DiscriminatorConfig = sub(
+        DiscriminatorConfig, "step 3a, the discriminator answers every sampled history"
+    )
+    quality: QualityConfig = sub(
+        QualityConfig, "step 3b, quality score: agreement of target and answer, kept at >= threshold"
+    )
+    diversity: DiversityConfig = sub(DiversityConfig, "step 4, diversity: greedy k-center over the kept rows")
+    judge: JudgeConfig = sub(JudgeConfig, "step 6, the judge rates each selected row (optional)")
     evaluate: EvaluateConfig = sub(EvaluateConfig, "synth-empathy evaluate: models answer held-out dialogues")
     ray: RayConfig = sub(RayConfig, "where the job runs")
     storage: StorageConfig = sub(StorageConfig, "object storage access, and checkpoint granularity")
@@ -609,11 +617,34 @@ def redacted_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(redact(cfg)))
 
 
-def docs_table() -> str:
-    """Markdown table of every option: the README's configuration reference."""
-    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
-    for key, default, doc in all_keys():
+def _table(rows: Iterable[Tuple[str, Any, str]]) -> List[str]:
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, default, doc in rows:
         shown = "`" + (repr(default) if isinstance(default, str) else str(default)) + "`"
         escaped = doc.replace("|", "\\|")  # a bare | would split the table cell
-        rows.append(f"| `{key}` | {shown} | {escaped} |")
-    return "\n".join(rows)
+        lines.append(f"| `{key}` | {shown} | {escaped} |")
+    return lines
+
+
+def reference_docs() -> str:
+    """The configuration reference (``docs/config.md``, ``synth-empathy config --docs``):
+    every option with its default and meaning, one table per section, from the schema."""
+    keys = list(all_keys())
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the schema (`synth_empathy/config.py`) by `synth-empathy config --docs`;",
+        "a test keeps this file equal to that output. Every command takes `--preset NAME` (one of",
+        f"{', '.join(f'`{n}`' for n in preset_names())}) and `key=value` overrides of these keys;",
+        "`synth-empathy config [--preset NAME] [key=value ...]` prints the resolved configuration.",
+        "",
+        "## Top level",
+        "",
+        *_table((k, d, doc) for k, d, doc in keys if "." not in k),
+    ]
+    for f in fields(PipelineConfig):
+        if not is_dataclass(getattr(PipelineConfig(), f.name)):
+            continue
+        lines += ["", f"## `{f.name}`: {f.metadata.get('doc', '')}", ""]
+        lines += _table((k, d, doc) for k, d, doc in keys if k.startswith(f.name + "."))
+    return "\n".join(lines) + "\n"

@@ -22,7 +22,7 @@ import json
 import sys
 
 from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input
-from synth_empathy.config import docs_table, load_config, redacted_yaml
+from synth_empathy.config import load_config, redacted_yaml, reference_docs
 from synth_empathy.logs import setup_logging
 
 # command -> (module with main(argv), help); `run` and `config` are this module's own
@@ -61,7 +61,7 @@ def _run_or_config(argv: list[str]) -> int:
     setup_logging()
     if args.command == "config":
         if args.docs:
-            print(docs_table())
+            print(reference_docs(), end="")
             return 0
         print(redacted_yaml(load_config(args.preset, args.overrides)), end="")
         return 0
