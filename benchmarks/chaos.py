@@ -1,15 +1,40 @@
-"""Repeated faults: SIGKILL the driver at seeded random moments, resume, check the run.
+"""Repeated faults: SIGKILL the driver while a drawn stage is half written, resume, check the run.
 
     .venv/bin/python benchmarks/chaos.py [--kills 5] [--seed 0] [--out DIR] [key=value ...]
 
 One small run of the real pipeline (real Ray, vLLM CPU engines, packaged models; every
 stage, the judge included; parts of two rows so that a kill finds finished parts) is
-started with ``python -m synth_empathy run``, and killed K times: for each kill a stage
-is drawn (seeded) from the next three not finished yet and a delay of 10-120 s after
-that stage starts (engine start-up, then batches finishing: parts being written); the
-driver's process group and every process carrying this run's tag (raylet, GCS,
-workers, vLLM engine cores) get SIGKILL. Then the same command resumes the run.
-After the last kill the run is let finish, and the script checks:
+started with ``python -m synth_empathy run``, and killed K times. The kill moment is read
+from the run folder, not from a clock, so it lands on a fast machine as on a slow one:
+
+* for each attempt a stage is drawn (seeded) from the next three keyed stages that have
+  no ``.done.json`` marker yet, and a fraction u in [0, 1);
+* the driver is killed as soon as that stage has written ``wait_for`` Parquet parts in
+  this attempt (parts that read back whole and were not in the folder when the attempt
+  started) and still has no marker. ``wait_for`` is 1 + floor(u x (expected - 1)), i.e.
+  1 .. expected-1, where ``expected`` is the number of parts the attempt will write:
+  known for the LLM stages, which cut their input into parts of ``storage.part_rows``
+  rows (generations from seeds x samples_per_seed, discriminated from the samples kept
+  for it, judged from selected, less the rows of parts kept from earlier attempts), once
+  their input stage is finished. Where it is unknown (samples, scored: Ray decides their
+  blocks) or below 2, ``wait_for`` is 1;
+* if the drawn stage gets its marker before the poll (every 0.2 s) sees that state, the
+  draw moves on to the next stage in pipeline order that has no marker, keeping u (the
+  skipped stages are recorded as ``missed``); if the run ends without a kill, the attempt
+  is recorded as ``ended_before_kill`` and, unless the run is finished, retried (at most
+  ``--retries`` extra attempts in all);
+* the driver's process group and every process carrying this run's tag (raylet, GCS,
+  workers, vLLM engine cores) get SIGKILL. Once they are gone the folder no longer
+  changes, so the condition is checked again: a kill counts as landed only if the stage
+  was still half written when it took effect (``landed``; a stage can finish between
+  the poll and the kill). Then the same command resumes the run.
+
+The non-keyed stages, seeds and selected, are never drawn: each is written whole in one
+step and cleared and written again by the next attempt (no part survives a kill, no id
+is skipped), so they have no half-written state for a kill to land in or a resume to keep.
+
+Once K kills have landed (or the run finished, or the attempts ran out) the run is let
+finish, and the script checks:
 
 * every expected ``sample_id`` is in every keyed stage exactly once (the generations
   hold seeds x samples_per_seed; each later stage holds exactly the ids its input
@@ -21,7 +46,10 @@ After the last kill the run is let finish, and the script checks:
   minute after the final run's driver exits (Ray's workers and vLLM's engine processes
   take a few seconds to notice; the time is recorded).
 
-Prints one JSON record per kill and a summary, and writes ``chaos.json`` into ``--out``.
+``ok`` is true only if all checks pass and K kills landed; a run whose checks pass with
+fewer landed kills is ``"inconclusive": true`` with ``ok`` false (exit status 2; a failed
+check exits 1). Prints one JSON record per attempt and a summary, and writes
+``chaos.json`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -29,6 +57,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import random
 import signal
@@ -39,10 +68,10 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from machine import cpu_name
 
 STAGES = ["seeds", "generations", "samples", "discriminated", "scored", "selected", "judged"]
-KEYED = ["generations", "samples", "discriminated", "scored", "judged"]
+KEYED = ["generations", "samples", "discriminated", "scored", "judged"]  # the stages a kill is drawn in
+PART_INPUT = {"generations": "seeds", "discriminated": "samples", "judged": "selected"}  # cut in part_rows
 SMALL_RUN = [
     "seeds.limit=8",
     "generation.sampling.max_tokens=160",
@@ -58,6 +87,7 @@ SMALL_RUN = [
     "judge.engine.max_num_seqs=2",
 ]
 TAG_VAR = "SE_CHAOS_TAG"
+POLL_S = 0.2
 
 
 def tagged(tag: str) -> dict[int, str]:
@@ -98,11 +128,108 @@ def kill_all(proc: subprocess.Popen, tag: str, timeout: float = 60) -> float:
     raise SystemExit(f"processes still alive {timeout:.0f} s after the kill: {tagged(tag)}")
 
 
+# -- the run folder, read while the driver writes it -------------------------------------
+def done(run: Path, stage: str) -> bool:
+    return (run / f"{stage}.done.json").exists()
+
+
 def running_stage(run: Path) -> str | None:
     """The first stage without its marker: the one the driver is working on."""
-    return next((s for s in STAGES if not (run / f"{s}.done.json").exists()), None)
+    return next((s for s in STAGES if not done(run, s)), None)
 
 
+def unfinished(run: Path) -> list[str]:
+    """The keyed stages without a marker, in pipeline order."""
+    return [s for s in KEYED if not done(run, s)]
+
+
+def next_unfinished(run: Path, after: str) -> str | None:
+    """The first keyed stage after ``after`` in pipeline order that has no marker."""
+    return next((s for s in KEYED[KEYED.index(after) + 1 :] if not done(run, s)), None)
+
+
+_WHOLE: set[Path] = set()  # parts seen whole once stay whole (nothing rewrites a part in place)
+
+
+def whole_parts(run: Path, stage: str) -> set[str]:
+    """Names of the Parquet parts of ``stage`` whose footer reads back (a part being written has none)."""
+    folder = run / stage
+    names = set()
+    for part in folder.glob("*.parquet") if folder.is_dir() else []:
+        if part not in _WHOLE:
+            try:
+                pq.read_metadata(part)
+            except Exception:  # half-written, or deleted since the listing
+                continue
+            _WHOLE.add(part)
+        names.add(part.name)
+    return names
+
+
+def _rows(run: Path, stage: str, names) -> int:
+    total = 0
+    for name in names:
+        try:
+            total += pq.read_metadata(run / stage / name).num_rows
+        except Exception:  # deleted by the resume since the listing
+            continue
+    return total
+
+
+def expected_parts(run: Path, stage: str, kept: set[str]) -> int | None:
+    """Parts this attempt will write in ``stage``, or None where that is not known.
+
+    Known for the stages that cut their input into parts of ``storage.part_rows`` rows,
+    once their input stage has its marker: the input rows that reach the stage, less
+    the rows of the ``kept`` parts (those of earlier attempts, which the resume keeps).
+    """
+    import pyarrow.compute as pc
+    import yaml
+
+    source = PART_INPUT.get(stage)
+    if source is None or not done(run, source) or not (run / "config.yaml").exists():
+        return None
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    part_rows = int(cfg["storage"]["part_rows"])
+    if stage == "generations":
+        rows = pq.read_table(run / source).num_rows * int(cfg["generation"]["samples_per_seed"])
+    elif stage == "discriminated":
+        reason = pq.read_table(run / source, columns=["drop_reason"]).column("drop_reason")
+        rows = int(pc.sum(pc.is_null(reason)).as_py() or 0)
+    else:
+        rows = pq.read_table(run / source, columns=["sample_id"]).num_rows
+    return math.ceil(max(rows - _rows(run, stage, kept), 0) / part_rows)
+
+
+def wait_for_parts(u: float, expected: int | None) -> int:
+    """How many new parts to wait for: 1 .. expected-1 from the seeded fraction u in [0, 1);
+    1 where ``expected`` is unknown or below 2 (then only the marker tells "not all")."""
+    if not expected or expected < 2:
+        return 1
+    return 1 + min(int(u * (expected - 1)), expected - 2)
+
+
+def kill_moment(run: Path, stage: str, before: set[str], wait_for: int) -> bool:
+    """True when ``stage`` has written at least ``wait_for`` whole parts not in ``before``
+    and has no marker. The parts are counted first: the marker is written after the last
+    part, so a missing marker after the count means the count was taken mid-stage."""
+    new = len(whole_parts(run, stage) - before)
+    return new >= wait_for and not done(run, stage)
+
+
+def verdict(asked: int, landed: int, problems, changed, leftover, final_rc: int | None) -> dict[str, bool]:
+    """ok only when every check passes and every asked kill landed; fewer kills with
+    passing checks is inconclusive (never ok)."""
+    failed = bool(problems or changed or leftover) or final_rc not in (0, 1)
+    inconclusive = not failed and landed < asked
+    return {"ok": not failed and not inconclusive, "inconclusive": inconclusive}
+
+
+def exit_status(v: dict[str, bool]) -> int:
+    return 0 if v["ok"] else 2 if v["inconclusive"] else 1
+
+
+# -- the checks at the end ---------------------------------------------------------------
 def snapshot(run: Path) -> dict[str, str]:
     """sha256 of every marker and of every Parquet part that reads back whole right now."""
     out = {}
@@ -131,8 +258,10 @@ def check_run(run: Path) -> dict[str, object]:
 
     problems = []
     for stage in STAGES:
-        if not (run / f"{stage}.done.json").exists():
+        if not done(run, stage):
             problems.append(f"{stage} has no marker")
+    if problems:
+        return {"counts": {}, "problems": problems}
     seeds = pq.read_table(run / "seeds").num_rows
     expected = {
         "generations": seeds,  # samples_per_seed = 1 in this run
@@ -156,10 +285,37 @@ def check_run(run: Path) -> dict[str, object]:
     return {"counts": counts, "problems": problems}
 
 
+# -- one attempt -------------------------------------------------------------------------
+def attempt_until_kill(proc: subprocess.Popen, run: Path, target: str, u: float, before: dict) -> dict:
+    """Poll the run folder until the kill moment of ``target`` (moving on to the next
+    unfinished stage when it finishes first) or until the driver exits; returns the state."""
+    missed, wait_for, expected = [], None, None
+    while proc.poll() is None:
+        if target is None:  # every keyed stage finished before a kill moment: let it end
+            time.sleep(POLL_S)
+            continue
+        if wait_for is None:
+            source = PART_INPUT.get(target)
+            if source is None or done(run, source):  # the stage can start: its size is fixed
+                expected = expected_parts(run, target, before[target])
+                wait_for = wait_for_parts(u, expected)
+        if wait_for is not None and kill_moment(run, target, before[target], wait_for):
+            return {"target": target, "wait_for": wait_for, "expected": expected, "missed": missed, "fire": True}
+        if done(run, target):
+            missed.append(target)
+            target, wait_for, expected = next_unfinished(run, target), None, None
+            continue
+        time.sleep(POLL_S)
+    return {"target": target, "wait_for": wait_for, "expected": expected, "missed": missed, "fire": False}
+
+
 def main(argv: list[str]) -> int:
+    from machine import cpu_name
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kills", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retries", type=int, default=3, help="extra attempts for attempts that ended without a kill")
     p.add_argument("--out", default=None)
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
@@ -173,46 +329,53 @@ def main(argv: list[str]) -> int:
     records, before_kills, t_all = [], {}, time.time()
     print(f"chaos: {a.kills} kills, seed {a.seed}, run {run}; {cpu_name()}", flush=True)
 
-    for attempt in range(a.kills + 1):
+    attempt, landed = 0, 0
+    while landed < a.kills and attempt < a.kills + a.retries:
+        left = unfinished(run)
+        if not left:  # the run finished: no stage is left to kill in
+            break
+        target, u = rng.choice(left[:3]), rng.random()
+        before = {s: whole_parts(run, s) for s in KEYED}  # the parts of earlier attempts
         log = open(out / f"attempt-{attempt}.log", "w")
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         started = time.time()
-        if attempt == a.kills:  # the last attempt runs to the end
-            rc = proc.wait()
+        state = attempt_until_kill(proc, run, target, u, before)
+        record = {"attempt": attempt, "drawn": target, **state}
+        del record["fire"]
+        if not state["fire"]:
+            proc.wait()
             log.close()
-            wall = time.time() - started
-            break
-        left = [s for s in STAGES if not (run / f"{s}.done.json").exists()] or STAGES[-1:]
-        target, delay = rng.choice(left[:3]), rng.uniform(10, 120)  # engine start-up to mid-stage
-        # wait until the target stage runs (or the run passes it), then the delay
-        while proc.poll() is None and STAGES.index(running_stage(run) or STAGES[-1]) < STAGES.index(target):
-            time.sleep(0.2)
-        t_target = time.time()
-        while proc.poll() is None and time.time() - t_target < delay:
-            time.sleep(0.1)
-        if proc.poll() is not None:
+            record["ended_before_kill"] = proc.returncode
+        else:
+            t_kill = time.time()
+            gone_s = kill_all(proc, tag)
             log.close()
-            records.append({"attempt": attempt, "ended_before_kill": proc.returncode})
-            print(json.dumps(records[-1]), flush=True)
-            continue
-        at = running_stage(run)
-        snap = snapshot(run)
-        gone_s = kill_all(proc, tag)
-        log.close()
-        before_kills.update(snap)
-        records.append(
-            {
-                "attempt": attempt,
-                "target": target,
-                "delay_s": round(delay, 1),
-                "killed_in": at,
-                "after_s": round(t_target + delay - started, 1),
-                "finished_parts": sum("/" in k for k in snap),
-                "markers": sum("/" not in k for k in snap),
-                "all_gone_after_s": round(gone_s, 1),
-            }
-        )
-        print(json.dumps(records[-1]), flush=True)
+            # everything is dead, so the folder is frozen: what was finished, and was the
+            # stage still half written when the kill took effect?
+            at, snap = running_stage(run), snapshot(run)
+            before_kills.update(snap)
+            now = whole_parts(run, state["target"]) - before[state["target"]]
+            hit = kill_moment(run, state["target"], before[state["target"]], state["wait_for"])
+            landed += hit
+            record.update(
+                killed_in=at,
+                landed=hit,
+                new_parts=len(now),
+                after_s=round(t_kill - started, 1),
+                finished_parts=sum("/" in k for k in snap),
+                markers=sum("/" not in k for k in snap),
+                all_gone_after_s=round(gone_s, 1),
+            )
+        records.append(record)
+        print(json.dumps(record), flush=True)
+        attempt += 1
+
+    # the last attempt runs to the end
+    with open(out / f"attempt-{attempt}.log", "w") as log:
+        started = time.time()
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        rc = proc.wait()
+        wall = time.time() - started
 
     final = snapshot(run)
     changed = [k for k, h in before_kills.items() if final.get(k) != h]
@@ -224,10 +387,14 @@ def main(argv: list[str]) -> int:
         time.sleep(1)
         leftover = tagged(tag)
     lingered = round(time.time() - t_exit, 1)
+    outcome = verdict(a.kills, landed, result["problems"], changed, leftover, rc)
     summary = {
         "machine": cpu_name(),
         "load_avg_end": os.getloadavg(),
-        "kills": sum("killed_in" in r for r in records),
+        "kills_asked": a.kills,
+        "kills": landed,
+        "kills_not_landed": sum(r.get("landed") is False for r in records),
+        "attempts_without_kill": sum("ended_before_kill" in r for r in records),
         "records": records,
         "final_rc": rc,
         "final_attempt_s": round(wall, 1),
@@ -237,11 +404,11 @@ def main(argv: list[str]) -> int:
         "recomputed_or_lost": changed,
         "left_running": leftover,
         "last_process_gone_after_exit_s": lingered,
-        "ok": not result["problems"] and not changed and not leftover and rc in (0, 1),
+        **outcome,
     }
     (out / "chaos.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "records"}, indent=2))
-    return 0 if summary["ok"] else 1
+    return exit_status(outcome)
 
 
 if __name__ == "__main__":
