@@ -2,36 +2,43 @@
 
     .venv/bin/python benchmarks/chaos.py [--kills 5] [--seed 0] [--out DIR] [key=value ...]
 
-One small run of the real pipeline (real Ray, vLLM CPU engines, packaged models; every
-stage, the judge included; parts of two rows so that a kill finds finished parts) is
-started with ``python -m synth_empathy run``, and killed K times. The kill moment is read
-from the run folder, not from a clock, so it lands on a fast machine as on a slow one:
+One small run of the real pipeline (real Ray, vLLM CPU engines, packaged models; 16
+seeds, every stage, the judge included; parts of two rows so that a kill finds finished
+parts) is started with ``python -m synth_empathy run``, and killed K times. The kill
+moment is read from the run folder, not from a clock, so it lands on a fast machine as
+on a slow one:
 
-* for each attempt a stage is drawn (seeded) from the next three keyed stages that have
-  no ``.done.json`` marker yet, and a fraction u in [0, 1);
+* for each attempt a stage is drawn (seeded) from the next two LLM stages (generations,
+  discriminated, judged) that have no ``.done.json`` marker yet and can still be caught
+  half written (fewer than 2 parts left to write rules a stage out where that is known),
+  and a fraction u in [0, 1);
 * the driver is killed as soon as that stage has written ``wait_for`` Parquet parts in
   this attempt (parts that read back whole and were not in the folder when the attempt
-  started) and still has no marker. ``wait_for`` is 1 + floor(u x (expected - 1)), i.e.
-  1 .. expected-1, where ``expected`` is the number of parts the attempt will write:
-  known for the LLM stages, which cut their input into parts of ``storage.part_rows``
-  rows (generations from seeds x samples_per_seed, discriminated from the samples kept
-  for it, judged from selected, less the rows of parts kept from earlier attempts), once
-  their input stage is finished. Where it is unknown (samples, scored: Ray decides their
-  blocks) or below 2, ``wait_for`` is 1;
-* if the drawn stage gets its marker before the poll (every 0.2 s) sees that state, the
-  draw moves on to the next stage in pipeline order that has no marker, keeping u (the
+  started) and still has no marker. ``expected``, the number of parts the attempt will
+  write, is known once the stage's input is finished: its input rows (seeds x
+  samples_per_seed, the samples kept for the discriminator, selected) less the rows of
+  parts kept from earlier attempts, in parts of ``storage.part_rows`` rows. ``wait_for``
+  is 1 + floor(u x share), share = (expected - 1) // kills still to land (at least 1),
+  so within 1 .. expected-1 and leaving parts for the later kills; 1 where ``expected``
+  is below 2;
+* if the drawn stage gets its marker before the poll (every 50 ms) sees that state, the
+  draw moves on to the next LLM stage in pipeline order without a marker, keeping u (the
   skipped stages are recorded as ``missed``); if the run ends without a kill, the attempt
   is recorded as ``ended_before_kill`` and, unless the run is finished, retried (at most
-  ``--retries`` extra attempts in all);
+  ``--retries`` extra attempts in all). A finished run leaves nothing to kill in;
 * the driver's process group and every process carrying this run's tag (raylet, GCS,
   workers, vLLM engine cores) get SIGKILL. Once they are gone the folder no longer
-  changes, so the condition is checked again: a kill counts as landed only if the stage
-  was still half written when it took effect (``landed``; a stage can finish between
-  the poll and the kill). Then the same command resumes the run.
+  changes, so the condition is checked again: a kill counts (``landed``) only if the
+  stage was still half written when it took effect (it can finish between the poll and
+  the kill). Then the same command resumes the run.
 
-The non-keyed stages, seeds and selected, are never drawn: each is written whole in one
-step and cleared and written again by the next attempt (no part survives a kill, no id
-is skipped), so they have no half-written state for a kill to land in or a resume to keep.
+Stages that are never drawn: seeds and selected (not keyed) are each written whole in one
+step and written again from scratch by the next attempt, so there is no half-written
+state for a kill to land in or for a resume to keep. samples and scored (keyed, CPU) write
+their parts in one go at the end, tens of milliseconds before their marker: a draw of
+them would nearly always move on. They are still resumed past and checked like the rest.
+The judge's parts often come out together as well (its batches are short and in flight
+at once), so a draw of judged can miss and end the run without a kill.
 
 Once K kills have landed (or the run finished, or the attempts ran out) the run is let
 finish, and the script checks:
@@ -70,10 +77,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 STAGES = ["seeds", "generations", "samples", "discriminated", "scored", "selected", "judged"]
-KEYED = ["generations", "samples", "discriminated", "scored", "judged"]  # the stages a kill is drawn in
-PART_INPUT = {"generations": "seeds", "discriminated": "samples", "judged": "selected"}  # cut in part_rows
+KEYED = ["generations", "samples", "discriminated", "scored", "judged"]
+# The stages a kill is drawn in, each with its input stage: the LLM stages, which cut
+# their input into parts of storage.part_rows rows and write each as its batch finishes.
+PART_INPUT = {"generations": "seeds", "discriminated": "samples", "judged": "selected"}
+DRAWN = list(PART_INPUT)
 SMALL_RUN = [
-    "seeds.limit=8",
+    "seeds.limit=16",  # 8 generation parts: partial states for several kills
     "generation.sampling.max_tokens=160",
     "discriminator.sampling.max_tokens=32",
     "quality.threshold=0",  # every answered sample reaches selection and the judge
@@ -87,7 +97,7 @@ SMALL_RUN = [
     "judge.engine.max_num_seqs=2",
 ]
 TAG_VAR = "SE_CHAOS_TAG"
-POLL_S = 0.2
+POLL_S = 0.05  # the discriminator's parts come ~0.5 s apart
 
 
 def tagged(tag: str) -> dict[int, str]:
@@ -139,13 +149,22 @@ def running_stage(run: Path) -> str | None:
 
 
 def unfinished(run: Path) -> list[str]:
-    """The keyed stages without a marker, in pipeline order."""
-    return [s for s in KEYED if not done(run, s)]
+    """The stages a kill can be drawn in that have no marker, in pipeline order."""
+    return [s for s in DRAWN if not done(run, s)]
 
 
 def next_unfinished(run: Path, after: str) -> str | None:
-    """The first keyed stage after ``after`` in pipeline order that has no marker."""
-    return next((s for s in KEYED[KEYED.index(after) + 1 :] if not done(run, s)), None)
+    """The first drawable stage after ``after`` in pipeline order that has no marker."""
+    return next((s for s in DRAWN[DRAWN.index(after) + 1 :] if not done(run, s)), None)
+
+
+def candidates(run: Path, before: dict[str, set[str]]) -> list[str]:
+    """The next two unfinished drawable stages that can still be caught half written
+    (fewer than 2 parts left to write, where that is known, rules a stage out); the first
+    unfinished one if none can."""
+    left = unfinished(run)
+    able = [s for s in left if (n := expected_parts(run, s, before.get(s, set()))) is None or n >= 2]
+    return able[:2] or left[:1]
 
 
 _WHOLE: set[Path] = set()  # parts seen whole once stay whole (nothing rewrites a part in place)
@@ -201,12 +220,15 @@ def expected_parts(run: Path, stage: str, kept: set[str]) -> int | None:
     return math.ceil(max(rows - _rows(run, stage, kept), 0) / part_rows)
 
 
-def wait_for_parts(u: float, expected: int | None) -> int:
-    """How many new parts to wait for: 1 .. expected-1 from the seeded fraction u in [0, 1);
-    1 where ``expected`` is unknown or below 2 (then only the marker tells "not all")."""
+def wait_for_parts(u: float, expected: int | None, kills_left: int = 1) -> int:
+    """How many new parts to wait for, from the seeded fraction u in [0, 1): 1 .. share,
+    share = (expected - 1) // kills_left (at least 1), so never all ``expected`` parts and
+    never more than this kill's share of them; 1 where ``expected`` is unknown or below 2
+    (then only the missing marker says "not all")."""
     if not expected or expected < 2:
         return 1
-    return 1 + min(int(u * (expected - 1)), expected - 2)
+    share = max(1, (expected - 1) // max(1, kills_left))
+    return 1 + min(int(u * share), share - 1)
 
 
 def kill_moment(run: Path, stage: str, before: set[str], wait_for: int) -> bool:
@@ -286,19 +308,21 @@ def check_run(run: Path) -> dict[str, object]:
 
 
 # -- one attempt -------------------------------------------------------------------------
-def attempt_until_kill(proc: subprocess.Popen, run: Path, target: str, u: float, before: dict) -> dict:
+def attempt_until_kill(
+    proc: subprocess.Popen, run: Path, target: str, u: float, before: dict, kills_left: int = 1
+) -> dict:
     """Poll the run folder until the kill moment of ``target`` (moving on to the next
     unfinished stage when it finishes first) or until the driver exits; returns the state."""
     missed, wait_for, expected = [], None, None
     while proc.poll() is None:
-        if target is None:  # every keyed stage finished before a kill moment: let it end
+        if target is None:  # every drawable stage finished before its kill moment: let it end
             time.sleep(POLL_S)
             continue
         if wait_for is None:
             source = PART_INPUT.get(target)
             if source is None or done(run, source):  # the stage can start: its size is fixed
                 expected = expected_parts(run, target, before[target])
-                wait_for = wait_for_parts(u, expected)
+                wait_for = wait_for_parts(u, expected, kills_left)
         if wait_for is not None and kill_moment(run, target, before[target], wait_for):
             return {"target": target, "wait_for": wait_for, "expected": expected, "missed": missed, "fire": True}
         if done(run, target):
@@ -331,15 +355,14 @@ def main(argv: list[str]) -> int:
 
     attempt, landed = 0, 0
     while landed < a.kills and attempt < a.kills + a.retries:
-        left = unfinished(run)
-        if not left:  # the run finished: no stage is left to kill in
+        if not unfinished(run):  # the run finished: no stage is left to kill in
             break
-        target, u = rng.choice(left[:3]), rng.random()
         before = {s: whole_parts(run, s) for s in KEYED}  # the parts of earlier attempts
+        target, u = rng.choice(candidates(run, before)), rng.random()
         log = open(out / f"attempt-{attempt}.log", "w")
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         started = time.time()
-        state = attempt_until_kill(proc, run, target, u, before)
+        state = attempt_until_kill(proc, run, target, u, before, a.kills - landed)
         record = {"attempt": attempt, "drawn": target, **state}
         del record["fire"]
         if not state["fire"]:

@@ -70,20 +70,31 @@ def test_expected_parts_and_wait_for(chaos, tmp_path):
 
     assert [chaos.wait_for_parts(u, 4) for u in (0.0, 0.34, 0.67, 0.999999)] == [1, 2, 3, 3]
     assert chaos.wait_for_parts(0.9, None) == chaos.wait_for_parts(0.9, 1) == chaos.wait_for_parts(0.9, 0) == 1
+    # with kills still to land, a kill waits for at most its share of the parts
+    assert [chaos.wait_for_parts(u, 8, kills_left=2) for u in (0.0, 0.5, 0.999)] == [1, 2, 3]
+    assert {chaos.wait_for_parts(u / 10, 8, kills_left=5) for u in range(10)} == {1}
 
 
-def test_draw_moves_on_to_the_next_unfinished_keyed_stage(chaos, tmp_path):
+def test_draw_is_among_the_llm_stages_that_can_still_be_caught_half_written(chaos, tmp_path):
     run = tmp_path / "chaos"
     run.mkdir()
-    for stage in ("seeds", "generations", "samples"):
-        mark(run, stage)
-    assert chaos.unfinished(run) == ["discriminated", "scored", "judged"]
-    assert chaos.next_unfinished(run, "generations") == "discriminated"
+    (run / "config.yaml").write_text("storage:\n  part_rows: 2\ngeneration:\n  samples_per_seed: 1\n")
+    part(run, "seeds", "part-0.parquet", [f"s{i}" for i in range(8)])
+    mark(run, "seeds")
+    assert chaos.unfinished(run) == ["generations", "discriminated", "judged"]  # samples, scored never
+    assert chaos.candidates(run, {}) == ["generations", "discriminated"]  # the next two
+    kept = {part(run, "generations", f"old{i}.parquet", [f"g{2 * i}", f"g{2 * i + 1}"]).name for i in range(3)}
+    assert chaos.expected_parts(run, "generations", kept) == 1  # one part left: no "some, not all"
+    assert chaos.candidates(run, {"generations": kept}) == ["discriminated", "judged"]
+
+    mark(run, "generations")
+    mark(run, "samples")
+    assert chaos.next_unfinished(run, "generations") == "discriminated"  # where a missed draw goes
     mark(run, "discriminated")
-    mark(run, "scored")
-    assert chaos.next_unfinished(run, "discriminated") == "judged"  # selected is never drawn
+    assert chaos.next_unfinished(run, "discriminated") == "judged"
     mark(run, "judged")
-    assert chaos.next_unfinished(run, "scored") is None
+    assert chaos.next_unfinished(run, "discriminated") is None
+    assert chaos.unfinished(run) == []
 
 
 def test_fewer_kills_than_asked_is_never_ok(chaos):
