@@ -61,26 +61,27 @@ class EngineConfig:
     memory_utilization: Union[float, int, str] = opt(
         "auto",
         "vLLM gpu_memory_utilization; on the CPU backend the share of the NUMA node's RAM "
-        "kept for KV cache. auto: 0.15 in bf16/fp16 (of 24 GiB ~150 sequences of SmolLM2 at "
-        "2k tokens), 0.3 in float32 (0.15 did not start), 0.9 on a GPU; a number is kept",
+        "kept for KV cache. auto: 0.15 in bf16/fp16 (room for ~150 sequences of SmolLM2 at 2k "
+        "tokens on a 24 GiB node), 0.3 in float32 (0.15 did not start), 0.9 on a GPU; a number is kept",
     )
     cpu_threads_bind: str = opt(
         "auto",
         "CPU engines: cores for vLLM's compute threads. auto: every core of this machine for a "
-        "single local replica (idle 2-core EPYC: 1.57x one core), else as many as cpus_per_replica "
-        "(cores 0..c-1); on a machine shared with other heavy jobs one core was faster: set 0 "
-        "(benchmarks/README.md); vllm: vLLM's own (all but one core of the node); nobind; or "
+        "single local replica, else as many as cpus_per_replica (cores 0..c-1); on a machine "
+        "shared with other heavy jobs one core can be faster: set 0 (benchmarks/README.md, "
+        "'vLLM on the CPU: dtype x compute-thread binding'); vllm: vLLM's own (all but one core of the node); nobind; or "
         "VLLM_CPU_OMP_THREADS_BIND ids like 0-1 or 0-3|4-7",
     )
     enforce_eager: bool = opt(
         True,
-        "skip graph capture and torch.compile (on a 2-core CPU compiling added 65-80 s to the start and decoded no faster)",
+        "skip graph capture and torch.compile: on a small CPU compiling lengthens the start and "
+        "decodes no faster (benchmarks/README.md, 'Compiled or eager')",
     )
     fast_top_p: bool = opt(
         True,
         "CPU engines: top-p (nucleus) cut from the highest logits instead of vLLM's sort of the "
-        "whole vocabulary per sequence and step; the same tokens kept (2-core Zen 4, the default "
-        "run's generations: 1.48x in float32, 1.37x in bf16); needs synth-empathy installed where the engine runs",
+        "whole vocabulary per sequence and step; the same tokens kept, faster (benchmarks/README.md, "
+        "'Top-p in vLLM's CPU sampler'); needs synth-empathy installed where the engine runs",
     )
     max_num_seqs: Optional[int] = opt(None, "most sequences an engine runs at once (vLLM default)")
     kv_block_size: Union[int, str] = opt(
@@ -88,8 +89,8 @@ class EngineConfig:
         "tokens per KV-cache block (vLLM block_size); prompts reuse a cached prefix in whole "
         "blocks. auto: 32 on CPU engines, where vLLM's 128 reused almost none of the default "
         "run's generation prompts (those of one emotion share their first ~88 tokens, the "
-        "system prompt and the instructions); prefill 19-20 s -> 14-17 s, decoding no slower "
-        "(kernels capped at AVX2, benchmarks/README.md); vLLM's own on a GPU. A number is "
+        "system prompt and the instructions): a shorter prefill, decoding no slower "
+        "(benchmarks/README.md, 'KV-cache block size on the CPU'); vLLM's own on a GPU. A number is "
         "passed as given (the CPU backend needs a multiple of 32)",
     )
     extra: Dict[str, Any] = opt({}, "further vLLM engine keyword arguments, passed as given")
@@ -299,14 +300,14 @@ class RayConfig:
     footer_readers: Optional[int] = opt(
         None,
         "actors that read Parquet footers when Ray Data lists a stage's parts; null: one per 8 "
-        "cores of a local Ray (Ray's own 32 each start a process per read: 6-9 s per stage on "
-        "2 cores instead of 1.6), Ray's default on a cluster",
+        "cores of a local Ray (Ray's own 32 each start a process per read, seconds per stage on "
+        "a small machine: benchmarks/parquet_read_bench.py), Ray's default on a cluster",
     )
     engines: str = opt(
         "auto",
         "auto | shared | per-stage: with shared, LLM stages with equal engine sections send their requests to one "
         "engine (a Ray Serve deployment, started once) instead of each starting its own; "
-        "auto: only for CPU engines, where a start is ~45 s of a few-minute run",
+        "auto: only for CPU engines, where an engine start is a large share of a few-minute run",
     )
 
 
