@@ -27,16 +27,32 @@ class Parser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         # key=value overrides may come after flags (`evaluate OUT --limit 4 k=v`): plain
         # parse_args gives every positional out in one go and then refuses the late ones.
-        if self._subparsers is None:
+        # Intermixed parsing cannot pass the rest on (`submit ... -- ARGS`): those parse plainly.
+        passes_on = any(a.nargs in (argparse.REMAINDER, argparse.PARSER) for a in self._actions)
+        if self._subparsers is None and not passes_on:
             return self.parse_intermixed_args(args, namespace)
         return super().parse_args(args, namespace)
+
+
+def positive(text: str) -> float:
+    """An argparse ``type``: a number > 0 (NaN and inf are refused)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not 0 < x < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return x
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     from synth_empathy.config import preset_names
 
     p.add_argument("--preset", default="default", help=f"one of: {', '.join(preset_names())}")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (see `config --docs`)")
+    # default=[]: without one argparse lists key=value among the missing required arguments
+    p.add_argument(
+        "overrides", nargs="*", default=[], metavar="key=value", help="config overrides (see `config --docs`)"
+    )
 
 
 def load_with_aliases(args: argparse.Namespace, aliases: dict[str, str]):
@@ -44,12 +60,16 @@ def load_with_aliases(args: argparse.Namespace, aliases: dict[str, str]):
     (``aliases``: flag attribute -> config key; a flag given on the command line wins)."""
     from synth_empathy.config import load_config
 
-    extra = [
-        f"{key}={_yaml_value(getattr(args, attr))}"
-        for attr, key in aliases.items()
-        if getattr(args, attr, None) is not None
-    ]
-    return load_config(args.preset, list(args.overrides) + extra)
+    given = {attr: key for attr, key in aliases.items() if getattr(args, attr, None) is not None}
+    extra = [f"{key}={_yaml_value(getattr(args, attr))}" for attr, key in given.items()]
+    try:
+        return load_config(args.preset, list(args.overrides) + extra)
+    except ConfigError as e:
+        # name the flag the user typed, not only the config key it stands for
+        flag = next((a for a, key in given.items() if str(e).startswith(key + " ") or f"'{key}'" in str(e)), None)
+        if flag is None:
+            raise
+        raise ConfigError(f"--{flag.replace('_', '-')}: {e}") from None
 
 
 def _yaml_value(v) -> str:

@@ -319,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.models:
         a.overrides = [*a.overrides, "evaluate.models=[" + ",".join(f'"{m}"' for m in a.models) + "]"]
     cfg = load_with_aliases(a, {"data": "evaluate.data", "limit": "evaluate.limit"})
+    from synth_empathy.training.inputs import ED_SOURCES, missing_local_file
+
+    if cfg.evaluate.data and missing_local_file(cfg.evaluate.data):  # before any model is looked at
+        raise EvaluationInputError(
+            f"evaluate.data {cfg.evaluate.data}: no such file; pass EmpatheticDialogues' test.csv (Rashkin et al. "
+            f"2019; {ED_SOURCES}), or leave evaluate.data empty for the shipped seeds"
+        )
     report = run_evaluation(a.output, cfg)
     print(to_markdown(report))
     return 0

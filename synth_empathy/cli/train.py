@@ -2,8 +2,11 @@
 
     synth-empathy train [--preset NAME] [--output DIR] [--no-ray] [key=value ...]
 
-Every option is in the ``train`` section of the config (``synth-empathy config --docs``);
-the flags are aliases: ``--output`` for ``train.output``, ``--no-ray`` for
+Every option is in the ``train`` section of the config (``synth-empathy config --docs``).
+With no ``train.data`` it trains on the seed dialogues shipped in the package, a small
+demonstration; a real discriminator trains on EmpatheticDialogues' ``train.csv``
+(``train.data=[ed/train.csv]``; where ED is published: the ``train.data`` doc). The
+flags are aliases: ``--output`` for ``train.output``, ``--no-ray`` for
 ``train.use_ray=false``. The prompts are built exactly as the discriminator stage builds
 them at run time (``discriminator.system_prompt``, ``discriminator.input_format``, the
 model's chat template).
@@ -40,6 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     a = _parser().parse_args(argv)
     cfg = load_with_aliases(a, {"output": "train.output", "use_ray": "train.use_ray"})
+    from synth_empathy.storage.run_store import storage_options
+    from synth_empathy.training.inputs import check_sources
+
+    # before the training stack imports and the tokenizer loads: a missing source says so at once
+    check_sources(
+        list(cfg.train.data),
+        layout=cfg.train.data_layout,
+        storage_options_for=lambda p: storage_options(p, cfg.storage),
+    )
     from synth_empathy.training.run import counts_line, run_training
 
     report = run_training(cfg)

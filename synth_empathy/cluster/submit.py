@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from synth_empathy.config import ConfigError
+from synth_empathy.cli.common import Parser, exits_on_bad_input, positive
 from synth_empathy.errors import ClusterError  # noqa: F401 (re-exported)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -274,7 +274,7 @@ def submit(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(  # a bad flag is one error: line and exit 2, as in every command
         prog="synth-empathy submit",
         description="Submit a job in jobs/ to a Ray cluster and follow its logs.",
         epilog="Everything after -- goes to the job, e.g. -- --preset paper seeds.limit=100",
@@ -287,7 +287,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--job", choices=sorted(JOBS), default="run", help="which jobs/ entry point (default: run)")
     p.add_argument("--working-dir", default=".", help="shipped as the job's working directory (default: .)")
     p.add_argument("--no-follow", action="store_true", help="submit and return without waiting")
-    p.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds")
+    p.add_argument("--timeout", type=positive, default=None, help="stop the job after this many seconds (> 0)")
     p.add_argument(
         "--skip-resource-check",
         action="store_true",
@@ -326,31 +326,30 @@ def _precheck_run(address: str, job_args: list[str]) -> None:
     check_resources(cfg, totals, nodes)
 
 
+@exits_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     job_args = list(args.job_args)
     if job_args[:1] == ["--"]:
         job_args = job_args[1:]
-    try:
-        if args.job not in JOBS or not os.path.isfile(os.path.join(args.working_dir, JOBS[args.job])):
-            raise ClusterError(
-                f"no {JOBS[args.job]} under {args.working_dir!r}"
-                + ("" if args.job != "judge" else " (this version has no judge job)")
-            )
-        connect(args.address)  # fail fast, in one line, on an unreachable address
-        if args.job == "run" and not args.skip_resource_check:
-            _precheck_run(args.address, job_args)
-        status = submit(
-            args.address,
-            job_args,
-            working_dir=args.working_dir,
-            follow=not args.no_follow,
-            timeout=args.timeout,
-            job=args.job,
+    if not os.path.isdir(args.working_dir):
+        raise ClusterError(f"--working-dir {args.working_dir!r} is not a folder; run from the repository root")
+    if args.job not in JOBS or not os.path.isfile(os.path.join(args.working_dir, JOBS[args.job])):
+        raise ClusterError(
+            f"no {JOBS[args.job]} under {args.working_dir!r}"
+            + ("" if args.job != "judge" else " (this version has no judge job)")
         )
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    connect(args.address)  # fail fast, in one line, on an unreachable address
+    if args.job == "run" and not args.skip_resource_check:
+        _precheck_run(args.address, job_args)
+    status = submit(
+        args.address,
+        job_args,
+        working_dir=args.working_dir,
+        follow=not args.no_follow,
+        timeout=args.timeout,
+        job=args.job,
+    )
     if args.no_follow:
         return EXIT_OK
     return EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from typing import Any
 
@@ -94,6 +95,19 @@ def is_export(path: str, storage_options: dict | None = None) -> bool:
     return isinstance(first, dict) and ("messages" in first or ("instruction" in first and "output" in first))
 
 
+def _check_columns(path: str, storage_options: dict | None) -> None:
+    """A JSON source that is no export must have seed columns (said better than the seed reader's layout error)."""
+    try:
+        first = _first_record(path, storage_options) if _is_json(path) else None
+    except (OSError, UnicodeDecodeError):
+        first = None  # missing or unreadable: the seed reader says so in its own words
+    if isinstance(first, dict) and not _EXPECTED_KEYS & set(first):
+        raise TrainingInputError(
+            f"train.data {path}: none of the expected columns (alpaca instruction/input/output, chat messages, "
+            f"seed context/response or dialogue turns); its first record has: {', '.join(sorted(first)[:8])}"
+        )
+
+
 def read_source(
     path: str,
     *,
@@ -114,15 +128,7 @@ def read_source(
         return rows, {"path": path, "kind": "export", "rows": len(rows), "heldout": 0, "dropped": dict(dropped)}
     from synth_empathy.stages.seed_sources import read_seeds
 
-    try:
-        first = _first_record(path, storage_options) if _is_json(path) else None
-    except (OSError, UnicodeDecodeError):
-        first = None  # missing or unreadable: the seed reader says so in its own words
-    if isinstance(first, dict) and not _EXPECTED_KEYS & set(first):
-        raise TrainingInputError(
-            f"train.data {path}: none of the expected columns (alpaca instruction/input/output, chat messages, "
-            f"seed context/response or dialogue turns); its first record has: {', '.join(sorted(first)[:8])}"
-        )
+    _check_columns(path, storage_options)
     try:
         seeds = read_seeds(path, layout=layout, storage_options=storage_options)
     except SeedError as e:
@@ -144,12 +150,55 @@ def read_source(
     return rows, info
 
 
+#: Where EmpatheticDialogues (Rashkin et al. 2019) is published, for the error on a missing source.
+ED_SOURCES = (
+    "https://dl.fbaipublicfiles.com/parlai/empatheticdialogues/empatheticdialogues.tar.gz, "
+    "or facebook/empathetic_dialogues on the Hugging Face hub"
+)
+
+
+def missing_local_file(path: str) -> bool:
+    """True for a local path (no URL) that does not exist; URLs are left to their readers."""
+    protocol, local = fsspec.core.split_protocol(path)
+    return protocol in (None, "file", "local") and not os.path.exists(local)
+
+
+def source_paths(paths: list[str]) -> list[str]:
+    """``train.data`` as read: an empty list is the seed file shipped in the package."""
+    from synth_empathy.stages.seed_sources import default_seed_path
+
+    return list(paths) or [default_seed_path()]
+
+
+def check_sources(paths: list[str], *, layout: str, storage_options_for) -> None:
+    """Cheap checks of every source before a model loads: a local file must exist (the
+    message says where ED is published), a seed file must have a readable layout."""
+    from synth_empathy.stages.seed_sources import validate_seed_source
+
+    for path in source_paths(paths):
+        if missing_local_file(path):
+            hint = (
+                ""
+                if _is_json(path)
+                else f"; pass EmpatheticDialogues' train.csv (Rashkin et al. 2019; {ED_SOURCES}), "
+                "or leave train.data empty to train on the shipped seeds"
+            )
+            raise TrainingInputError(f"train.data {path}: no such file{hint}")
+        if is_export(path, storage_options_for(path)):
+            continue
+        _check_columns(path, storage_options_for(path))
+        try:
+            validate_seed_source(path, layout, storage_options_for(path))
+        except SeedError as e:
+            raise TrainingInputError(f"train.data {path}: {e}") from None
+
+
 def read_sources(
     paths: list[str], *, layout: str, heldout_fraction: float, heldout_salt: str, storage_options_for
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Counter]:
-    """All sources, in order: ``(rows, per-source info, drops summed)``."""
-    if not paths:
-        raise TrainingInputError("train.data is empty: name at least one ED file or selected.*.jsonl export")
+    """All sources, in order: ``(rows, per-source info, drops summed)``; no source = the
+    shipped seed file (:func:`source_paths`)."""
+    paths = source_paths(paths)
     rows, infos, dropped = [], [], Counter()
     for path in paths:
         got, info = read_source(

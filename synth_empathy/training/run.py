@@ -106,24 +106,15 @@ def check_lora_targets(model_path: str, targets: list[str]) -> None:
 
 
 def validate(t: Any) -> None:
-    """Cross-field checks of the ``train`` section."""
-    if t.method not in ("full", "lora"):
-        raise TrainingInputError(f"train.method must be full or lora, got {t.method!r}")
-    if t.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise TrainingInputError(f"train.dtype must be auto, float32, bfloat16 or float16, got {t.dtype!r}")
-    if t.save_dtype not in ("float32", "bfloat16", "float16"):
-        raise TrainingInputError(f"train.save_dtype must be float32, bfloat16 or float16, got {t.save_dtype!r}")
-    if t.lr_scheduler not in ("cosine", "linear", "constant"):
-        raise TrainingInputError(f"train.lr_scheduler must be cosine, linear or constant, got {t.lr_scheduler!r}")
-    if not 0 <= t.heldout_fraction < 1:
-        raise TrainingInputError(f"train.heldout_fraction must be in [0, 1), got {t.heldout_fraction}")
-    for key in ("cutoff_len", "batch_size", "gradient_accumulation", "num_workers"):
-        if t[key] < 1:
-            raise TrainingInputError(f"train.{key} must be >= 1, got {t[key]}")
-    if t.limit is not None and t.limit < 1:
-        raise TrainingInputError(f"train.limit must be >= 1 or null, got {t.limit}")
-    if t.max_steps is None and t.epochs <= 0:
-        raise TrainingInputError(f"train.epochs must be > 0, got {t.epochs}")
+    """The ``train`` section's checks; the config already ran them at load (one place:
+    :func:`synth_empathy.config.check_ranges` and :func:`~synth_empathy.config.validate_train`),
+    again here for a section built by hand."""
+    from omegaconf import OmegaConf
+
+    from synth_empathy.config import check_ranges, validate_train
+
+    check_ranges(OmegaConf.create({"train": t}), prefix="train.")
+    validate_train(t)
 
 
 def settings_of(cfg: Any, model_path: str) -> dict[str, Any]:
