@@ -5,7 +5,7 @@ and the held-out fraction, never on file order, worker or process, so ``synth-em
 train`` and the evaluation command agree on every dialogue without sharing a file.
 
 **The split key is the dialogue's opening turn, not its id.** EmpatheticDialogues in the
-turn-level layout (``shared/data/ed/valid.csv``) holds almost every conversation twice
+turn-level layout (its ``valid.csv``) holds almost every conversation twice
 under two ids, once cut after two turns and once longer: of its 2,748 distinct opening
 turns, 2,747 appear under two or more ``dialogue_id``s. Splitting by id would put nearly
 every held-out conversation into training under its other id. Every seed pair of a

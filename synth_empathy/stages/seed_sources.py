@@ -32,8 +32,8 @@ Layouts (detected from the file's content, or named with ``layout=``):
 ``ed_parquet``
     The same columns as Parquet (the Hugging Face copy).
 ``ed_turns_csv``
-    The turn-level CSV (``,dialogue_id,turns,text,emotion,dialogue_emotion``) of
-    ``shared/data/ed/valid.csv``; the emotion is ``dialogue_emotion``.
+    ED's turn-level CSV (``,dialogue_id,turns,text,emotion,dialogue_emotion``); the
+    emotion is ``dialogue_emotion``.
     ``seed_id = ed:<dialogue_id>:<turn>``.
 
 Seed pairs: for every listener turn ``t`` of a dialogue (even, 1-based) the context is
