@@ -4,7 +4,26 @@ from __future__ import annotations
 
 import socket
 
+from synth_empathy.core import rounds, turn_sampling
+
 BUCKET = "synth-runs"  # the bucket the loopback S3 fixture creates
+
+# The pipeline's stages up to the selection, in order (the judge is optional).
+PIPELINE_STAGES = ("seeds", "generations", "samples", "discriminated", "scored", "selected")
+
+# Drop reasons that come from what a model wrote, not from an error: a generation with no
+# usable round (samples), a discriminator answer that is empty or points away from the
+# target (scored, at quality.threshold=0). An end-to-end run may drop every row for these.
+MODEL_TEXT_DROPS = {
+    "samples": {
+        rounds.REASON_EMPTY_OUTPUT,
+        rounds.REASON_NO_ROUNDS,
+        rounds.REASON_NO_COMPLETE_ROUND,
+        turn_sampling.REASON_TOO_FEW_ROUNDS,
+        turn_sampling.REASON_EMPTY_ROUND,
+    },
+    "scored": {"empty_discriminator_answer", "below_quality_threshold"},
+}
 
 
 def free_port() -> int:

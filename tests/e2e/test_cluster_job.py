@@ -24,11 +24,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import free_port
+from helpers import MODEL_TEXT_DROPS, PIPELINE_STAGES, free_port
 from synth_empathy.cluster.submit import main, submit
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+KEYS = {stage: "seed_id" if stage == "seeds" else "sample_id" for stage in PIPELINE_STAGES}
 
 
 def _descendants(roots: set) -> set:
@@ -156,9 +157,17 @@ def test_pipeline_job_on_a_two_node_cluster(ray_cluster, tmp_path, capsys):
     out = tmp_path / "runs"
     args = [
         "seeds.limit=4",
+        "generation.samples_per_seed=2",
         "generation.sampling.max_tokens=120",
         "discriminator.sampling.max_tokens=48",
+        # Let every parsed dialogue through: one complete round makes a sample, every
+        # scored row with a non-negative score is kept, every kept row is selected. At
+        # 120 tokens the second round's response is mostly cut off: on a 2-core Zen 4,
+        # 1 in 8 answers to these 4 seeds held two complete rounds, 26 in 32 held one.
+        "turns.min_history=0",
         "quality.threshold=0",
+        "quality.drop_repeats=false",
+        "diversity.keep_ratio=1",
         f"output={out}",
         "run_id=cluster",
         # The judge is one more engine pass; this test is about running on a cluster.
@@ -171,19 +180,59 @@ def test_pipeline_job_on_a_two_node_cluster(ray_cluster, tmp_path, capsys):
         timeout=450,
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}},
     )
-    logs = capsys.readouterr().out
-    assert status == "SUCCEEDED", logs[-4000:]
+    captured = capsys.readouterr()
+    logs = captured.out
     run = out / "cluster"
-    assert (run / "selected.done.json").exists()
-    selected = pq.read_table(run / "selected")
-    assert selected.num_rows > 0
+    # The job ran the pipeline to its end: every stage finished, the report and the
+    # manifest written (a job that crashed would have left no report).
+    for stage in PIPELINE_STAGES:
+        assert (run / f"{stage}.done.json").exists(), f"{stage} not finished ({status}):\n{logs[-4000:]}"
+    assert not (run / "judged.done.json").exists()
     report = json.loads((run / "report.json").read_text())
     counts = report["counts"]
-    assert counts["seeds"] == 4 and counts["generations"] == 4
-    assert counts["selected"] == selected.num_rows > 0
-    assert counts["kept"] >= counts["selected"]
-    # The job ran the entry point from the shipped working directory.
-    assert '"counts"' in logs
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["finished"] and manifest["counts"] == counts
+    # The job ran the entry point from the shipped working directory, and its logs came back.
+    summary = [line for line in logs.splitlines() if line.startswith('{"run":')]
+    assert summary and json.loads(summary[-1])["counts"] == counts, logs[-4000:]
+
+    # What the model wrote decides how many rows survive each stage, not whether the
+    # stages fit together: ids are unique and each stage holds exactly the rows of its input that
+    # it should.
+    ids = {stage: pq.read_table(run / stage).column(KEYS[stage]).to_pylist() for stage in PIPELINE_STAGES}
+    for stage, values in ids.items():
+        assert len(values) == len(set(values)), f"{stage}: an id twice"
+    assert len(ids["seeds"]) == counts["seeds"] == 4
+    assert sorted(ids["generations"]) == sorted(f"{s}#g{i}" for s in ids["seeds"] for i in range(2))
+    samples = pq.read_table(run / "samples").to_pylist()
+    assert sorted(ids["samples"]) == sorted(ids["generations"])  # one row per generation, dropped or not
+    good = {r["sample_id"] for r in samples if r["drop_reason"] is None}
+    scored = pq.read_table(run / "scored").to_pylist()
+    kept = {r["sample_id"] for r in scored if r["kept"]}
+    assert set(ids["discriminated"]) == set(ids["scored"]) == good
+    assert set(ids["selected"]) == kept  # keep_ratio=1: the selection is every kept row
+    assert counts["generations"] == 8 and counts["samples"] == len(good) and counts["kept"] == len(kept)
+    assert counts["selected"] == len(ids["selected"])
+
+    # The exports hold the selection, in both formats.
+    alpaca = [json.loads(line) for line in (run / "selected.alpaca.jsonl").read_text().splitlines()]
+    chat = [json.loads(line) for line in (run / "selected.chat.jsonl").read_text().splitlines()]
+    assert len(alpaca) == len(chat) == counts["selected"]
+    assert all(set(r) == {"instruction", "input", "output"} for r in alpaca)
+    assert all(r["messages"][-1]["role"] == "assistant" for r in chat)
+    assert set(json.loads((run / "dataset_info.json").read_text())) == {"synth_empathy_alpaca", "synth_empathy_chat"}
+
+    # A run that selects nothing exits 1 by design, so its job FAILS. These settings
+    # make that very unlikely (every one of the 8 generations would have to hold no
+    # complete round, or every row get an empty or opposite discriminator answer), and
+    # when it happens it must be for that reason alone, every row dropped for what the
+    # model wrote, rather than for an error.
+    if counts["selected"]:
+        assert status == "SUCCEEDED", logs[-4000:]
+    else:
+        assert status == "FAILED" and "exit code 1" in captured.err, captured.err[-2000:]
+        assert {r["drop_reason"] for r in samples} - {None} <= MODEL_TEXT_DROPS["samples"], samples
+        assert {r["drop_reason"] for r in scored} <= MODEL_TEXT_DROPS["scored"], scored
 
 
 @pytest.mark.e2e

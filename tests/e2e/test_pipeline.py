@@ -1,9 +1,13 @@
 """The real pipeline, end to end: real Ray, real vLLM engines, real small models.
 
-A few seeds and short answers keep it to a few minutes on a 2-core CPU. The quality
-threshold is set to 0 here so that the selection is never empty by chance (the
-untuned 135M discriminator rarely agrees with the generator above 60); the threshold
-itself is tested in test_stages.py with the real embedder.
+A few seeds and short answers keep it to a few minutes on a 2-core CPU. What the 135M
+models write decides how many rows survive each stage, so the tests check how the
+stages fit together, not how many rows came through, and the settings let almost
+every answer through: one complete round makes a sample (``turns.min_history=0``) and
+the quality threshold is 0 (the untuned discriminator rarely agrees with the generator
+above 60; the threshold itself is tested in test_stages.py with the real embedder). A
+run that selects nothing exits 1 by design; the tests that need selected rows are then
+skipped (:func:`needs_rows`), after checking that the model's text emptied it.
 """
 
 import json
@@ -14,6 +18,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import MODEL_TEXT_DROPS
 from synth_empathy import schemas
 
 pytestmark = pytest.mark.e2e
@@ -22,6 +27,9 @@ OVERRIDES = [
     "seeds.limit=7",
     "generation.sampling.max_tokens=160",
     "discriminator.sampling.max_tokens=48",
+    # One complete round makes a sample. Measured on a 2-core Zen 4 (8 answers to each
+    # of these six seeds, cut to 160 tokens): 45 of 48 held one, 26 of 48 two.
+    "turns.min_history=0",
     "quality.threshold=0",
     "diversity.keep_ratio=0.5",
     "ray.progress_interval_s=5",  # progress lines while the short stages run
@@ -56,19 +64,41 @@ def run(tmp_path_factory):
         *OVERRIDES,
     ]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
-    assert first.returncode == 0, first.stderr[-4000:]
+    run_dir = out / "e2e"
+    assert (run_dir / "report.json").exists(), first.stderr[-4000:]  # it ran to the end
+    # ... and exited 0, or 1 when it selected nothing (by design; see needs_rows)
+    selected = json.loads((run_dir / "report.json").read_text())["counts"]["selected"]
+    assert first.returncode == (0 if selected else 1), first.stderr[-4000:]
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    return out / "e2e", first, again
+    return run_dir, first, again
 
 
 def read(run_dir, stage):
     return pq.read_table(run_dir / stage)
 
 
+def needs_rows(run_dir):
+    """Skip a test of what happens to selected rows when the run selected none.
+
+    With these settings that takes the model: no complete round in any of the six
+    answers, or every discriminator answer empty or pointing away from its target, or
+    repeating the history. Then every row must say so, and no error may be among them.
+    """
+    if read(run_dir, "selected").num_rows:
+        return
+    samples = [r for r in read(run_dir, "samples").to_pylist() if not r["seed_id"].startswith("too-long")]
+    reasons = {r["drop_reason"] for r in samples} - {None}
+    assert reasons <= MODEL_TEXT_DROPS["samples"], reasons
+    reasons = set(read(run_dir, "scored").column("drop_reason").to_pylist())
+    assert reasons <= MODEL_TEXT_DROPS["scored"] | {"target_repeats_history", "answer_repeats_history"}, reasons
+    pytest.skip("the models wrote nothing this run could select (every row dropped for its text)")
+
+
 def test_the_three_llm_stages_share_one_engine(run):
     # The default's generator, discriminator and judge are the same engine section: one
     # Ray Serve deployment serves all three (ray.engines=auto on a CPU), started once.
-    _, first, again = run
+    run_dir, first, again = run
+    needs_rows(run_dir)  # the judge gets no engine without rows to judge
     assert "engines: one engine for generation + discriminator + judge" in first.stderr
     assert first.stderr.count("[engine] starting one engine") == 1
     # ... in the background before the first stage, which then runs beside its start
@@ -124,7 +154,7 @@ def test_ids_are_unique_and_nest_selected_in_kept_in_samples(run):
     good = {r["sample_id"] for r in samples.to_pylist() if r["drop_reason"] is None}
     kept = {r["sample_id"] for r in scored.to_pylist() if r["kept"]}
     assert set(scored.column("sample_id").to_pylist()) == good
-    assert len(selected) == len(set(selected)) > 0
+    assert len(selected) == len(set(selected))
     assert set(selected) <= kept <= good
     assert len(selected) == max(1, round(0.5 * len(kept))) or abs(len(selected) - 0.5 * len(kept)) <= 1
 
@@ -143,6 +173,7 @@ def test_scores_are_in_range_and_rows_are_aligned(run):
 
 def test_exports_and_report(run):
     run_dir, first, _ = run
+    needs_rows(run_dir)
     n_selected = read(run_dir, "selected").num_rows
     alpaca = [json.loads(line) for line in (run_dir / "selected.alpaca.jsonl").read_text().splitlines()]
     assert len(alpaca) == n_selected
@@ -186,8 +217,8 @@ def test_exports_and_report(run):
 
 
 def test_a_second_run_with_the_same_id_recomputes_nothing(run):
-    _, _, again = run
-    assert again.returncode == 0, again.stderr[-3000:]
+    _, first, again = run
+    assert again.returncode == first.returncode, again.stderr[-3000:]
     for stage in ("seeds", "generations", "samples", "discriminated", "scored", "selected", "judged"):
         assert f"[{stage}] finished in an earlier attempt" in again.stderr
     assert "vLLMEngineStageUDF" not in again.stderr
@@ -202,6 +233,7 @@ def test_judge_command_rates_a_runs_export_and_resumes_by_id(run, tmp_path):
     then (the finished marker removed, as after a crash) the whole file: only the rows
     the kept part does not hold are judged, and every row ends up rated once."""
     run_dir, _, _ = run
+    needs_rows(run_dir)
     export = run_dir / "selected.chat.jsonl"
     n = len(export.read_text().splitlines())
     out = tmp_path / "judged-export"
@@ -233,6 +265,7 @@ def test_the_run_folder_loads_as_a_hugging_face_dataset(run, tmp_path):
     import datasets
 
     run_dir, _, _ = run
+    needs_rows(run_dir)
     # datasets caches a local folder by its name and file layout, not its contents: an
     # older run folder also called e2e would be read back from the shared cache.
     cache = str(tmp_path / "hf-cache")
