@@ -69,5 +69,15 @@ def _run_or_config(argv: list[str]) -> int:
     from synth_empathy.pipeline import run
 
     report = run(cfg)
-    print(json.dumps({"run": report["output"], "counts": report["counts"]}))
-    return 0 if report["counts"]["selected"] > 0 else 1
+    counts = report["counts"]
+    print(json.dumps({"run": report["output"], "counts": counts}))
+    if counts["selected"] > 0:
+        return 0
+    # Finished, but no corpus: exit 1 so that a job or a script does not take it for one.
+    print(
+        f"error: the run finished with nothing selected ({counts.get('kept', 0)} of {counts.get('samples', 0)} "
+        f"samples kept at quality.threshold={cfg.quality.threshold}; drop reasons in {report['output']}/report.md): "
+        "lower quality.threshold or give more seeds",
+        file=sys.stderr,
+    )
+    return 1
