@@ -151,7 +151,7 @@ def _diversity(store, seed: int, max_rows: int = DIVERSITY_ROWS) -> dict[str, An
     """
     import pyarrow.dataset as pds
 
-    from synth_empathy.stages.selection import embeddings_matrix
+    from synth_empathy.core.arrow_matrix import list_matrix
 
     data = pds.dataset(store.fresh(store.path("scored")), filesystem=store.arrow_fs, format="parquet")
     kept_ids = data.to_table(columns=["sample_id"], filter=pc.field("kept")).column("sample_id").combine_chunks()
@@ -172,7 +172,7 @@ def _diversity(store, seed: int, max_rows: int = DIVERSITY_ROWS) -> dict[str, An
 
     def fetch(ids):
         part = rows.take(pc.index_in(ids, value_set=rows.column("sample_id")))
-        return part.column("output").to_pylist(), embeddings_matrix(part)
+        return part.column("output").to_pylist(), list_matrix(part.column("embedding"))
 
     report = diversity_report(*fetch(selected_s), *fetch(kept_s), seed=seed)
     report["sampled"] = {

@@ -33,6 +33,7 @@ import uuid
 import numpy as np
 
 from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, load_with_aliases
+from synth_empathy.core.arrow_matrix import list_matrix
 from synth_empathy.core.kcenter import METHODS, SelectionError, resolve_k, select_k_center
 from synth_empathy.core.near_duplicates import check_threshold, drop_near_duplicates
 from synth_empathy.core.shard_split import SPLITS
@@ -89,48 +90,6 @@ def _open_dataset(input: str, storage_options: dict | None):
         raise
     except Exception as e:  # unreadable footer, permission, empty folder, ...
         raise SelectionError(f"input {input}: cannot read as Parquet ({type(e).__name__}: {e})") from None
-
-
-def _column_to_matrix(col, name: str) -> np.ndarray:
-    """(N, d) float32 from a (chunked) list / fixed-size-list column; checks every row."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    t = col.type
-    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
-        raise SelectionError(f"column {name!r}: expected a list of numbers per row, got {t}")
-    vt = t.value_type
-    if not (pa.types.is_floating(vt) or pa.types.is_integer(vt)):
-        raise SelectionError(f"column {name!r}: expected numbers in the lists, got {vt}")
-    n = len(col)
-    if n == 0:
-        raise SelectionError("no rows to select from (the input is empty)")
-    out = None
-    row0 = 0
-    for chunk in col.chunks:
-        if chunk.null_count:
-            i = row0 + int(np.flatnonzero(chunk.is_null().to_numpy(zero_copy_only=False))[0])
-            raise SelectionError(f"column {name!r}, row {i}: embedding is null")
-        lens = pc.list_value_length(chunk).to_numpy(zero_copy_only=False)
-        if out is None:
-            d = int(lens[0]) if len(lens) else 0
-            if d == 0:
-                raise SelectionError(f"column {name!r}, row {row0}: embedding is empty")
-            out = np.empty((n, d), dtype=np.float32)
-        bad = np.flatnonzero(lens != out.shape[1])
-        if bad.size:
-            i = int(bad[0])
-            raise SelectionError(
-                f"column {name!r}, row {row0 + i}: embedding has {int(lens[i])} values, "
-                f"row 0 has {out.shape[1]} (mixed dimensions)"
-            )
-        values = chunk.flatten()  # honours slicing and offsets
-        if values.null_count:
-            i = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
-            raise SelectionError(f"column {name!r}, row {row0 + i // out.shape[1]}: embedding has null values")
-        out[row0 : row0 + len(chunk)] = values.to_numpy(zero_copy_only=False).reshape(len(chunk), -1)
-        row0 += len(chunk)
-    return out
 
 
 def _read(dataset, columns: list[str], input: str):
@@ -228,7 +187,7 @@ def run_selection(
         embed_seconds = time.perf_counter() - t_embed
         del texts
     else:
-        x = _column_to_matrix(table.column(embedding_column), embedding_column)
+        x = list_matrix(table.column(embedding_column), embedding_column)
         del table
         embed_seconds = 0.0
     # Before anything is written: a k above the rows left fails here.

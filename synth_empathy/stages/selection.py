@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from synth_empathy import schemas
+from synth_empathy.core.arrow_matrix import list_matrix
 from synth_empathy.errors import SelectionError
 from synth_empathy.stages.contract import StageContract
 
@@ -56,15 +57,6 @@ CONTRACT = StageContract(
 PART_ROWS = 65_536  # selected rows per written part: what one window of the write holds in memory
 # Scan batches small and read ahead little: a batch of embeddings is 1.5 kB a row.
 _SCAN = {"batch_size": 8192, "batch_readahead": 2, "fragment_readahead": 1}
-
-
-def embeddings_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
-    """An (N, d) float32 matrix from a list<float32> column, without a Python loop."""
-    col = table.column(column).combine_chunks()
-    if len(col) == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return flat.reshape(len(col), -1)
 
 
 def pick(x: np.ndarray, cfg: Any, seed: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
@@ -148,7 +140,7 @@ def select(kept: pa.Table, cfg: Any, seed: int) -> tuple[pa.Table, dict[str, Any
         return empty, _nothing()
     if "sample_id" in kept.column_names:
         kept = kept.sort_by("sample_id")
-    order, at_pick, info = pick(embeddings_matrix(kept), cfg, seed)
+    order, at_pick, info = pick(list_matrix(kept.column("embedding")), cfg, seed)
     chosen = kept.take(pa.array(order))
     chosen = chosen.append_column("pick_order", pa.array(np.arange(len(order)), type=pa.int64()))
     dist = at_pick if at_pick is not None else [None] * len(order)
@@ -174,27 +166,28 @@ def kept_matrix(data: Any, where: str = "scored") -> tuple[pa.Array, np.ndarray]
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))  # scan position -> row of the matrix
     x: np.ndarray | None = None
+    first = ""  # the row whose width the others must have
     seen = 0
     for batch in data.to_batches(columns=["sample_id", "embedding"], filter=kept, **_SCAN):
         if batch.num_rows == 0:
             continue
-        emb = batch.column("embedding")
-        if emb.null_count:
-            bad = batch.column("sample_id")[int(pc.index(emb.is_null(), True).as_py())]
-            raise SelectionError(f"{where}: kept row {bad} has no embedding")
-        lens = pc.list_value_length(emb).to_numpy(zero_copy_only=False)
+        block = list_matrix(
+            batch.column("embedding"),
+            ids=batch.column("sample_id"),
+            where=f"{where}: ",
+            dim=None if x is None else x.shape[1],
+            dim_row=first,
+        )
         if x is None:
-            x = np.empty((len(ids), int(lens[0])), dtype=np.float32)
-        if (lens != x.shape[1]).any():
-            bad = batch.column("sample_id")[int(np.flatnonzero(lens != x.shape[1])[0])]
-            raise SelectionError(f"{where}: kept row {bad} has an embedding of a different length than the others")
+            x = np.empty((len(ids), block.shape[1]), dtype=np.float32)
+            first = f"row {batch.column('sample_id')[0]}"
         # The scan repeats the first one's order; if it ever did not, look the ids up (slower).
         if batch.column("sample_id").equals(scanned.slice(seen, batch.num_rows)):
             rows = rank[seen : seen + batch.num_rows]
         else:
             rows = pc.index_in(batch.column("sample_id"), value_set=ids).to_numpy(zero_copy_only=False)
         seen += batch.num_rows
-        x[rows] = emb.flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
+        x[rows] = block
     if x is None:
         x = np.zeros((0, 0), dtype=np.float32)
     return ids, x

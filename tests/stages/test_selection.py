@@ -7,9 +7,10 @@ from omegaconf import OmegaConf
 
 from helpers import scored_run
 from synth_empathy.config import DiversityConfig
+from synth_empathy.core.arrow_matrix import list_matrix
 from synth_empathy.core.kcenter import select_k_center
 from synth_empathy.errors import SelectionError
-from synth_empathy.stages.selection import embeddings_matrix, select
+from synth_empathy.stages.selection import select
 
 
 def kept_table(n=40, d=8, seed=0):
@@ -47,7 +48,7 @@ def test_selected_rows_are_the_greedy_picks_in_order_with_their_distances():
     d = chosen.column("distance_at_pick").to_pylist()
     assert np.isinf(d[0]) and all(d[i] >= d[i + 1] - 1e-6 for i in range(1, 6))  # farthest first
     assert info["selected"] == 7 and info["candidates"] == 40
-    np.testing.assert_array_equal(embeddings_matrix(chosen), x[ref.indices])
+    np.testing.assert_array_equal(list_matrix(chosen.column("embedding")), x[ref.indices])
 
 
 def test_no_kept_rows_selects_nothing():
@@ -115,7 +116,7 @@ def test_kept_row_without_an_embedding_is_a_one_line_error(tmp_path):
     table = table.append_column("kept", pa.array([True] * 5)).set_column(
         2, "embedding", pa.array([[1.0, 0.0]] * 4 + [None], type=pa.list_(pa.float32()))
     )
-    with pytest.raises(SelectionError, match=r"scored: kept row s004 has no embedding"):
+    with pytest.raises(SelectionError, match=r"scored: column 'embedding', row s004: embedding is null"):
         kept_matrix(pds.dataset(table))
 
 
