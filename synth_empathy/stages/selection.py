@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,18 +60,30 @@ PART_ROWS = 65_536  # selected rows per written part: what one window of the wri
 _SCAN = {"batch_size": 8192, "batch_readahead": 2, "fragment_readahead": 1}
 
 
-def pick(x: np.ndarray, cfg: Any, seed: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """Greedy k-center on the (N, d) matrix of the kept rows in ``sample_id`` order.
+@dataclass
+class Picks:
+    """What :func:`pick` chose, as rows of the matrix it was given."""
 
-    Returns the picked row indices in pick order, each pick's distance to the earlier
-    picks (or None) and the selection's figures. Both the in-memory and the streaming
-    path call this, so a step on the matrix (near-duplicate removal, say) goes here.
+    order: np.ndarray  # int64 rows of the given matrix, in pick order
+    distance_at_pick: np.ndarray  # float64 distance of each pick to the earlier ones (inf first)
+    info: dict[str, Any]  # the selection's figures (the pipeline's selection.json)
+    result: Any  # the k-center run itself (a KCenterResult over the rows left)
+
+
+def pick(x: np.ndarray, cfg: Any, seed: int) -> Picks:
+    """Greedy k-center on an (N, d) matrix with the ``diversity`` section ``cfg``.
+
+    Drops near duplicates first (``cfg.near_duplicate_cosine``), resolves ``k`` or
+    ``keep_ratio`` on the rows left, draws the start row with
+    ``numpy.random.default_rng(seed)`` and runs :func:`select_k_center` with the section's
+    method, shards, device and storage. The pipeline (in memory and streaming) and
+    ``synth-empathy select`` all call this, so a step on the matrix goes here.
     """
     from synth_empathy.core.kcenter import select_k_center
     from synth_empathy.core.near_duplicates import drop_near_duplicates
     from synth_empathy.stages.kcenter_shards import map_shards_on_ray
 
-    n_kept = len(x)
+    n_given = len(x)
     rows, near, k = drop_near_duplicates(x, cfg.near_duplicate_cosine, cfg.k, cfg.keep_ratio, device=cfg.device)
     if near is not None:
         x = x[rows]  # a copy of the rows left (only with near-duplicate removal on)
@@ -88,9 +101,9 @@ def pick(x: np.ndarray, cfg: Any, seed: int) -> tuple[np.ndarray, np.ndarray | N
         shard_by=cfg.shard_by,
         per_shard=cfg.per_shard,
     )
-    order = np.asarray(result.indices, dtype=np.int64)
-    # Distance of each pick from the centers chosen before it: how much new ground it covers.
-    at_pick = getattr(result, "distance_at_pick", None)
+    rows = np.asarray(rows, dtype=np.int64)
+    # rows of the matrix given, not of the one left
+    order = rows[np.asarray(result.indices, dtype=np.int64)]
     info = {
         "selected": int(len(order)),
         "candidates": int(len(x)),
@@ -100,10 +113,10 @@ def pick(x: np.ndarray, cfg: Any, seed: int) -> tuple[np.ndarray, np.ndarray | N
         "device": result.device,
         "seconds": float(result.seconds),
         "seed": seed,
-        "start_row": start,
+        "start_row": int(rows[start]),
         "near_duplicate_cosine": cfg.near_duplicate_cosine,
         "dropped": {"near_duplicate": near.dropped if near is not None else 0},
-        "rows_before_near_duplicates": n_kept,
+        "rows_before_near_duplicates": n_given,
     }
     if result.method == "sharded":
         d = result.details
@@ -111,24 +124,22 @@ def pick(x: np.ndarray, cfg: Any, seed: int) -> tuple[np.ndarray, np.ndarray | N
             key: d[key] for key in ("shards", "shard_by", "per_shard", "union_rows", "certified_ratio_to_opt")
         }
         info["sharded"]["shard_sizes"] = d["split"]["sizes"]
-    if near is not None:
-        order = np.asarray(rows, dtype=np.int64)[order]  # rows of the matrix given, not of the one left
-    return order, (None if at_pick is None else np.asarray(at_pick, dtype=np.float64)), info
+    # Distance of each pick from the centers chosen before it: how much new ground it covers.
+    return Picks(order, np.asarray(result.distance_at_pick, dtype=np.float64), info, result)
 
 
 def _nothing(info_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"selected": 0, "candidates": 0, "radius": None, "method": None, **(info_extra or {})}
 
 
-def attach_picks(rows: pa.Table, ids: pa.Array, first: int, at_pick: np.ndarray | None) -> pa.Table:
+def attach_picks(rows: pa.Table, ids: pa.Array, first: int, at_pick: np.ndarray) -> pa.Table:
     """``rows`` (whose ``sample_id``s are all in ``ids``, the picks ``first..`` in pick
     order) in pick order, with ``pick_order`` and ``distance_at_pick``."""
     pos = pc.index_in(rows.column("sample_id"), value_set=ids).to_numpy(zero_copy_only=False)
     order = np.argsort(pos, kind="stable")
     rows, pos = rows.take(pa.array(order)), pos[order] + first
     rows = rows.append_column("pick_order", pa.array(pos, type=pa.int64()))
-    dist = at_pick[pos] if at_pick is not None else [None] * len(pos)
-    return rows.append_column("distance_at_pick", pa.array(dist, type=pa.float64()))
+    return rows.append_column("distance_at_pick", pa.array(at_pick[pos], type=pa.float64()))
 
 
 def select(kept: pa.Table, cfg: Any, seed: int) -> tuple[pa.Table, dict[str, Any]]:
@@ -140,11 +151,10 @@ def select(kept: pa.Table, cfg: Any, seed: int) -> tuple[pa.Table, dict[str, Any
         return empty, _nothing()
     if "sample_id" in kept.column_names:
         kept = kept.sort_by("sample_id")
-    order, at_pick, info = pick(list_matrix(kept.column("embedding")), cfg, seed)
-    chosen = kept.take(pa.array(order))
-    chosen = chosen.append_column("pick_order", pa.array(np.arange(len(order)), type=pa.int64()))
-    dist = at_pick if at_pick is not None else [None] * len(order)
-    return chosen.append_column("distance_at_pick", pa.array(dist, type=pa.float64())), info
+    p = pick(list_matrix(kept.column("embedding")), cfg, seed)
+    chosen = kept.take(pa.array(p.order))
+    chosen = chosen.append_column("pick_order", pa.array(np.arange(len(p.order)), type=pa.int64()))
+    return chosen.append_column("distance_at_pick", pa.array(p.distance_at_pick, type=pa.float64())), p.info
 
 
 # -- the stage at scale: column projection in, streaming out -------------------------------
@@ -210,17 +220,17 @@ def select_stage(store: Any, cfg: Any, seed: int, part_rows: int = PART_ROWS) ->
     if len(ids) == 0:
         store.write_table(CONTRACT.name, CONTRACT.produces.empty_table(), CONTRACT.produces)
         return _nothing()
-    order, at_pick, info = pick(x, cfg, seed)
-    log.info("[selected] k-center (%s) picked %d rows in %.1f s", info["method"], len(order), info["seconds"])
+    p = pick(x, cfg, seed)
+    log.info("[selected] k-center (%s) picked %d rows in %.1f s", p.info["method"], len(p.order), p.info["seconds"])
     del x  # the matrix is done with; the write holds one window of rows
     start = time.perf_counter()
-    picked = ids.take(pa.array(order))
+    picked = ids.take(pa.array(p.order))
     for part, first in enumerate(range(0, len(picked), part_rows)):
         window = picked[first : first + part_rows]
         rows = data.to_table(columns=list(CARRIED), filter=pc.field("sample_id").isin(window), **_SCAN)
         if rows.num_rows != len(window):  # the scored stage changed under us
             raise SelectionError(f"{store.url}: found {rows.num_rows} of {len(window)} selected rows in 'scored'")
-        rows = schemas.conform(attach_picks(rows, window, first, at_pick), CONTRACT.produces)
+        rows = schemas.conform(attach_picks(rows, window, first, p.distance_at_pick), CONTRACT.produces)
         pq.write_table(rows, f"{folder}/part-{part:05d}.parquet", filesystem=store.arrow_fs)
     log.info("[selected] wrote %d rows in %d parts in %.1f s", len(picked), part + 1, time.perf_counter() - start)
-    return info
+    return p.info

@@ -139,6 +139,24 @@ def test_near_duplicates_dropped_before_k_center_and_counted():
     assert off["dropped"] == {"near_duplicate": 0} and off["candidates"] == 40
 
 
+def test_start_row_is_a_row_of_the_table_given_when_near_duplicates_are_dropped():
+    table, x = kept_table(n=30)
+    # Copies of rows 0..9 that sort first: rows s000..s009 (10..19 in sample_id order) go.
+    copies = pa.table(
+        {
+            "sample_id": [f"a{i:03d}" for i in range(10)],
+            "output": [f"again {i}" for i in range(10)],
+            "embedding": pa.array(list(x[:10]), type=pa.list_(pa.float32())),
+        }
+    )
+    both = pa.concat_tables([table, copies])
+    ids = both.sort_by("sample_id").column("sample_id").to_pylist()
+    for seed in range(5):
+        chosen, info = select(both, cfg(keep_ratio=0.5, near_duplicate_cosine=0.999), seed=seed)
+        assert info["dropped"] == {"near_duplicate": 10}
+        assert ids[info["start_row"]] == chosen.column("sample_id")[0].as_py()  # the first pick is the start
+
+
 def test_k_above_the_rows_left_after_near_duplicates_is_one_line():
     table, x = kept_table(n=6)
     dup = pa.table(
