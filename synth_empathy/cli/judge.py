@@ -24,8 +24,8 @@ not end with an assistant message). A missing column, an unreadable file or a do
 is an error (:class:`JudgeInputError`, one line) before Ray starts or a model loads.
 
 ``OUTPUT`` is a folder that receives ``judged/`` (Parquet: the input columns plus the
-judge's, as in :data:`JUDGE_OUTPUT`), ``judged.done.json`` and ``judge_report.json``
-(means, distributions, reasons, rows/s and tokens/s). The judging is keyed by the row id
+judge's, as in :data:`synth_empathy.schemas.JUDGE_OUTPUT`), ``judged.done.json`` and
+``judge_report.json`` (means, distributions, reasons, rows/s and tokens/s). The judging is keyed by the row id
 like the pipeline's LLM stages: run the same command again after a crash and only the
 rows the finished Parquet parts do not hold are judged; a finished output is read back.
 The judge's engine, sampling and constraint come from the ``judge`` section of the
@@ -55,20 +55,12 @@ from synth_empathy.stages.contract import StageContract
 
 log = logging.getLogger(__name__)
 
-# What the judge reads: the sampled dialogue and the answer to rate.
-JUDGE_INPUT = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("instruction", pa.string()),
-        ("output", pa.string()),
-        ("history", pa.list_(schemas.TURN)),
-    ]
-)
-JUDGE_OUTPUT = pa.schema(list(JUDGE_INPUT) + schemas.JUDGED_COLUMNS)
 REPORT_FILE = "judge_report.json"
 STAGE = "judged"
 # The judge stage's contract over a corpus from outside a run: the rows as read above.
-COMMAND_CONTRACT = StageContract(name=STAGE, input=None, requires=("sample_id", "output"), produces=JUDGE_OUTPUT)
+COMMAND_CONTRACT = StageContract(
+    name=STAGE, input=None, requires=("sample_id", "output"), produces=schemas.JUDGE_OUTPUT
+)
 
 
 # --------------------------------------------------------------------------- reading (pure)
@@ -81,7 +73,7 @@ def _turns(value: Any) -> list[dict[str, str]] | None:
 
 
 def rows_from_table(table: pa.Table, id_column: str = "sample_id", where: str = "input") -> tuple[pa.Table, Counter]:
-    """Normalise a Parquet table to :data:`JUDGE_INPUT`; returns ``(rows, dropped)``."""
+    """Normalise a Parquet table to :data:`~synth_empathy.schemas.JUDGE_INPUT`; returns ``(rows, dropped)``."""
     names = table.column_names
     if "output" not in names:
         raise JudgeInputError(f"{where}: no column 'output' (the answer to judge); columns: {', '.join(names)}")
@@ -109,13 +101,13 @@ def rows_from_table(table: pa.Table, id_column: str = "sample_id", where: str = 
                 "history": _turns(histories[i]),
             }
         )
-    return _check_ids(pa.Table.from_pylist(rows, schema=JUDGE_INPUT), where), dropped
+    return _check_ids(pa.Table.from_pylist(rows, schema=schemas.JUDGE_INPUT), where), dropped
 
 
 def rows_from_jsonl(lines, where: str = "input") -> tuple[pa.Table, Counter, list[int]]:
     """Normalise JSONL text lines; returns ``(rows, dropped, unreadable line numbers)``."""
     rows, dropped, bad = read_records(lines)
-    return _check_ids(pa.Table.from_pylist(rows, schema=JUDGE_INPUT), where), dropped, bad
+    return _check_ids(pa.Table.from_pylist(rows, schema=schemas.JUDGE_INPUT), where), dropped, bad
 
 
 def _check_ids(table: pa.Table, where: str) -> pa.Table:

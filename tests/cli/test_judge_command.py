@@ -13,8 +13,6 @@ import pytest
 
 from synth_empathy import schemas
 from synth_empathy.cli.judge import (
-    JUDGE_INPUT,
-    JUDGE_OUTPUT,
     JudgeInputError,
     output_store,
     read_input,
@@ -47,7 +45,7 @@ def selected_like(n=3):
 
 def test_a_runs_selected_table_reads_unchanged():
     rows, dropped = rows_from_table(selected_like())
-    assert rows.schema.equals(JUDGE_INPUT) and rows.num_rows == 3 and not dropped
+    assert rows.schema.equals(schemas.JUDGE_INPUT) and rows.num_rows == 3 and not dropped
     assert rows.column("sample_id").to_pylist() == ["s0", "s1", "s2"]
     assert rows.to_pylist()[0]["history"] == HISTORY
 
@@ -150,7 +148,7 @@ def test_read_input_errors_name_the_input(tmp_path):
 
 
 def test_output_schema_extends_the_input_with_the_judge_columns():
-    assert JUDGE_OUTPUT.names == JUDGE_INPUT.names + [c for c, _ in schemas.JUDGED_COLUMNS]
+    assert schemas.JUDGE_OUTPUT.names == schemas.JUDGE_INPUT.names + [c for c, _ in schemas.JUDGED_COLUMNS]
 
 
 def test_output_store_writes_into_the_named_folder(tmp_path):
