@@ -138,23 +138,24 @@ def attach_picks(rows: pa.Table, ids: pa.Array, first: int, at_pick: np.ndarray)
     pos = pc.index_in(rows.column("sample_id"), value_set=ids).to_numpy(zero_copy_only=False)
     order = np.argsort(pos, kind="stable")
     rows, pos = rows.take(pa.array(order)), pos[order] + first
-    rows = rows.append_column("pick_order", pa.array(pos, type=pa.int64()))
-    return rows.append_column("distance_at_pick", pa.array(at_pick[pos], type=pa.float64()))
+    return _with_picks(rows, pos, at_pick[pos])
+
+
+def _with_picks(rows: pa.Table, pick_order: Any, distance_at_pick: Any) -> pa.Table:
+    """``rows`` with the columns the stage makes (:data:`MADE`), typed as the schema says."""
+    for name, values in zip(MADE, (pick_order, distance_at_pick)):
+        rows = rows.append_column(name, pa.array(values, type=CONTRACT.produces.field(name).type))
+    return rows
 
 
 def select(kept: pa.Table, cfg: Any, seed: int) -> tuple[pa.Table, dict[str, Any]]:
     """The selected rows of ``kept`` (in pick order) and the selection's figures, in memory."""
     if kept.num_rows == 0:
-        empty = kept.slice(0, 0)
-        empty = empty.append_column("pick_order", pa.array([], type=pa.int64()))
-        empty = empty.append_column("distance_at_pick", pa.array([], type=pa.float64()))
-        return empty, _nothing()
+        return _with_picks(kept.slice(0, 0), [], []), _nothing()
     if "sample_id" in kept.column_names:
         kept = kept.sort_by("sample_id")
     p = pick(list_matrix(kept.column("embedding")), cfg, seed)
-    chosen = kept.take(pa.array(p.order))
-    chosen = chosen.append_column("pick_order", pa.array(np.arange(len(p.order)), type=pa.int64()))
-    return chosen.append_column("distance_at_pick", pa.array(p.distance_at_pick, type=pa.float64())), p.info
+    return _with_picks(kept.take(pa.array(p.order)), np.arange(len(p.order)), p.distance_at_pick), p.info
 
 
 # -- the stage at scale: column projection in, streaming out -------------------------------
