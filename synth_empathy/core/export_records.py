@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 #: Why a record did not become a row.
@@ -68,9 +68,14 @@ def record_row(record: Any, line: int) -> tuple[dict[str, Any] | None, str | Non
     return None, "unknown_record"
 
 
-def read_records(lines: Iterable[str]) -> tuple[list[dict[str, Any]], Counter, list[int]]:
+def read_records(
+    lines: Iterable[str], then: Callable[[dict[str, Any]], tuple[Any, str | None]] | None = None
+) -> tuple[list[Any], Counter, list[int]]:
     """Rows from JSONL text lines (alpaca and chat records, mixed freely): ``(rows, dropped
-    by reason, numbers of the lines that are not JSON)``. Blank lines are skipped."""
+    by reason, numbers of the lines that are not JSON)``. Blank lines are skipped.
+
+    ``then`` takes each row further (a command's own step, e.g. training's role check):
+    it returns the row to keep, or ``(None, reason)``, counted with the reader's drops."""
     rows, dropped, unreadable = [], Counter(), []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -82,6 +87,8 @@ def read_records(lines: Iterable[str]) -> tuple[list[dict[str, Any]], Counter, l
             unreadable.append(number)
             continue
         row, reason = record_row(record, number)
+        if row is not None and then is not None:
+            row, reason = then(row)
         if row is None:
             dropped[reason] += 1
         else:

@@ -105,14 +105,7 @@ def export_row(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | Non
 
 def jsonl_rows(lines: Iterable[str]) -> tuple[list[dict[str, Any]], Counter]:
     """Rows from JSONL text lines (alpaca or chat records, mixed freely) and the drops."""
-    read, dropped, _ = export_records.read_records(lines)
-    rows = []
-    for r in read:
-        row, reason = export_row(r)
-        if row is None:
-            dropped[reason] += 1
-        else:
-            rows.append(row)
+    rows, dropped, _ = export_records.read_records(lines, then=export_row)
     return rows, dropped
 
 
