@@ -228,13 +228,13 @@ def _judge_answers(cfg: Any, runner: Any, store: Any, label: str, answers: pa.Ta
 
 
 def _plot(store: Any, results: dict[str, Any]) -> str:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
+    from synth_empathy.report import save_plot
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     width = 0.8 / max(len(results), 1)
@@ -245,13 +245,7 @@ def _plot(store: Any, results: dict[str, Any]) -> str:
     ax.set_ylim(0, 1)
     ax.set_title("held-out answers against the references")
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    store.fs.makedirs(store.path("plots"), exist_ok=True)
-    store.write_bytes("plots/evaluation.png", buf.getvalue())
-    return "plots/evaluation.png"
+    return save_plot(store, fig, "plots/evaluation.png")
 
 
 def to_markdown(report: dict[str, Any]) -> str:
