@@ -120,17 +120,22 @@ def test_kept_row_without_an_embedding_is_a_one_line_error(tmp_path):
         kept_matrix(pds.dataset(table))
 
 
-def test_near_duplicates_dropped_before_k_center_and_counted():
+def with_copies(prefix: str, scale: float = 1.0):
+    """30 kept rows and 10 more that repeat rows 0..9 (a corpus that repeats itself), ids
+    ``<prefix>000..``; ``scale`` stretches the copies (same direction, cosine 1)."""
     table, x = kept_table(n=30)
-    # Rows 30..39 repeat rows 0..9 (a corpus that repeats itself); sample_ids sort after.
     copies = pa.table(
         {
-            "sample_id": [f"t{i:03d}" for i in range(10)],
+            "sample_id": [f"{prefix}{i:03d}" for i in range(10)],
             "output": [f"again {i}" for i in range(10)],
-            "embedding": pa.array(list(x[:10] * 2.0), type=pa.list_(pa.float32())),  # same direction
+            "embedding": pa.array(list(x[:10] * scale), type=pa.list_(pa.float32())),
         }
     )
-    both = pa.concat_tables([table, copies])
+    return pa.concat_tables([table, copies])
+
+
+def test_near_duplicates_dropped_before_k_center_and_counted():
+    both = with_copies("t", scale=2.0)  # the copies sort after the rows they repeat
     chosen, info = select(both, cfg(keep_ratio=0.5, near_duplicate_cosine=0.999), seed=0)
     assert info["dropped"] == {"near_duplicate": 10} and info["rows_before_near_duplicates"] == 40
     assert info["candidates"] == 30 and info["selected"] == 15  # the ratio applies to the rows left
@@ -140,16 +145,7 @@ def test_near_duplicates_dropped_before_k_center_and_counted():
 
 
 def test_start_row_is_a_row_of_the_table_given_when_near_duplicates_are_dropped():
-    table, x = kept_table(n=30)
-    # Copies of rows 0..9 that sort first: rows s000..s009 (10..19 in sample_id order) go.
-    copies = pa.table(
-        {
-            "sample_id": [f"a{i:03d}" for i in range(10)],
-            "output": [f"again {i}" for i in range(10)],
-            "embedding": pa.array(list(x[:10]), type=pa.list_(pa.float32())),
-        }
-    )
-    both = pa.concat_tables([table, copies])
+    both = with_copies("a")  # the copies sort first: s000..s009 (rows 10..19 in sample_id order) go
     ids = both.sort_by("sample_id").column("sample_id").to_pylist()
     for seed in range(5):
         chosen, info = select(both, cfg(keep_ratio=0.5, near_duplicate_cosine=0.999), seed=seed)
