@@ -151,7 +151,7 @@ def _diversity(store, seed: int, max_rows: int = DIVERSITY_ROWS) -> dict[str, An
     """
     import pyarrow.dataset as pds
 
-    from synth_empathy.stages.selection import embeddings_matrix
+    from synth_empathy.core.arrow_matrix import list_matrix
 
     data = pds.dataset(store.fresh(store.path("scored")), filesystem=store.arrow_fs, format="parquet")
     kept_ids = data.to_table(columns=["sample_id"], filter=pc.field("kept")).column("sample_id").combine_chunks()
@@ -172,7 +172,7 @@ def _diversity(store, seed: int, max_rows: int = DIVERSITY_ROWS) -> dict[str, An
 
     def fetch(ids):
         part = rows.take(pc.index_in(ids, value_set=rows.column("sample_id")))
-        return part.column("output").to_pylist(), embeddings_matrix(part)
+        return part.column("output").to_pylist(), list_matrix(part.column("embedding"))
 
     report = diversity_report(*fetch(selected_s), *fetch(kept_s), seed=seed)
     report["sampled"] = {
@@ -206,7 +206,7 @@ def _plots(store, report: dict[str, Any]) -> list[str]:
     ax.set_ylabel("samples")
     ax.set_title(f"Quality scores ({len(scores)} samples, {report['counts']['kept']} kept)")
     ax.legend()
-    written.append(_save(store, fig, "plots/quality_scores.png"))
+    written.append(save_plot(store, fig, "plots/quality_scores.png"))
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     hist = report["history_lengths"]
@@ -219,11 +219,13 @@ def _plots(store, report: dict[str, Any]) -> list[str]:
     ax.set_ylabel("rows")
     ax.set_title("History length distribution")
     ax.legend()
-    written.append(_save(store, fig, "plots/history_lengths.png"))
+    written.append(save_plot(store, fig, "plots/history_lengths.png"))
     return written
 
 
-def _save(store, fig, name: str) -> str:
+def save_plot(store, fig, name: str) -> str:
+    """Write a matplotlib figure as PNG to ``name`` (under ``plots/``) in ``store``, close it;
+    returns ``name``. The run report's plots and ``evaluate``'s use it."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()

@@ -56,10 +56,9 @@ SAMPLES = pa.schema(
 # Columns of a sample that travel on to the discriminator and beyond.
 SAMPLE_CARRY = ("seed_id", "sample_id", "emotion", "instruction", "output", "n_history", "history")
 
-DISCRIMINATED = pa.schema(
-    [SAMPLES.field(c) for c in SAMPLE_CARRY]
-    + [("disc_response", _str), ("disc_model", _str), ("disc_num_tokens", _int), ("disc_error", _str)]
-)
+# Step 3a: the discriminator's own answer to a row's history (also `evaluate`'s answers).
+DISC_COLUMNS = [("disc_response", _str), ("disc_model", _str), ("disc_num_tokens", _int), ("disc_error", _str)]
+DISCRIMINATED = pa.schema([SAMPLES.field(c) for c in SAMPLE_CARRY] + DISC_COLUMNS)
 
 SCORED = pa.schema(
     list(DISCRIMINATED)
@@ -82,6 +81,24 @@ JUDGED_COLUMNS = [
     ("judge_reason", _str),
 ]
 JUDGED = pa.schema(list(SELECTED) + JUDGED_COLUMNS)
+
+# -- the commands' tables (written like a stage's, in their own output folder) ------------
+
+# `synth-empathy judge`: any corpus as the judge reads it (the dialogue and the answer to
+# rate), and what it writes.
+JUDGE_INPUT = pa.schema([("sample_id", _str), ("instruction", _str), ("output", _str), ("history", pa.list_(TURN))])
+JUDGE_OUTPUT = pa.schema(list(JUDGE_INPUT) + JUDGED_COLUMNS)
+
+# `synth-empathy evaluate`: the held-out rows as the discriminator reads them (`output` is
+# the reference answer), one model's answers to them (`disc_response`), and the judge's
+# ratings of those answers (there `output` is the model's answer).
+EVAL_HELDOUT = pa.schema(
+    [("sample_id", _str), ("instruction", _str), ("output", _str), ("history", pa.list_(TURN)), ("emotion", _str)]
+)
+EVAL_ANSWERS = pa.schema(list(EVAL_HELDOUT) + DISC_COLUMNS)
+EVAL_JUDGED = pa.schema(
+    [EVAL_ANSWERS.field(c) for c in ("sample_id", "instruction", "history")] + [("output", _str)] + JUDGED_COLUMNS
+)
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -6,9 +6,10 @@ from omegaconf import OmegaConf
 
 from helpers import scored_run
 from synth_empathy.config import DiversityConfig
+from synth_empathy.core.arrow_matrix import list_matrix
 from synth_empathy.core.diversity_metrics import diversity_report
 from synth_empathy.report import _diversity
-from synth_empathy.stages.selection import embeddings_matrix, select_stage
+from synth_empathy.stages.selection import select_stage
 
 
 def selected_run(tmp_path):
@@ -24,8 +25,8 @@ def test_small_run_reads_every_row_and_matches_the_whole_set_report(tmp_path):
     chosen = pq.read_table(store.parts("selected")).column("sample_id")
     sel = kept.filter(pc.is_in(kept.column("sample_id"), value_set=chosen))  # the picks, in id order
     expected = diversity_report(
-        sel.column("output").to_pylist(), embeddings_matrix(sel),
-        kept.column("output").to_pylist(), embeddings_matrix(kept), seed=3,
+        sel.column("output").to_pylist(), list_matrix(sel.column("embedding")),
+        kept.column("output").to_pylist(), list_matrix(kept.column("embedding")), seed=3,
     )  # fmt: skip
     got = _diversity(store, seed=3)
     assert got.pop("sampled") == {

@@ -31,32 +31,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from synth_empathy import schemas
 from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, load_with_aliases
 from synth_empathy.errors import EvaluationInputError
 from synth_empathy.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
-# the held-out rows as the discriminator reads them; `output` is the reference answer
-HELDOUT = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("instruction", pa.string()),
-        ("output", pa.string()),
-        ("history", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
-        ("emotion", pa.string()),
-    ]
-)
-# one model's answers: `disc_response` is the answer (the discriminator stage's column)
-ANSWERS = pa.schema(
-    list(HELDOUT)
-    + [
-        ("disc_response", pa.string()),
-        ("disc_model", pa.string()),
-        ("disc_num_tokens", pa.int64()),
-        ("disc_error", pa.string()),
-    ]
-)
 METRICS = ("bleu_1", "bleu_2", "bleu_4", "rouge_l", "distinct_1", "distinct_2", "embedding_similarity")
 
 
@@ -102,7 +83,7 @@ def heldout_rows(cfg: Any, storage_options: dict | None = None) -> tuple[pa.Tabl
         "heldout_fraction": fraction,
         "answered": len(rows),
     }
-    return pa.Table.from_pylist(rows, schema=HELDOUT), info
+    return pa.Table.from_pylist(rows, schema=schemas.EVAL_HELDOUT), info
 
 
 def score_answers(answers: list[str], references: list[str], similarities: list[float]) -> dict[str, float]:
@@ -158,7 +139,11 @@ def run_evaluation(output: str, cfg: Any) -> dict[str, Any]:
             }
         )
         contract = StageContract(
-            f"answers-{label}", None, ("sample_id", "instruction", "history"), ANSWERS, tokens="disc_num_tokens"
+            f"answers-{label}",
+            None,
+            ("sample_id", "instruction", "history"),
+            schemas.EVAL_ANSWERS,
+            tokens="disc_num_tokens",
         )
 
         def todo(salvage, section=section):
@@ -214,15 +199,15 @@ def run_evaluation(output: str, cfg: Any) -> dict[str, Any]:
 
 def _judge_answers(cfg: Any, runner: Any, store: Any, label: str, answers: pa.Table) -> dict[str, Any]:
     """The judge's ratings of one model's answers (``output`` = the answer for the judge)."""
-    from synth_empathy import schemas
     from synth_empathy.stages.contract import StageContract
     from synth_empathy.stages.judge import judge_stage, judge_summary
 
     rows = answers.select(["sample_id", "instruction", "history"]).append_column(
         "output", answers.column("disc_response")
     )
-    produces = pa.schema([rows.schema.field(n) for n in rows.column_names] + schemas.JUDGED_COLUMNS)
-    contract = StageContract(f"judged-{label}", None, ("sample_id", "output"), produces, tokens="judge_num_tokens")
+    contract = StageContract(
+        f"judged-{label}", None, ("sample_id", "output"), schemas.EVAL_JUDGED, tokens="judge_num_tokens"
+    )
 
     def todo(salvage):
         import ray
@@ -243,13 +228,13 @@ def _judge_answers(cfg: Any, runner: Any, store: Any, label: str, answers: pa.Ta
 
 
 def _plot(store: Any, results: dict[str, Any]) -> str:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
+    from synth_empathy.report import save_plot
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     width = 0.8 / max(len(results), 1)
@@ -260,13 +245,7 @@ def _plot(store: Any, results: dict[str, Any]) -> str:
     ax.set_ylim(0, 1)
     ax.set_title("held-out answers against the references")
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    store.fs.makedirs(store.path("plots"), exist_ok=True)
-    store.write_bytes("plots/evaluation.png", buf.getvalue())
-    return "plots/evaluation.png"
+    return save_plot(store, fig, "plots/evaluation.png")
 
 
 def to_markdown(report: dict[str, Any]) -> str:

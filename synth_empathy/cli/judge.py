@@ -15,15 +15,17 @@ fsspec URL) is one of
   (``messages``, the last one the assistant's answer to judge), like the
   ``selected.*.jsonl`` exports.
 
-Rows that cannot be judged are counted and reported as dropped, never silently lost:
-``no_response`` (empty or missing answer), ``unreadable_line`` (not JSON),
+JSONL is read by the reader ``synth-empathy train`` uses too
+(:mod:`synth_empathy.core.export_records`). Rows that cannot be judged are counted and
+reported as dropped, never silently lost, under its reasons: ``no_output`` (empty or
+missing answer, also in a Parquet ``output`` column), ``unreadable_line`` (not JSON),
 ``unknown_record`` (neither alpaca nor chat), ``no_answer_last`` (a chat record that does
 not end with an assistant message). A missing column, an unreadable file or a doubled id
 is an error (:class:`JudgeInputError`, one line) before Ray starts or a model loads.
 
 ``OUTPUT`` is a folder that receives ``judged/`` (Parquet: the input columns plus the
-judge's, as in :data:`JUDGE_OUTPUT`), ``judged.done.json`` and ``judge_report.json``
-(means, distributions, reasons, rows/s and tokens/s). The judging is keyed by the row id
+judge's, as in :data:`synth_empathy.schemas.JUDGE_OUTPUT`), ``judged.done.json`` and
+``judge_report.json`` (means, distributions, reasons, rows/s and tokens/s). The judging is keyed by the row id
 like the pipeline's LLM stages: run the same command again after a crash and only the
 rows the finished Parquet parts do not hold are judged; a finished output is read back.
 The judge's engine, sampling and constraint come from the ``judge`` section of the
@@ -33,7 +35,6 @@ config (preset and ``key=value`` overrides, as for ``synth-empathy run``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import posixpath
 import sys
@@ -47,33 +48,22 @@ import pyarrow.compute as pc
 
 from synth_empathy import schemas
 from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, load_with_aliases
+from synth_empathy.core.export_records import read_records, text
 from synth_empathy.errors import JudgeInputError  # noqa: F401 (re-exported)
 from synth_empathy.logs import setup_logging
 from synth_empathy.stages.contract import StageContract
 
 log = logging.getLogger(__name__)
 
-# What the judge reads: the sampled dialogue and the answer to rate.
-JUDGE_INPUT = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("instruction", pa.string()),
-        ("output", pa.string()),
-        ("history", pa.list_(schemas.TURN)),
-    ]
-)
-JUDGE_OUTPUT = pa.schema(list(JUDGE_INPUT) + schemas.JUDGED_COLUMNS)
 REPORT_FILE = "judge_report.json"
 STAGE = "judged"
 # The judge stage's contract over a corpus from outside a run: the rows as read above.
-COMMAND_CONTRACT = StageContract(name=STAGE, input=None, requires=("sample_id", "output"), produces=JUDGE_OUTPUT)
+COMMAND_CONTRACT = StageContract(
+    name=STAGE, input=None, requires=("sample_id", "output"), produces=schemas.JUDGE_OUTPUT
+)
 
 
 # --------------------------------------------------------------------------- reading (pure)
-
-
-def _text(v: Any) -> str:
-    return "" if v is None else str(v).strip()
 
 
 def _turns(value: Any) -> list[dict[str, str]] | None:
@@ -83,7 +73,7 @@ def _turns(value: Any) -> list[dict[str, str]] | None:
 
 
 def rows_from_table(table: pa.Table, id_column: str = "sample_id", where: str = "input") -> tuple[pa.Table, Counter]:
-    """Normalise a Parquet table to :data:`JUDGE_INPUT`; returns ``(rows, dropped)``."""
+    """Normalise a Parquet table to :data:`~synth_empathy.schemas.JUDGE_INPUT`; returns ``(rows, dropped)``."""
     names = table.column_names
     if "output" not in names:
         raise JudgeInputError(f"{where}: no column 'output' (the answer to judge); columns: {', '.join(names)}")
@@ -100,61 +90,24 @@ def rows_from_table(table: pa.Table, id_column: str = "sample_id", where: str = 
     histories = table.column("history").to_pylist() if "history" in names else [None] * n
     rows, dropped = [], Counter()
     for i in range(n):
-        if not _text(outputs[i]):
-            dropped["no_response"] += 1
+        if not text(outputs[i]):
+            dropped["no_output"] += 1
             continue
         rows.append(
             {
                 "sample_id": ids[i],
-                "instruction": _text(instructions[i]),
-                "output": _text(outputs[i]),
+                "instruction": text(instructions[i]),
+                "output": text(outputs[i]),
                 "history": _turns(histories[i]),
             }
         )
-    return _check_ids(pa.Table.from_pylist(rows, schema=JUDGE_INPUT), where), dropped
-
-
-def record_to_row(record: Any, line: int) -> tuple[dict[str, Any] | None, str | None]:
-    """One JSONL record (alpaca or chat) as a :data:`JUDGE_INPUT` row, or ``(None, reason)``."""
-    if not isinstance(record, dict):
-        return None, "unknown_record"
-    sample_id = str(record.get("sample_id") or f"line-{line}")
-    if isinstance(record.get("messages"), list):
-        messages = [m for m in record["messages"] if isinstance(m, dict)]
-        if not messages or messages[-1].get("role") != "assistant":
-            return None, "no_answer_last"
-        answer = _text(messages[-1].get("content"))
-        if not answer:
-            return None, "no_response"
-        history = [m for m in messages[:-1] if m.get("role") != "system"]
-        return {"sample_id": sample_id, "instruction": "", "output": answer, "history": _turns(history)}, None
-    if "instruction" in record and "output" in record:
-        answer = _text(record.get("output"))
-        if not answer:
-            return None, "no_response"
-        dialogue = "\n".join(p for p in (_text(record.get("instruction")), _text(record.get("input"))) if p)
-        return {"sample_id": sample_id, "instruction": dialogue, "output": answer, "history": None}, None
-    return None, "unknown_record"
+    return _check_ids(pa.Table.from_pylist(rows, schema=schemas.JUDGE_INPUT), where), dropped
 
 
 def rows_from_jsonl(lines, where: str = "input") -> tuple[pa.Table, Counter, list[int]]:
     """Normalise JSONL text lines; returns ``(rows, dropped, unreadable line numbers)``."""
-    rows, dropped, bad = [], Counter(), []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            dropped["unreadable_line"] += 1
-            bad.append(number)
-            continue
-        row, reason = record_to_row(record, number)
-        if row is None:
-            dropped[reason] += 1
-        else:
-            rows.append(row)
-    return _check_ids(pa.Table.from_pylist(rows, schema=JUDGE_INPUT), where), dropped, bad
+    rows, dropped, bad = read_records(lines)
+    return _check_ids(pa.Table.from_pylist(rows, schema=schemas.JUDGE_INPUT), where), dropped, bad
 
 
 def _check_ids(table: pa.Table, where: str) -> pa.Table:

@@ -12,12 +12,15 @@ greedy k-center (:mod:`synth_empathy.core.kcenter`), and writes to ``output``:
   rows dropped as near duplicates (``diversity.near_duplicate_cosine``) before k-center.
 
 The report is written last and marks the output as complete: an output folder without it
-is unfinished. Each file is written under a temporary name and renamed into place. All
-input checks run before anything is written or any model is loaded; bad input raises
+is unfinished. Each file is written under a temporary name and renamed into place. The
+config is checked when it loads, the input's columns before any model is loaded, and
+everything before anything is written; bad input raises
 :class:`~synth_empathy.core.kcenter.SelectionError` with one line saying what and where.
 
-The greedy starts from a row drawn with ``numpy.random.default_rng(seed)``, so a run is
-reproducible from its seed.
+The selection is the pipeline's own (:func:`synth_empathy.stages.selection.pick`) with the
+config's ``diversity`` section and ``seed``, which the flags set: near duplicates dropped
+first, the greedy started from a row drawn with ``numpy.random.default_rng(seed)``, so a
+run is reproducible from its seed and picks what step 4 of a run picks from the same matrix.
 """
 
 from __future__ import annotations
@@ -33,42 +36,19 @@ import uuid
 import numpy as np
 
 from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, load_with_aliases
-from synth_empathy.core.kcenter import METHODS, SelectionError, resolve_k, select_k_center
-from synth_empathy.core.near_duplicates import check_threshold, drop_near_duplicates
-from synth_empathy.core.shard_split import SPLITS
-from synth_empathy.stages.kcenter_shards import map_shards_on_ray
+from synth_empathy.core.arrow_matrix import list_matrix
+from synth_empathy.core.kcenter import METHODS, SelectionError, resolve_k
+from synth_empathy.stages.selection import pick
 
 SELECTED_FILE = "selected.parquet"
 REPORT_FILE = "selection_report.json"
 
 
-def _check_args(k, ratio, method, shards, embedding_column, text_column, id_column):
-    if (k is None) == (ratio is None):
-        raise SelectionError("give exactly one of k (a count) or ratio (a fraction in (0, 1])")
-    if ratio is not None:
-        try:
-            ok = 0.0 < float(ratio) <= 1.0  # false for NaN
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise SelectionError(f"ratio must be in (0, 1], got {ratio!r}")
-    if k is not None and not _whole(k, 1):
-        raise SelectionError(f"k must be a whole number of at least 1, got {k!r}")
-    if method not in METHODS:
-        raise SelectionError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if not _whole(shards, 1):
-        raise SelectionError(f"shards must be a whole number of at least 1, got {shards!r}")
+def _check_columns(embedding_column, text_column, id_column) -> None:
     if not (text_column or embedding_column):
         raise SelectionError("name an embedding column or a text column to embed")
     if not id_column:
         raise SelectionError("name the id column (e.g. sample_id)")
-
-
-def _whole(v, least: int) -> bool:
-    try:
-        return not isinstance(v, bool) and int(v) == v and int(v) >= least
-    except (TypeError, ValueError):
-        return False
 
 
 def _open_dataset(input: str, storage_options: dict | None):
@@ -89,48 +69,6 @@ def _open_dataset(input: str, storage_options: dict | None):
         raise
     except Exception as e:  # unreadable footer, permission, empty folder, ...
         raise SelectionError(f"input {input}: cannot read as Parquet ({type(e).__name__}: {e})") from None
-
-
-def _column_to_matrix(col, name: str) -> np.ndarray:
-    """(N, d) float32 from a (chunked) list / fixed-size-list column; checks every row."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    t = col.type
-    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
-        raise SelectionError(f"column {name!r}: expected a list of numbers per row, got {t}")
-    vt = t.value_type
-    if not (pa.types.is_floating(vt) or pa.types.is_integer(vt)):
-        raise SelectionError(f"column {name!r}: expected numbers in the lists, got {vt}")
-    n = len(col)
-    if n == 0:
-        raise SelectionError("no rows to select from (the input is empty)")
-    out = None
-    row0 = 0
-    for chunk in col.chunks:
-        if chunk.null_count:
-            i = row0 + int(np.flatnonzero(chunk.is_null().to_numpy(zero_copy_only=False))[0])
-            raise SelectionError(f"column {name!r}, row {i}: embedding is null")
-        lens = pc.list_value_length(chunk).to_numpy(zero_copy_only=False)
-        if out is None:
-            d = int(lens[0]) if len(lens) else 0
-            if d == 0:
-                raise SelectionError(f"column {name!r}, row {row0}: embedding is empty")
-            out = np.empty((n, d), dtype=np.float32)
-        bad = np.flatnonzero(lens != out.shape[1])
-        if bad.size:
-            i = int(bad[0])
-            raise SelectionError(
-                f"column {name!r}, row {row0 + i}: embedding has {int(lens[i])} values, "
-                f"row 0 has {out.shape[1]} (mixed dimensions)"
-            )
-        values = chunk.flatten()  # honours slicing and offsets
-        if values.null_count:
-            i = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
-            raise SelectionError(f"column {name!r}, row {row0 + i // out.shape[1]}: embedding has null values")
-        out[row0 : row0 + len(chunk)] = values.to_numpy(zero_copy_only=False).reshape(len(chunk), -1)
-        row0 += len(chunk)
-    return out
 
 
 def _read(dataset, columns: list[str], input: str):
@@ -162,37 +100,30 @@ def _peak_rss_bytes() -> int:
 def run_selection(
     input: str,
     output: str,
+    cfg=None,
     *,
     embedding_column: str | None = "embedding",
     text_column: str | None = None,
     id_column: str = "sample_id",
-    k: int | None = None,
-    ratio: float | None = None,
-    method: str = "auto",
-    shards: int = 1,
-    device: str = "auto",
-    storage: str = "auto",
-    seed: int = 0,
-    embedder: str = "packaged:all-minilm-l6-v2",
     storage_options: dict | None = None,
-    shard_by: str = "random",
-    per_shard: str = "full",
-    near_duplicate_cosine: float | None = None,
 ) -> dict:
     """Select a diverse subset of ``input`` into ``output``; returns the report.
 
-    With ``text_column`` set the texts are embedded (``embedding_column`` is then unused).
+    ``cfg`` is a loaded config (:func:`synth_empathy.config.load_config`; default: the
+    default preset): the selection is the pipeline's own (:func:`synth_empathy.stages.selection.pick`)
+    with its ``diversity`` section and ``seed``; ``quality.embedder`` embeds ``text_column``
+    when that is set (``embedding_column`` is then unused).
     """
     import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from synth_empathy.config import load_config
+
     t0 = time.perf_counter()
-    _check_args(k, ratio, method, shards, embedding_column, text_column, id_column)
-    if shard_by not in SPLITS:
-        raise SelectionError(f"shard_by must be one of {', '.join(SPLITS)}, got {shard_by!r}")
-    if near_duplicate_cosine is not None:
-        check_threshold(near_duplicate_cosine)
+    cfg = load_config() if cfg is None else cfg
+    d, seed, embedder = cfg.diversity, cfg.seed, cfg.quality.embedder
+    _check_columns(embedding_column, text_column, id_column)
     if text_column:
         from synth_empathy.models.weights import ModelNotFoundError, check_model
 
@@ -206,7 +137,7 @@ def run_selection(
     n = table.num_rows
     if n == 0:
         raise SelectionError(f"input {input}: no rows to select from")
-    kk = resolve_k(n, k, ratio)
+    resolve_k(n, d.k, d.keep_ratio)  # a k above the rows fails here, before the embedder loads
     ids = table.column(id_column)
     if text_column:
         col = table.column(text_column)
@@ -228,27 +159,11 @@ def run_selection(
         embed_seconds = time.perf_counter() - t_embed
         del texts
     else:
-        x = _column_to_matrix(table.column(embedding_column), embedding_column)
+        x = list_matrix(table.column(embedding_column), embedding_column)
         del table
         embed_seconds = 0.0
-    # Before anything is written: a k above the rows left fails here.
-    rows, near, kk = drop_near_duplicates(x, near_duplicate_cosine, k, ratio, device=device)
-    xs = x[rows] if near is not None else x
-    start = int(np.random.default_rng(seed).integers(len(xs)))
-    res = select_k_center(
-        xs,
-        kk,
-        method=method,
-        start=start,
-        seed=seed,
-        shards=shards,
-        device=device,
-        storage=storage,
-        map_shards=map_shards_on_ray,
-        shard_by=shard_by,
-        per_shard=per_shard,
-    )
-    picked = rows[res.indices]
+    p = pick(x, d, seed)  # before anything is written: a k above the rows left fails here
+    info = p.info
 
     out_fs, out_path = fsspec.core.url_to_fs(output, **(storage_options or {}))
     out_path = out_path.rstrip("/")
@@ -258,9 +173,9 @@ def run_selection(
         out_fs.rm(report_path)
     chosen = pa.table(
         {
-            id_column: ids.take(pa.array(picked)),
-            "pick_order": pa.array(np.arange(len(picked), dtype=np.int64)),
-            "distance_at_pick": pa.array(res.distance_at_pick.astype(np.float64)),
+            id_column: ids.take(pa.array(p.order)),
+            "pick_order": pa.array(np.arange(len(p.order), dtype=np.int64)),
+            "distance_at_pick": pa.array(p.distance_at_pick),
         }
     )
     _write_atomic(out_fs, f"{out_path}/{SELECTED_FILE}", lambda f: pq.write_table(chosen, f))
@@ -274,31 +189,31 @@ def run_selection(
         "id_column": id_column,
         "rows": n,
         "dim": int(x.shape[1]),
-        "k": kk,
-        "ratio_requested": ratio,
-        "k_requested": k,
-        "kept_fraction": kk / n,
-        "method_requested": method,
-        "method": res.method,
-        "device": res.device,
-        "shards": shards,
-        "shard_by": shard_by,
-        "per_shard": per_shard,
-        "near_duplicate_cosine": near_duplicate_cosine,
-        "dropped": {"near_duplicate": near.dropped if near is not None else 0},
-        "rows_after_near_duplicates": int(len(rows)),
+        "k": info["k"],
+        "ratio_requested": d.keep_ratio if d.k is None else None,
+        "k_requested": d.k,
+        "kept_fraction": info["k"] / n,
+        "method_requested": d.method,
+        "method": info["method"],
+        "device": info["device"],
+        "shards": d.shards,
+        "shard_by": d.shard_by,
+        "per_shard": d.per_shard,
+        "near_duplicate_cosine": d.near_duplicate_cosine,
+        "dropped": info["dropped"],
+        "rows_after_near_duplicates": info["candidates"],
         "seed": seed,
-        "start_row": int(rows[start]),
-        "covering_radius": res.radius,
-        "selection_seconds": res.seconds,
+        "start_row": info["start_row"],
+        "covering_radius": info["radius"],
+        "selection_seconds": info["seconds"],
         "embedding_seconds": embed_seconds,
         "total_seconds": time.perf_counter() - t0,
         "peak_rss_bytes": _peak_rss_bytes(),
-        "selection_peak_rss_growth_bytes": res.peak_rss_bytes,
+        "selection_peak_rss_growth_bytes": p.result.peak_rss_bytes,
         "memory_note": "peak_rss_bytes is this process's lifetime peak resident set (getrusage "
         "ru_maxrss); selection_peak_rss_growth_bytes is how far the selection raised it. "
         "Ray workers of the sharded method are not counted.",
-        "details": res.details,
+        "details": p.result.details,
         "files": {"selected": f"{output.rstrip('/')}/{SELECTED_FILE}"},
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -383,24 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     elif a.ratio is not None:
         a.overrides = [*a.overrides, "diversity.k=null"]
     cfg = load_with_aliases(a, ALIASES)
-    d = cfg.diversity
     report = run_selection(
         a.input,
         a.output,
+        cfg,
         embedding_column=None if a.text_column else a.embedding_column,
         text_column=a.text_column,
         id_column=a.id_column,
-        k=d.k,
-        ratio=None if d.k is not None else d.keep_ratio,
-        method=d.method,
-        shards=d.shards,
-        device=d.device,
-        storage=d.storage_dtype,
-        seed=cfg.seed,
-        embedder=cfg.quality.embedder,
-        shard_by=d.shard_by,
-        per_shard=d.per_shard,
-        near_duplicate_cosine=d.near_duplicate_cosine,
         storage_options={**storage_options(a.input, cfg.storage), **_storage_options(a.storage_option)},
     )
     print(

@@ -11,13 +11,15 @@ discriminator stage uses at run time. Sources:
   history (``Speaker`` = user, ``Listener`` = assistant) and the instruction
   (``context`` + ``"\\nListener:"``), ``response`` the target - exactly the layout a
   generated sample has;
-* **alpaca records** (``instruction``, ``input``, ``output``; the ``selected.alpaca.jsonl``
-  export): the instruction is ``instruction`` and ``input`` joined by a newline (as
-  LLaMA-Factory joins them); when it is a ``Speaker:`` / ``Listener:`` transcript ending
-  in an open ``Listener:`` the history is read back from it, otherwise it is one user turn;
-* **chat records** (``{"messages": [...]}``; the ``selected.chat.jsonl`` export): the
-  last message is the target and must be the assistant's; system messages are replaced
-  by the discriminator's system prompt; the instruction is rebuilt as transcript lines.
+* **alpaca and chat records** (the ``selected.alpaca.jsonl`` / ``selected.chat.jsonl``
+  exports), read by the reader ``synth-empathy judge`` uses too
+  (:mod:`synth_empathy.core.export_records`), with its drop reasons. An alpaca record's
+  instruction (``instruction`` and ``input`` joined by a newline): when it is a
+  ``Speaker:`` / ``Listener:`` transcript ending in an open ``Listener:`` the history
+  is read back from it, otherwise it is one user turn. A chat record's history (system
+  messages are replaced by the discriminator's system prompt) must alternate
+  user/assistant, starting and ending with the user (else ``bad_roles``); the
+  instruction is rebuilt from it as transcript lines.
 
 Tokenising (:func:`encode`): the prompt is rendered with the tokenizer's chat template
 and ``add_generation_prompt=True`` and encoded as Ray Data LLM's tokenize stage encodes
@@ -30,32 +32,25 @@ never truncated.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from synth_empathy.core import export_records
 from synth_empathy.core.discriminator_input import training_messages
 from synth_empathy.core.turn_sampling import LISTENER, SPEAKER
 
 IGNORE_INDEX = -100
 
-#: Why a record did not become a training pair.
+#: Why a record did not become a training pair: the reader's reasons, then training's own.
 DROP_REASONS: dict[str, str] = {
-    "unreadable_line": "a JSONL line that is not JSON",
-    "unknown_record": "a record that is neither alpaca (instruction/output) nor chat (messages)",
-    "no_output": "an empty target",
-    "no_answer_last": "a chat record whose last message is not the assistant's",
+    **export_records.DROP_REASONS,
     "bad_roles": "a history that does not alternate user/assistant, starting and ending with user",
     "too_long": "prompt + answer longer than train.cutoff_len tokens (dropped, not truncated)",
 }
 
 _ROLE_LINE = re.compile(rf"^({SPEAKER}|{LISTENER}):\s?(.*)$")
-
-
-def _text(v: Any) -> str:
-    return "" if v is None else str(v).strip()
 
 
 def _history_ok(history: list[dict[str, str]]) -> bool:
@@ -90,56 +85,27 @@ def seed_row(context: str, response: str) -> dict[str, Any]:
     history = parse_transcript(context)
     if history is None:  # seed readers always write Speaker/Listener lines; be safe anyway
         history = [{"role": "user", "content": " ".join(context.split())}]
-    return {"instruction": f"{context}\n{LISTENER}:", "history": history, "output": _text(response)}
+    return {"instruction": f"{context}\n{LISTENER}:", "history": history, "output": export_records.text(response)}
 
 
-def record_row(record: Any) -> tuple[dict[str, Any] | None, str | None]:
-    """An alpaca or chat record as a row, or ``(None, reason)``."""
-    if not isinstance(record, Mapping):
-        return None, "unknown_record"
-    if isinstance(record.get("messages"), list):
-        messages = [m for m in record["messages"] if isinstance(m, Mapping)]
-        if not messages or messages[-1].get("role") != "assistant":
-            return None, "no_answer_last"
-        output = _text(messages[-1].get("content"))
-        if not output:
-            return None, "no_output"
-        history = [
-            {"role": str(m.get("role")), "content": _text(m.get("content"))}
-            for m in messages[:-1]
-            if m.get("role") != "system"
-        ]
+def export_row(row: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """A row read from an export (:func:`synth_empathy.core.export_records.record_row`) as a
+    discriminator row, or ``(None, "bad_roles")``."""
+    if row["history"] is not None:  # a chat record
+        history = row["history"]
         if not _history_ok(history) or history[-1]["role"] != "user":
             return None, "bad_roles"
-        return {"instruction": transcript(history), "history": history, "output": output}, None
-    if "instruction" in record and "output" in record:
-        output = _text(record.get("output"))
-        if not output:
-            return None, "no_output"
-        instruction = "\n".join(p for p in (_text(record.get("instruction")), _text(record.get("input"))) if p)
-        history = parse_transcript(instruction)
-        if history is None or history[-1]["role"] != "user":
-            history = [{"role": "user", "content": instruction}]
-        return {"instruction": instruction, "history": history, "output": output}, None
-    return None, "unknown_record"
+        return {"instruction": transcript(history), "history": history, "output": row["output"]}, None
+    instruction = row["instruction"]
+    history = parse_transcript(instruction)
+    if history is None or history[-1]["role"] != "user":
+        history = [{"role": "user", "content": instruction}]
+    return {"instruction": instruction, "history": history, "output": row["output"]}, None
 
 
 def jsonl_rows(lines: Iterable[str]) -> tuple[list[dict[str, Any]], Counter]:
     """Rows from JSONL text lines (alpaca or chat records, mixed freely) and the drops."""
-    rows, dropped = [], Counter()
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            dropped["unreadable_line"] += 1
-            continue
-        row, reason = record_row(record)
-        if row is None:
-            dropped[reason] += 1
-        else:
-            rows.append(row)
+    rows, dropped, _ = export_records.read_records(lines, then=export_row)
     return rows, dropped
 
 

@@ -113,13 +113,13 @@ def score_batch(
         for i, v in zip(keep_idx, vecs):
             embeddings[i] = v.tolist()
 
-    for name, values, type_ in (
-        ("quality_score", scores, pa.float64()),
-        ("kept", kept, pa.bool_()),
-        ("drop_reason", reasons, pa.string()),
-        ("embedding", embeddings, pa.list_(pa.float32())),
+    for name, values in (
+        ("quality_score", scores),
+        ("kept", kept),
+        ("drop_reason", reasons),
+        ("embedding", embeddings),
     ):
-        batch = batch.append_column(name, pa.array(values, type=type_))
+        batch = batch.append_column(name, pa.array(values, type=schemas.SCORED.field(name).type))
     return batch
 
 

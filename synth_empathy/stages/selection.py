@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from synth_empathy import schemas
+from synth_empathy.core.arrow_matrix import list_matrix
 from synth_empathy.errors import SelectionError
 from synth_empathy.stages.contract import StageContract
 
@@ -58,27 +60,30 @@ PART_ROWS = 65_536  # selected rows per written part: what one window of the wri
 _SCAN = {"batch_size": 8192, "batch_readahead": 2, "fragment_readahead": 1}
 
 
-def embeddings_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
-    """An (N, d) float32 matrix from a list<float32> column, without a Python loop."""
-    col = table.column(column).combine_chunks()
-    if len(col) == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return flat.reshape(len(col), -1)
+@dataclass
+class Picks:
+    """What :func:`pick` chose, as rows of the matrix it was given."""
+
+    order: np.ndarray  # int64 rows of the given matrix, in pick order
+    distance_at_pick: np.ndarray  # float64 distance of each pick to the earlier ones (inf first)
+    info: dict[str, Any]  # the selection's figures (the pipeline's selection.json)
+    result: Any  # the k-center run itself (a KCenterResult over the rows left)
 
 
-def pick(x: np.ndarray, cfg: Any, seed: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """Greedy k-center on the (N, d) matrix of the kept rows in ``sample_id`` order.
+def pick(x: np.ndarray, cfg: Any, seed: int) -> Picks:
+    """Greedy k-center on an (N, d) matrix with the ``diversity`` section ``cfg``.
 
-    Returns the picked row indices in pick order, each pick's distance to the earlier
-    picks (or None) and the selection's figures. Both the in-memory and the streaming
-    path call this, so a step on the matrix (near-duplicate removal, say) goes here.
+    Drops near duplicates first (``cfg.near_duplicate_cosine``), resolves ``k`` or
+    ``keep_ratio`` on the rows left, draws the start row with
+    ``numpy.random.default_rng(seed)`` and runs :func:`select_k_center` with the section's
+    method, shards, device and storage. The pipeline (in memory and streaming) and
+    ``synth-empathy select`` all call this, so a step on the matrix goes here.
     """
     from synth_empathy.core.kcenter import select_k_center
     from synth_empathy.core.near_duplicates import drop_near_duplicates
     from synth_empathy.stages.kcenter_shards import map_shards_on_ray
 
-    n_kept = len(x)
+    n_given = len(x)
     rows, near, k = drop_near_duplicates(x, cfg.near_duplicate_cosine, cfg.k, cfg.keep_ratio, device=cfg.device)
     if near is not None:
         x = x[rows]  # a copy of the rows left (only with near-duplicate removal on)
@@ -96,9 +101,9 @@ def pick(x: np.ndarray, cfg: Any, seed: int) -> tuple[np.ndarray, np.ndarray | N
         shard_by=cfg.shard_by,
         per_shard=cfg.per_shard,
     )
-    order = np.asarray(result.indices, dtype=np.int64)
-    # Distance of each pick from the centers chosen before it: how much new ground it covers.
-    at_pick = getattr(result, "distance_at_pick", None)
+    rows = np.asarray(rows, dtype=np.int64)
+    # rows of the matrix given, not of the one left
+    order = rows[np.asarray(result.indices, dtype=np.int64)]
     info = {
         "selected": int(len(order)),
         "candidates": int(len(x)),
@@ -108,10 +113,10 @@ def pick(x: np.ndarray, cfg: Any, seed: int) -> tuple[np.ndarray, np.ndarray | N
         "device": result.device,
         "seconds": float(result.seconds),
         "seed": seed,
-        "start_row": start,
+        "start_row": int(rows[start]),
         "near_duplicate_cosine": cfg.near_duplicate_cosine,
         "dropped": {"near_duplicate": near.dropped if near is not None else 0},
-        "rows_before_near_duplicates": n_kept,
+        "rows_before_near_duplicates": n_given,
     }
     if result.method == "sharded":
         d = result.details
@@ -119,40 +124,38 @@ def pick(x: np.ndarray, cfg: Any, seed: int) -> tuple[np.ndarray, np.ndarray | N
             key: d[key] for key in ("shards", "shard_by", "per_shard", "union_rows", "certified_ratio_to_opt")
         }
         info["sharded"]["shard_sizes"] = d["split"]["sizes"]
-    if near is not None:
-        order = np.asarray(rows, dtype=np.int64)[order]  # rows of the matrix given, not of the one left
-    return order, (None if at_pick is None else np.asarray(at_pick, dtype=np.float64)), info
+    # Distance of each pick from the centers chosen before it: how much new ground it covers.
+    return Picks(order, np.asarray(result.distance_at_pick, dtype=np.float64), info, result)
 
 
 def _nothing(info_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"selected": 0, "candidates": 0, "radius": None, "method": None, **(info_extra or {})}
 
 
-def attach_picks(rows: pa.Table, ids: pa.Array, first: int, at_pick: np.ndarray | None) -> pa.Table:
+def attach_picks(rows: pa.Table, ids: pa.Array, first: int, at_pick: np.ndarray) -> pa.Table:
     """``rows`` (whose ``sample_id``s are all in ``ids``, the picks ``first..`` in pick
     order) in pick order, with ``pick_order`` and ``distance_at_pick``."""
     pos = pc.index_in(rows.column("sample_id"), value_set=ids).to_numpy(zero_copy_only=False)
     order = np.argsort(pos, kind="stable")
     rows, pos = rows.take(pa.array(order)), pos[order] + first
-    rows = rows.append_column("pick_order", pa.array(pos, type=pa.int64()))
-    dist = at_pick[pos] if at_pick is not None else [None] * len(pos)
-    return rows.append_column("distance_at_pick", pa.array(dist, type=pa.float64()))
+    return _with_picks(rows, pos, at_pick[pos])
+
+
+def _with_picks(rows: pa.Table, pick_order: Any, distance_at_pick: Any) -> pa.Table:
+    """``rows`` with the columns the stage makes (:data:`MADE`), typed as the schema says."""
+    for name, values in zip(MADE, (pick_order, distance_at_pick)):
+        rows = rows.append_column(name, pa.array(values, type=CONTRACT.produces.field(name).type))
+    return rows
 
 
 def select(kept: pa.Table, cfg: Any, seed: int) -> tuple[pa.Table, dict[str, Any]]:
     """The selected rows of ``kept`` (in pick order) and the selection's figures, in memory."""
     if kept.num_rows == 0:
-        empty = kept.slice(0, 0)
-        empty = empty.append_column("pick_order", pa.array([], type=pa.int64()))
-        empty = empty.append_column("distance_at_pick", pa.array([], type=pa.float64()))
-        return empty, _nothing()
+        return _with_picks(kept.slice(0, 0), [], []), _nothing()
     if "sample_id" in kept.column_names:
         kept = kept.sort_by("sample_id")
-    order, at_pick, info = pick(embeddings_matrix(kept), cfg, seed)
-    chosen = kept.take(pa.array(order))
-    chosen = chosen.append_column("pick_order", pa.array(np.arange(len(order)), type=pa.int64()))
-    dist = at_pick if at_pick is not None else [None] * len(order)
-    return chosen.append_column("distance_at_pick", pa.array(dist, type=pa.float64())), info
+    p = pick(list_matrix(kept.column("embedding")), cfg, seed)
+    return _with_picks(kept.take(pa.array(p.order)), np.arange(len(p.order)), p.distance_at_pick), p.info
 
 
 # -- the stage at scale: column projection in, streaming out -------------------------------
@@ -174,27 +177,28 @@ def kept_matrix(data: Any, where: str = "scored") -> tuple[pa.Array, np.ndarray]
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))  # scan position -> row of the matrix
     x: np.ndarray | None = None
+    first = ""  # the row whose width the others must have
     seen = 0
     for batch in data.to_batches(columns=["sample_id", "embedding"], filter=kept, **_SCAN):
         if batch.num_rows == 0:
             continue
-        emb = batch.column("embedding")
-        if emb.null_count:
-            bad = batch.column("sample_id")[int(pc.index(emb.is_null(), True).as_py())]
-            raise SelectionError(f"{where}: kept row {bad} has no embedding")
-        lens = pc.list_value_length(emb).to_numpy(zero_copy_only=False)
+        block = list_matrix(
+            batch.column("embedding"),
+            ids=batch.column("sample_id"),
+            where=f"{where}: ",
+            dim=None if x is None else x.shape[1],
+            dim_row=first,
+        )
         if x is None:
-            x = np.empty((len(ids), int(lens[0])), dtype=np.float32)
-        if (lens != x.shape[1]).any():
-            bad = batch.column("sample_id")[int(np.flatnonzero(lens != x.shape[1])[0])]
-            raise SelectionError(f"{where}: kept row {bad} has an embedding of a different length than the others")
+            x = np.empty((len(ids), block.shape[1]), dtype=np.float32)
+            first = f"row {batch.column('sample_id')[0]}"
         # The scan repeats the first one's order; if it ever did not, look the ids up (slower).
         if batch.column("sample_id").equals(scanned.slice(seen, batch.num_rows)):
             rows = rank[seen : seen + batch.num_rows]
         else:
             rows = pc.index_in(batch.column("sample_id"), value_set=ids).to_numpy(zero_copy_only=False)
         seen += batch.num_rows
-        x[rows] = emb.flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
+        x[rows] = block
     if x is None:
         x = np.zeros((0, 0), dtype=np.float32)
     return ids, x
@@ -217,17 +221,17 @@ def select_stage(store: Any, cfg: Any, seed: int, part_rows: int = PART_ROWS) ->
     if len(ids) == 0:
         store.write_table(CONTRACT.name, CONTRACT.produces.empty_table(), CONTRACT.produces)
         return _nothing()
-    order, at_pick, info = pick(x, cfg, seed)
-    log.info("[selected] k-center (%s) picked %d rows in %.1f s", info["method"], len(order), info["seconds"])
+    p = pick(x, cfg, seed)
+    log.info("[selected] k-center (%s) picked %d rows in %.1f s", p.info["method"], len(p.order), p.info["seconds"])
     del x  # the matrix is done with; the write holds one window of rows
     start = time.perf_counter()
-    picked = ids.take(pa.array(order))
+    picked = ids.take(pa.array(p.order))
     for part, first in enumerate(range(0, len(picked), part_rows)):
         window = picked[first : first + part_rows]
         rows = data.to_table(columns=list(CARRIED), filter=pc.field("sample_id").isin(window), **_SCAN)
         if rows.num_rows != len(window):  # the scored stage changed under us
             raise SelectionError(f"{store.url}: found {rows.num_rows} of {len(window)} selected rows in 'scored'")
-        rows = schemas.conform(attach_picks(rows, window, first, at_pick), CONTRACT.produces)
+        rows = schemas.conform(attach_picks(rows, window, first, p.distance_at_pick), CONTRACT.produces)
         pq.write_table(rows, f"{folder}/part-{part:05d}.parquet", filesystem=store.arrow_fs)
     log.info("[selected] wrote %d rows in %d parts in %.1f s", len(picked), part + 1, time.perf_counter() - start)
-    return info
+    return p.info

@@ -13,16 +13,14 @@ import pytest
 
 from synth_empathy import schemas
 from synth_empathy.cli.judge import (
-    JUDGE_INPUT,
-    JUDGE_OUTPUT,
     JudgeInputError,
     output_store,
     read_input,
-    record_to_row,
     rows_from_jsonl,
     rows_from_table,
     sample_rows,
 )
+from synth_empathy.core.export_records import record_row
 from synth_empathy.stages.judge import judge_messages
 
 HISTORY = [
@@ -47,7 +45,7 @@ def selected_like(n=3):
 
 def test_a_runs_selected_table_reads_unchanged():
     rows, dropped = rows_from_table(selected_like())
-    assert rows.schema.equals(JUDGE_INPUT) and rows.num_rows == 3 and not dropped
+    assert rows.schema.equals(schemas.JUDGE_INPUT) and rows.num_rows == 3 and not dropped
     assert rows.column("sample_id").to_pylist() == ["s0", "s1", "s2"]
     assert rows.to_pylist()[0]["history"] == HISTORY
 
@@ -57,7 +55,7 @@ def test_rows_without_an_answer_are_counted_not_lost():
     t = t.set_column(t.column_names.index("output"), "output", pa.array([ANSWER, None, "  ", ANSWER]))
     rows, dropped = rows_from_table(t)
     assert rows.column("sample_id").to_pylist() == ["s0", "s3"]
-    assert dropped == {"no_response": 2}
+    assert dropped == {"no_output": 2}
 
 
 def test_without_an_id_column_rows_are_numbered():
@@ -99,7 +97,7 @@ def test_jsonl_reads_both_export_formats_and_counts_the_rest():
     ]
     rows, dropped, bad = rows_from_jsonl(lines)
     assert rows.column("sample_id").to_pylist() == ["line-1", "line-2"]
-    assert dropped == {"unreadable_line": 1, "unknown_record": 1, "no_answer_last": 1, "no_response": 1}
+    assert dropped == {"unreadable_line": 1, "unknown_record": 1, "no_answer_last": 1, "no_output": 1}
     assert bad == [3]
     chat = rows.to_pylist()[1]
     assert chat["history"] == HISTORY  # the system message is not part of the dialogue
@@ -109,13 +107,13 @@ def test_jsonl_reads_both_export_formats_and_counts_the_rest():
 def test_a_chat_export_gives_the_judge_the_same_prompt_as_the_run():
     """The judge sees the same dialogue whether it rates a run's row or its export."""
     run_row = {"instruction": "Speaker: x\nListener:", "output": ANSWER, "history": HISTORY}
-    row, reason = record_to_row({"messages": [*HISTORY, {"role": "assistant", "content": ANSWER}]}, 1)
+    row, reason = record_row({"messages": [*HISTORY, {"role": "assistant", "content": ANSWER}]}, 1)
     assert reason is None
     assert judge_messages(row) == judge_messages(run_row)
 
 
 def test_alpaca_input_field_joins_the_dialogue():
-    row, _ = record_to_row({"instruction": "Speaker: a", "input": "Listener: b", "output": "c"}, 7)
+    row, _ = record_row({"instruction": "Speaker: a", "input": "Listener: b", "output": "c"}, 7)
     assert row["instruction"] == "Speaker: a\nListener: b" and row["sample_id"] == "line-7"
 
 
@@ -150,7 +148,7 @@ def test_read_input_errors_name_the_input(tmp_path):
 
 
 def test_output_schema_extends_the_input_with_the_judge_columns():
-    assert JUDGE_OUTPUT.names == JUDGE_INPUT.names + [c for c, _ in schemas.JUDGED_COLUMNS]
+    assert schemas.JUDGE_OUTPUT.names == schemas.JUDGE_INPUT.names + [c for c, _ in schemas.JUDGED_COLUMNS]
 
 
 def test_output_store_writes_into_the_named_folder(tmp_path):
@@ -172,7 +170,7 @@ def test_output_store_writes_into_the_named_folder(tmp_path):
         (["{tmp}/in.jsonl", "{tmp}/out", "judge.engine.replica=2"], "unknown config key 'judge.engine.replica'"),
         (["{tmp}/in.jsonl", "{tmp}/out", "--sample", "0"], "--sample must be at least 1"),
         (["{tmp}/in.jsonl"], "the following arguments are required: output"),
-        (["{tmp}/empty.jsonl", "{tmp}/out"], "no row to judge (dropped: {'no_response': 1})"),
+        (["{tmp}/empty.jsonl", "{tmp}/out"], "no row to judge (dropped: {'no_output': 1})"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):

@@ -406,11 +406,21 @@ def write_embeddings(path: Path, x: np.ndarray, ids=None, fixed: bool = False, c
     return ids
 
 
+def selection_cfg(*, k=None, ratio=None, seed=0, **diversity):
+    """The config `synth-empathy select` would load with these flags / diversity keys."""
+    from synth_empathy.config import load_config
+
+    keys = {"k": k, "keep_ratio": ratio, **diversity}
+    return load_config(
+        overrides=[f"seed={seed}"] + [f"diversity.{n}={'null' if v is None else v}" for n, v in keys.items()]
+    )
+
+
 def test_run_selection_parquet_roundtrip(tmp_path):
     x = clustered(400, d=16, seed=2)
     ids = write_embeddings(tmp_path / "in.parquet", x, chunks=3)
     out = tmp_path / "out"
-    report = S.run_selection(str(tmp_path / "in.parquet"), str(out), ratio=0.25, seed=4)
+    report = S.run_selection(str(tmp_path / "in.parquet"), str(out), selection_cfg(ratio=0.25, seed=4))
     start = int(np.random.default_rng(4).integers(400))
     want, radius = reference(x, 100, start)
     sel = pq.read_table(out / "selected.parquet")
@@ -424,7 +434,7 @@ def test_run_selection_parquet_roundtrip(tmp_path):
         assert key in saved
     assert sorted(p.name for p in out.iterdir()) == ["selected.parquet", "selection_report.json"]
     # A re-run overwrites cleanly.
-    S.run_selection(str(tmp_path / "in.parquet"), str(out), k=5)
+    S.run_selection(str(tmp_path / "in.parquet"), str(out), selection_cfg(k=5))
     assert pq.read_table(out / "selected.parquet").num_rows == 5
 
 
@@ -484,7 +494,9 @@ def test_bad_input_one_line_and_nothing_written(tmp_path, capsys, kind, args, fr
 
 def test_run_selection_drops_near_duplicates_first(tmp_path):
     pq.write_table(bad_embedding_table("dups"), tmp_path / "in.parquet")
-    rep = S.run_selection(str(tmp_path / "in.parquet"), str(tmp_path / "out"), k=2, near_duplicate_cosine=0.99)
+    rep = S.run_selection(
+        str(tmp_path / "in.parquet"), str(tmp_path / "out"), selection_cfg(k=2, near_duplicate_cosine=0.99)
+    )
     got = pq.read_table(tmp_path / "out" / "selected.parquet").column("sample_id").to_pylist()
     assert sorted(got) == ["a", "c"] and rep["dropped"] == {"near_duplicate": 1}
     assert rep["rows_after_near_duplicates"] == 2 and rep["rows"] == 3
@@ -513,7 +525,9 @@ def test_text_column_with_the_real_embedder(tmp_path):
 
     texts = pd.read_csv(ED_VALID)["text"].astype(str).head(50).tolist()
     pq.write_table(pa.table({"sample_id": list(range(50)), "text": texts}), tmp_path / "t.parquet")
-    report = S.run_selection(str(tmp_path / "t.parquet"), str(tmp_path / "out"), text_column="text", ratio=0.2)
+    report = S.run_selection(
+        str(tmp_path / "t.parquet"), str(tmp_path / "out"), selection_cfg(ratio=0.2), text_column="text"
+    )
     assert report["dim"] == 384 and report["k"] == 10
     from synth_empathy.models.embedder import encode
 
@@ -543,7 +557,7 @@ def test_object_storage_roundtrip(tmp_path):
         x = clustered(120, d=8, seed=1)
         write_embeddings(tmp_path / "in.parquet", x)
         fs.put(str(tmp_path / "in.parquet"), "bucket/in/part-0.parquet")
-        report = S.run_selection("s3://bucket/in", "s3://bucket/out", k=12, storage_options=opts)
+        report = S.run_selection("s3://bucket/in", "s3://bucket/out", selection_cfg(k=12), storage_options=opts)
         assert sorted(fs.ls("bucket/out")) == ["bucket/out/selected.parquet", "bucket/out/selection_report.json"]
         with fs.open("bucket/out/selected.parquet", "rb") as f:
             assert pq.read_table(f).num_rows == 12

@@ -7,9 +7,10 @@ from omegaconf import OmegaConf
 
 from helpers import scored_run
 from synth_empathy.config import DiversityConfig
+from synth_empathy.core.arrow_matrix import list_matrix
 from synth_empathy.core.kcenter import select_k_center
 from synth_empathy.errors import SelectionError
-from synth_empathy.stages.selection import embeddings_matrix, select
+from synth_empathy.stages.selection import select
 
 
 def kept_table(n=40, d=8, seed=0):
@@ -47,7 +48,7 @@ def test_selected_rows_are_the_greedy_picks_in_order_with_their_distances():
     d = chosen.column("distance_at_pick").to_pylist()
     assert np.isinf(d[0]) and all(d[i] >= d[i + 1] - 1e-6 for i in range(1, 6))  # farthest first
     assert info["selected"] == 7 and info["candidates"] == 40
-    np.testing.assert_array_equal(embeddings_matrix(chosen), x[ref.indices])
+    np.testing.assert_array_equal(list_matrix(chosen.column("embedding")), x[ref.indices])
 
 
 def test_no_kept_rows_selects_nothing():
@@ -115,27 +116,41 @@ def test_kept_row_without_an_embedding_is_a_one_line_error(tmp_path):
     table = table.append_column("kept", pa.array([True] * 5)).set_column(
         2, "embedding", pa.array([[1.0, 0.0]] * 4 + [None], type=pa.list_(pa.float32()))
     )
-    with pytest.raises(SelectionError, match=r"scored: kept row s004 has no embedding"):
+    with pytest.raises(SelectionError, match=r"scored: column 'embedding', row s004: embedding is null"):
         kept_matrix(pds.dataset(table))
 
 
-def test_near_duplicates_dropped_before_k_center_and_counted():
+def with_copies(prefix: str, scale: float = 1.0):
+    """30 kept rows and 10 more that repeat rows 0..9 (a corpus that repeats itself), ids
+    ``<prefix>000..``; ``scale`` stretches the copies (same direction, cosine 1)."""
     table, x = kept_table(n=30)
-    # Rows 30..39 repeat rows 0..9 (a corpus that repeats itself); sample_ids sort after.
     copies = pa.table(
         {
-            "sample_id": [f"t{i:03d}" for i in range(10)],
+            "sample_id": [f"{prefix}{i:03d}" for i in range(10)],
             "output": [f"again {i}" for i in range(10)],
-            "embedding": pa.array(list(x[:10] * 2.0), type=pa.list_(pa.float32())),  # same direction
+            "embedding": pa.array(list(x[:10] * scale), type=pa.list_(pa.float32())),
         }
     )
-    both = pa.concat_tables([table, copies])
+    return pa.concat_tables([table, copies])
+
+
+def test_near_duplicates_dropped_before_k_center_and_counted():
+    both = with_copies("t", scale=2.0)  # the copies sort after the rows they repeat
     chosen, info = select(both, cfg(keep_ratio=0.5, near_duplicate_cosine=0.999), seed=0)
     assert info["dropped"] == {"near_duplicate": 10} and info["rows_before_near_duplicates"] == 40
     assert info["candidates"] == 30 and info["selected"] == 15  # the ratio applies to the rows left
     assert not any(s.startswith("t") for s in chosen.column("sample_id").to_pylist())
     _, off = select(both, cfg(keep_ratio=0.5), seed=0)  # off by default
     assert off["dropped"] == {"near_duplicate": 0} and off["candidates"] == 40
+
+
+def test_start_row_is_a_row_of_the_table_given_when_near_duplicates_are_dropped():
+    both = with_copies("a")  # the copies sort first: s000..s009 (rows 10..19 in sample_id order) go
+    ids = both.sort_by("sample_id").column("sample_id").to_pylist()
+    for seed in range(5):
+        chosen, info = select(both, cfg(keep_ratio=0.5, near_duplicate_cosine=0.999), seed=seed)
+        assert info["dropped"] == {"near_duplicate": 10}
+        assert ids[info["start_row"]] == chosen.column("sample_id")[0].as_py()  # the first pick is the start
 
 
 def test_k_above_the_rows_left_after_near_duplicates_is_one_line():
