@@ -293,8 +293,10 @@ class RayConfig:
     verbose_progress: bool = opt(
         False,
         "also log Ray Data's own per-operator progress (a multi-line dump every 10 s when the "
-        "output is not a terminal) and, on a local Ray, vLLM's INFO lines as an engine starts; "
-        "off: one progress line per LLM stage (rows, tok/s, ETA)",
+        "output is not a terminal) and, on a local Ray, Ray's own lines: the workers' output (vLLM, "
+        "Serve, Ray Train), Ray Data's and Serve's INFO lines; off: the job's lines (one progress line "
+        "per LLM stage: rows, tok/s, ETA) and Ray's warnings, the rest in the Ray session's logs "
+        "(/tmp/ray/session_*/logs, synth-empathy-driver.log for the driver's)",
     )
     progress_interval_s: float = opt(20.0, "seconds between the progress lines of an LLM stage")
     footer_readers: Optional[int] = opt(

@@ -121,11 +121,3 @@ def test_a_small_local_ray_lists_parquet_with_one_footer_reader():
     assert footer_reader_env(None, 2) == {key: "1"}
     assert footer_reader_env(None, 64) == {key: "8"} and footer_reader_env(None, 1024) == {key: "32"}
     assert footer_reader_env(4, 2) == {key: "4"}  # as configured
-
-
-def test_vllms_start_up_info_lines_are_logged_only_when_asked_for():
-    from synth_empathy.cluster.ray_init import engine_log_env
-
-    assert engine_log_env(False, {}) == {"VLLM_LOGGING_LEVEL": "WARNING"}
-    assert engine_log_env(True, {}) == {}  # ray.verbose_progress=true
-    assert engine_log_env(False, {"VLLM_LOGGING_LEVEL": "DEBUG"}) == {}  # the user's own setting stays

@@ -9,13 +9,24 @@ from omegaconf import DictConfig
 
 from synth_empathy.cluster.submit import check_cluster
 from synth_empathy.engines.shared import resident_engine_cpus
+from synth_empathy.logs import open_driver_log, quiet_ray_console
+
+_started_here = False
 
 
-def init_ray(cfg: DictConfig, sections: tuple | None = None) -> None:
+def init_ray(cfg: DictConfig, sections: tuple | None = None, worker_output: bool = False) -> None:
     """Join the configured cluster (or start a local Ray) and check it can hold the
-    engines of ``sections`` (None: every stage of the pipeline)."""
+    engines of ``sections`` (None: every stage of the pipeline).
+
+    A local Ray keeps its output off the console unless ``ray.verbose_progress``: the
+    workers' (vLLM, Serve, Ray Data's tasks) stays in their files in the Ray session's
+    log folder, and Ray's driver-side lines go to ``synth-empathy-driver.log`` there
+    (:mod:`synth_empathy.logs`); the console shows the job's own lines and Ray's
+    warnings and errors. ``worker_output``: the workers' output is shown all the same
+    (``train``: its step lines are logged in Ray Train's workers)."""
     import ray
 
+    global _started_here
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
@@ -26,21 +37,41 @@ def init_ray(cfg: DictConfig, sections: tuple | None = None) -> None:
         # ray.init() would join that one, and refuse num_cpus).
         # A shared engine stays up through the stages between its users (scoring,
         # selection), so its CPUs come on top of what those stages need.
+        verbose = bool(cfg.ray.verbose_progress)
         env = {
             "TOKENIZERS_PARALLELISM": "false",
             **footer_reader_env(cfg.ray.footer_readers, os.cpu_count() or 1),
-            **engine_log_env(cfg.ray.verbose_progress, os.environ),
         }
         os.environ.update(env)  # the driver lists files too
+        runtime_env = {"env_vars": {**env, **worker_quiet_env(verbose, os.environ)}}
+        if worker_output and not verbose:
+            runtime_env["worker_process_setup_hook"] = "synth_empathy.logs.quiet_ray_worker"
+        if not verbose:
+            quiet_ray_console()
         ray.init(
             address="local",
             num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1) + resident_engine_cpus(cfg),
             include_dashboard=False,
-            log_to_driver=True,
-            runtime_env={"env_vars": env},
+            log_to_driver=verbose or worker_output,
+            runtime_env=runtime_env,
         )
+        _started_here = True
+        open_driver_log()
     quiet_ray_data_progress(cfg)
     check_cluster(cfg, sections)  # a GPU preset on a cluster without GPUs fails here, not after hours
+
+
+def started_here() -> bool:
+    """Whether this process started the Ray it is connected to (a local Ray, which ends
+    with the process), as opposed to joining a cluster."""
+    return _started_here
+
+
+def worker_quiet_env(verbose: bool, environ) -> dict[str, str]:
+    """Hugging Face's progress bars ("Loading weights", "Writing model shards") are
+    carriage-return lines in a log; the workers do not draw them unless
+    ``ray.verbose_progress`` (or ``HF_HUB_DISABLE_PROGRESS_BARS`` is set)."""
+    return {} if verbose or "HF_HUB_DISABLE_PROGRESS_BARS" in environ else {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def footer_reader_env(readers: int | None, cores: int) -> dict[str, str]:
@@ -51,15 +82,6 @@ def footer_reader_env(readers: int | None, cores: int) -> dict[str, str]:
     ``ray.footer_readers`` says otherwise."""
     n = readers if readers is not None else max(1, min(32, cores // 8))
     return {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": str(n)}
-
-
-def engine_log_env(verbose: bool, environ) -> dict[str, str]:
-    """vLLM logs ~35 INFO lines as an engine starts (its config, KV cache size, thread
-    binding, ...), which the driver's log repeats between the progress lines; they are
-    not logged unless ``ray.verbose_progress`` (or ``VLLM_LOGGING_LEVEL`` is set). Its
-    warnings and errors still are, and the run's own ``[engine]`` line names the dtype,
-    memory share and binding."""
-    return {} if verbose or "VLLM_LOGGING_LEVEL" in environ else {"VLLM_LOGGING_LEVEL": "WARNING"}
 
 
 def quiet_ray_data_progress(cfg: DictConfig) -> None:

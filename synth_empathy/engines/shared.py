@@ -212,16 +212,25 @@ class SharedEngines:
         self.started[key] = launch_deployment(key, engine, model_path, self.plan[key])
 
     def close(self) -> None:
-        """Delete the deployments (and Serve, if this run started it): the engine's
-        memory and cores go back before the process ends or the next run starts."""
+        """Delete the deployments (and, on a cluster, Serve): the engine's memory and
+        cores go back before the process ends or the next run starts.
+
+        On a local Ray that this process started, Serve's controller ends with that Ray
+        when the process does: ``serve.shutdown()`` would kill it while the driver
+        still waits on two of its calls, and Ray prints a "Task
+        ServeController... failed ... killed by `ray.kill`" line for each, which read
+        like errors at the end of a good run."""
         if not self.started:
             return
         from ray import serve
 
+        from synth_empathy.cluster.ray_init import started_here
+
         try:
             for served in self.started.values():
                 serve.delete(served.app)
-            serve.shutdown()
+            if not started_here():
+                serve.shutdown()
         except Exception as exc:  # the run's results are written; a failed teardown is only logged
             log.warning("[engine] could not stop the shared engine: %s", exc)
         self.started.clear()

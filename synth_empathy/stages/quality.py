@@ -196,6 +196,8 @@ class QualityScorer:
 
 def score_stage(ds, cfg: Any):
     """Apply step 3b to a Ray Dataset of discriminated samples."""
+    from ray.data import ActorPoolStrategy
+
     return ds.map_batches(
         QualityScorer,
         fn_constructor_kwargs=dict(
@@ -208,7 +210,8 @@ def score_stage(ds, cfg: Any):
         ),
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
-        concurrency=cfg.replicas,
+        # a fixed pool of scorers (``concurrency=n`` said the same, deprecated since Ray 2.51)
+        compute=ActorPoolStrategy(size=cfg.replicas),
         num_cpus=cfg.cpus_per_replica,
         num_gpus=cfg.gpus_per_replica or None,
     )

@@ -25,10 +25,10 @@ log = logging.getLogger(__name__)
 def _worker(config: dict[str, Any]) -> None:
     import torch
 
-    from synth_empathy.logs import setup_logging
+    from synth_empathy.logs import setup_worker_logging
     from synth_empathy.training.loop import train_loop
 
-    setup_logging()  # the loop's step lines, in the worker's log
+    setup_worker_logging()  # the loop's step lines, in the worker's log and the job's format
 
     threads = config.get("threads")
     if threads:
@@ -59,9 +59,14 @@ def fit(
     use_gpu: bool,
     cpus_per_worker: float,
     extra_report: dict | None = None,
+    verbose: bool = False,
 ) -> None:
-    """Train under Ray Train (Ray must be initialised); the report is in ``output_dir``."""
-    from ray.train import RunConfig, ScalingConfig
+    """Train under Ray Train (Ray must be initialised); the report is in ``output_dir``.
+
+    Ray Train's own INFO lines (resources requested, worker group started, process
+    group set up) go to its log files in the Ray session (``logs/train``), not to the
+    console, unless ``verbose`` (``ray.verbose_progress``); its warnings still do."""
+    from ray.train import LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     check_gpus(use_gpu, num_workers)
@@ -78,7 +83,11 @@ def fit(
         scaling_config=ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
         ),
-        run_config=RunConfig(name="ray_train", storage_path=output_dir),
+        run_config=RunConfig(
+            name="ray_train",
+            storage_path=output_dir,
+            logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+        ),
     )
     log.info("[train] Ray Train: %d worker(s), use_gpu=%s", num_workers, use_gpu)
     trainer.fit()

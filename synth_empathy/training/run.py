@@ -265,7 +265,7 @@ def run_training(cfg: Any) -> dict[str, Any]:
         from synth_empathy.cluster.ray_init import init_ray
         from synth_empathy.training import ray_train
 
-        init_ray(cfg, sections=("train",))
+        init_ray(cfg, sections=("train",), worker_output=True)  # the step lines are the workers'
         ray_train.fit(
             p["settings"],
             p["examples"],
@@ -274,6 +274,7 @@ def run_training(cfg: Any) -> dict[str, Any]:
             use_gpu=t.use_gpu,
             cpus_per_worker=t.cpus_per_worker,
             extra_report=p["data_report"],
+            verbose=bool(cfg.ray.verbose_progress),
         )
     else:
         loop.train_loop(p["settings"], p["examples"], out_dir, p["data_report"])

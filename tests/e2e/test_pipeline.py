@@ -94,6 +94,44 @@ def needs_rows(run_dir):
     pytest.skip("the models wrote nothing this run could select (every row dropped for its text)")
 
 
+# A line of the job's own log (synth_empathy.logs.FORMAT).
+PROJECT_LINE = re.compile(r"^\d\d:\d\d:\d\d synth-empathy ")
+
+# The other lines a default run may print, each with the reason it may.
+ALLOWED = {
+    # Ray Core's C++ logger writes its ERROR lines to the driver's stderr as well as to
+    # the session's python-core-driver-*.log, with no Python logger to turn down. Ray
+    # Data raises this one as it starts the actor pool that sends a stage's rows to the
+    # shared engine (ray-project/ray#53727); the run restarts no such actor.
+    "ray core: actor arguments in the object store": re.compile(
+        r"^\[[\d-]+ [\d:,]+ E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: .* has constructor "
+        r"arguments in the object store and max_restarts > 0"
+    ),
+    # The command's result: one JSON line on stdout (test_exports_and_report reads it).
+    "the run's summary": re.compile(r'^\{"run": '),
+    # Where the models' text left nothing to select, the command says so before exit 1.
+    "nothing selected": re.compile(r"^error: the run finished with nothing selected "),
+}
+
+
+def foreign_lines(text):
+    """The lines of ``text`` that are neither the job's own nor allowed."""
+    lines = text.splitlines()
+    return [line for line in lines if not PROJECT_LINE.match(line) and not any(p.match(line) for p in ALLOWED.values())]
+
+
+def test_the_console_shows_the_jobs_own_lines_and_nothing_of_rays_but_the_allowed(run):
+    # Ray Data's "Starting execution" / "Execution plan" pairs, Serve's and vLLM's lines,
+    # the engine replica's JSON records and the batch timings of Ray Data LLM stay in the
+    # Ray session's logs (ray.verbose_progress=true shows them); so do the two "Task
+    # ServeController... killed by ray.kill" lines, which Serve's shutdown no longer causes.
+    _, first, again = run
+    for done in (first, again):
+        assert not foreign_lines(done.stderr), foreign_lines(done.stderr)[:20]
+        assert not foreign_lines(done.stdout), foreign_lines(done.stdout)[:20]
+    assert "ServeController" not in first.stderr
+
+
 def test_the_three_llm_stages_share_one_engine(run):
     # The default's generator, discriminator and judge are the same engine section: one
     # Ray Serve deployment serves all three (ray.engines=auto on a CPU), started once.

@@ -1,0 +1,61 @@
+"""What reaches the console of a local run, and where the rest goes (no Ray started)."""
+
+import logging
+
+from synth_empathy import logs
+
+
+def _record(name, level, msg):
+    return logging.LogRecord(name, level, __file__, 1, msg, None, None)
+
+
+def test_rays_info_lines_go_to_the_driver_log_and_its_warnings_to_the_console(tmp_path):
+    kept = logs.DriverLog()
+    console = logs.RayConsoleFilter(kept)
+    info = _record("ray.data._internal.execution.streaming_executor", logging.INFO, "Starting execution of Dataset")
+    warning = _record("ray.data", logging.WARNING, "Operator is backpressured")
+    error = _record("ray", logging.ERROR, "listen_error_messages: gone")
+    quiet = _record("ray.data._internal.progress", logging.WARNING, "Progress bars disabled. To enable, set ...")
+    assert [console.filter(r) for r in (info, warning, error, quiet)] == [False, True, True, False]
+
+    # Held in memory until the Ray session's folder is known, then written there.
+    assert kept.pending == [info, quiet]
+    kept.open(str(tmp_path))
+    kept.handle(_record("ray.serve", logging.INFO, "Deleting app ['x']"))
+    kept.file.flush()
+    text = (tmp_path / logs.DRIVER_LOG).read_text()
+    assert "Starting execution of Dataset" in text and "Progress bars disabled" in text
+    assert "Deleting app" in text and "backpressured" not in text
+
+
+def _remove_console_filters():
+    for name in logs.RAY_CONSOLE_LOGGERS:
+        logger = logging.getLogger(name)
+        for target in [logger, *logger.handlers]:
+            for f in [f for f in target.filters if isinstance(f, logs.RayConsoleFilter)]:
+                target.removeFilter(f)
+
+
+def test_the_console_filter_goes_on_rays_console_handlers_not_its_files(monkeypatch):
+    monkeypatch.setattr(logs, "_driver_log", None)
+    try:
+        logs.quiet_ray_console()
+        logs.quiet_ray_console()  # twice: one filter each
+        for name in ("ray", "ray.data"):
+            handlers = logging.getLogger(name).handlers
+            assert any(logs._is_console(h) for h in handlers), name
+            for handler in handlers:
+                filters = [f for f in handler.filters if isinstance(f, logs.RayConsoleFilter)]
+                assert len(filters) == (1 if logs._is_console(handler) else 0), handler
+        # Serve replaces its handlers when it is imported: the filter sits on the logger.
+        assert sum(isinstance(f, logs.RayConsoleFilter) for f in logging.getLogger("ray.serve").filters) == 1
+    finally:
+        _remove_console_filters()  # the rest of the test session logs as before
+
+
+def test_the_placement_group_cleaners_warning_is_logged_once():
+    once = logs.Once(logs.PG_CLEANER_WARNING)
+    line = logs.PG_CLEANER_WARNING + ". State API may be temporarily unavailable. Continuing to monitor."
+    shown = [once.filter(_record(logs.PG_CLEANER_LOGGER, logging.WARNING, line)) for _ in range(5)]
+    assert shown == [True, False, False, False, False]
+    assert once.filter(_record(logs.PG_CLEANER_LOGGER, logging.WARNING, "Failed to clean up placement group"))
