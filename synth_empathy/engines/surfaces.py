@@ -1,4 +1,5 @@
-"""Every private name of Ray Serve LLM and vLLM that :mod:`synth_empathy.engines` uses.
+"""Every private name of Ray Serve LLM and vLLM that :mod:`synth_empathy.engines` uses
+(and the few of Ray core that :mod:`synth_empathy.logs` uses).
 
 Private names move between releases without notice. Each one used here is listed with
 the module that uses it and why, and :func:`missing` says whether the installed Ray and
@@ -105,6 +106,26 @@ SURFACES: tuple[Surface, ...] = (
         "vllm.v1.sample.ops.topk_topp_sampler:apply_top_k_top_p",
         "engines.cpu_top_p",
         "replaced by a top-p cut without a vocabulary sort in CPU engines that ask for it",
+    ),
+    # Ray core's, for quiet logs (not engines, listed here so that one test checks them all)
+    Surface(
+        "ray._private.worker:_global_node",
+        "logs",
+        "the session folder of the local Ray this driver started, where the driver log goes",
+    ),
+    Surface(
+        "ray._private.log:PlainRayHandler",
+        "logs",
+        "Ray's console handler in a worker writes through its plain_handler, which takes the job's format",
+        source_has="self.plain_handler",
+        as_written="plain_handler",
+    ),
+    Surface(
+        "ray.train.v2._internal.execution.controller.placement_group_cleaner:PlacementGroupCleaner",
+        "logs",
+        "its logger's name and its warning, let through once instead of once a second",
+        source_has="Failed to query Ray Train Controller actor state",
+        as_written="placement_group_cleaner",
     ),
 )
 
