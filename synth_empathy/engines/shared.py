@@ -1,8 +1,8 @@
 """One engine for the LLM stages that run the same model with the same settings.
 
 The embedded default runs SmolLM2 as generator, discriminator and judge. With a
-``ray.data.llm`` vLLM processor per stage, each stage starts its own engine (about 45 s
-on a 2-core CPU, a third of a few-minute run for three stages). Here stages whose
+``ray.data.llm`` vLLM processor per stage, each stage starts its own engine (on a small
+CPU a start is a large share of a few-minute run, three times over). Here stages whose
 ``engine`` sections are equal send their requests to one Ray Serve LLM deployment
 instead, deleted when the run ends; Ray Data's ``ServeDeploymentProcessorConfig`` is
 the processor on that side (:meth:`synth_empathy.stages.llm.LLMStage.served_processor`).
@@ -114,7 +114,7 @@ def serve_llm():
 
 def serve_missing() -> str | None:
     """Why Ray Serve cannot be used here (None: it can). Checked without importing
-    ``ray.serve.llm`` (12 s of vLLM, torch and transformers on 2 cores): the replica
+    ``ray.serve.llm`` (it loads vLLM, torch and transformers): the replica
     imports it, and a failure there is the engine's start error."""
     try:
         import ray.serve  # noqa: F401  (its own dependencies: fastapi, starlette, ...)
@@ -162,8 +162,8 @@ class SharedEngines:
 
     def start_early(self, pending: list[str], model_path) -> None:
         """Begin starting, without waiting, the engines that the ``pending`` LLM stages
-        will share (``model_path(engine section)`` gives each its weights). On 2 cores
-        the start is ~40 s of mostly one busy core; the stages before the first LLM
+        will share (``model_path(engine section)`` gives each its weights). The start
+        keeps mostly one core busy; the stages before the first LLM
         stage (the seeds) run beside it instead of before it."""
         for key in early_starts(self.plan, pending):
             if key not in self.started:
@@ -267,11 +267,11 @@ def llm_config(key: str, engine: Any, model_path: str) -> dict[str, Any]:
             # The replica actor's own CPU would be added to the first bundle (2 CPUs held
             # for a 1-CPU engine); the bundles above already hold what the engine computes on.
             "ray_actor_options": {"num_cpus": 0},
-            # Stopping the replica at the end of a run waited one 2 s loop of Serve's
+            # Stopping the replica at the end of a run waited a whole loop of Serve's
             # graceful shutdown for requests that had all been answered.
             "graceful_shutdown_wait_loop_s": 0.2,
             # Serve logs a line per request ("CALL chat_dict OK 12207.7ms"), which the
-            # driver's log repeats: 185 lines that buried the progress lines of a default run.
+            # driver's log repeats: one per row, burying the progress lines.
             "logging_config": {"enable_access_log": False},
         },
         runtime_env={"env_vars": env} if env else None,
@@ -317,8 +317,8 @@ class EngineReplica:
     """The shared CPU engine's Ray Serve deployment class: a thin front of
     :class:`synth_empathy.engines.server.EngineServer` that imports it inside the
     replica. Deploying ``EngineServer`` itself (Ray Serve LLM's ``build_llm_deployment``)
-    makes the driver import ``ray.serve.llm`` first, 12 s of one core on the 2-core
-    machine before the replica could even be created; the replica imports it anyway."""
+    makes the driver import ``ray.serve.llm`` first, seconds of a core before the
+    replica could even be created (benchmarks/README.md, "Figures behind the code"); the replica imports it anyway."""
 
     async def __init__(self, llm_config: dict[str, Any]):
         from synth_empathy.engines.server import start_server
