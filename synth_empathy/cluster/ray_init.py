@@ -76,8 +76,9 @@ def worker_quiet_env(verbose: bool, environ) -> dict[str, str]:
 
 def footer_reader_env(readers: int | None, cores: int) -> dict[str, str]:
     """Ray Data lists a Parquet folder by reading every file's footer on a pool of actors
-    (32 by default), each a new worker process, started again for every read, which on a small machine costs far more than the
-    read (``benchmarks/parquet_read_bench.py`` and its section in benchmarks/README.md). A local Ray gets one reader per 8 cores unless
+    (32 by default), each a new worker process, started again for every read, which on a
+    small machine costs far more than the read (``benchmarks/parquet_read_bench.py`` and
+    its section in benchmarks/README.md). A local Ray gets one reader per 8 cores unless
     ``ray.footer_readers`` says otherwise."""
     n = readers if readers is not None else max(1, min(32, cores // 8))
     return {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": str(n)}
