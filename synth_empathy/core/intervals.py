@@ -114,15 +114,27 @@ def mean_statistic(values: Sequence[float | None]) -> SummedStatistic:
     return SummedStatistic(np.column_stack([np.where(has, v, 0.0), has.astype(np.float64)]), _ratio)
 
 
-def bleu_statistic(candidates: Sequence[str], references: Sequence[str], order: int) -> SummedStatistic:
-    """Corpus BLEU-``order`` (:func:`~synth_empathy.core.text_metrics.corpus_bleu`) as per-item sums."""
-    from synth_empathy.core.text_metrics import MAX_ORDER, bleu_from_sums, bleu_statistics
+def bleu_statistics(
+    candidates: Sequence[str], references: Sequence[str], orders: Sequence[int] = (1, 2, 4)
+) -> dict[int, SummedStatistic]:
+    """Corpus BLEU of each order (:func:`~synth_empathy.core.text_metrics.corpus_bleu`) as
+    per-item sums, the pairs' statistics counted once for all orders."""
+    from synth_empathy.core.text_metrics import MAX_ORDER, bleu_from_sums
+    from synth_empathy.core.text_metrics import bleu_statistics as pair_statistics
 
     if len(candidates) != len(references):
         raise ValueError(f"{len(candidates)} candidates but {len(references)} references")
-    rows = [bleu_statistics(c, r, MAX_ORDER) for c, r in zip(candidates, references)]
+    rows = [pair_statistics(c, r, MAX_ORDER) for c, r in zip(candidates, references)]
     columns = np.array(rows, dtype=np.float64).reshape(len(rows), 2 * MAX_ORDER + 2)
-    return SummedStatistic(columns, lambda sums: bleu_from_sums(sums, order, MAX_ORDER))
+    return {
+        order: SummedStatistic(columns, lambda sums, order=order: bleu_from_sums(sums, order, MAX_ORDER))
+        for order in orders
+    }
+
+
+def bleu_statistic(candidates: Sequence[str], references: Sequence[str], order: int) -> SummedStatistic:
+    """Corpus BLEU-``order`` as per-item sums (one order of :func:`bleu_statistics`)."""
+    return bleu_statistics(candidates, references, (order,))[order]
 
 
 class DistinctStatistic(Statistic):
