@@ -57,6 +57,7 @@ def test_overrides_apply_and_are_typed():
         ("default", ["diversity.storage_dtype=int8"], "diversity.storage_dtype must be auto, float32"),
         ("default", ["diversity.device=gpu"], "diversity.device must be auto, cpu, cuda"),
         ("default", ["ray.footer_readers=0"], "ray.footer_readers must be >= 1 or null"),
+        ("default", ["evaluate.bootstrap=50"], "evaluate.bootstrap must be >= 100, got 50"),
         ("default", ["seeds.license=CC BY-NC 4.0"], "seeds.license must be a Hugging Face license id"),
         ("default", ["judge.engine.kv_block_size=big"], "judge.engine.kv_block_size must be auto or a positive"),
         (

@@ -11,6 +11,15 @@ own listener responses:
   embedder (``quality.embedder``);
 * optionally (``evaluate.judge=true``) the judge's three ratings of every answer.
 
+Every metric comes with its 95 % interval over the dialogues, and every pair of models
+(each later one against each earlier one: list the baseline first) with the paired
+difference, its interval and whether it excludes 0 (:mod:`synth_empathy.core.intervals`:
+``evaluate.bootstrap`` percentile-bootstrap resamples seeded by ``seed``, one stream for
+all models, so a pair's difference is paired; Distinct-n gets a jackknife). At the default
+``evaluate.limit`` of 48 ROUGE-L's interval is about +-0.013 to +-0.03; +-0.01 takes about
+450 dialogues (the per-answer sd measured on ED's validation replies: 0.05 to 0.105).
+``evaluation.md`` says the run's own width and the n that would give +-0.01.
+
 With ``evaluate.heldout_only`` only the dialogues that ``train`` holds out are answered
 (the split of :mod:`synth_empathy.core.heldout` with ``train.heldout_fraction`` and
 ``train.heldout_salt``: one setting, so training and evaluation cannot disagree).
@@ -24,10 +33,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import re
 import time
-from typing import Any
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -36,9 +48,14 @@ from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_
 from synth_empathy.errors import EvaluationInputError
 from synth_empathy.logs import setup_logging
 
+if TYPE_CHECKING:
+    from synth_empathy.core.intervals import Statistic
+
 log = logging.getLogger(__name__)
 
 METRICS = ("bleu_1", "bleu_2", "bleu_4", "rouge_l", "distinct_1", "distinct_2", "embedding_similarity")
+LEVEL = 0.95  # of every interval
+TARGET_HALF_WIDTH = 0.01  # the ROUGE-L precision evaluation.md sizes a run for
 
 
 def model_labels(specs: list[str]) -> list[tuple[str, str]]:
@@ -86,20 +103,100 @@ def heldout_rows(cfg: Any, storage_options: dict | None = None) -> tuple[pa.Tabl
     return pa.Table.from_pylist(rows, schema=schemas.EVAL_HELDOUT), info
 
 
-def score_answers(answers: list[str], references: list[str], similarities: list[float]) -> dict[str, float]:
-    """Every metric of one model's answers (pure; the similarities come from the embedder)."""
-    from synth_empathy.core.diversity_metrics import distinct_n
-    from synth_empathy.core.text_metrics import corpus_bleu, mean_rouge_l, tokens
+def metric_statistics(
+    answers: list[str], references: list[str], similarities: list[float | None]
+) -> dict[str, Statistic]:
+    """Every metric of one model's answers as a statistic over the dialogues (pure; the
+    similarities come from the embedder, one per answer, ``None`` for an empty answer)."""
+    from synth_empathy.core.intervals import DistinctStatistic, bleu_statistics, mean_statistic
+    from synth_empathy.core.text_metrics import rouge_l, tokens
 
+    bleu = bleu_statistics(answers, references, (1, 2, 4))
     return {
-        "bleu_1": corpus_bleu(answers, references, 1),
-        "bleu_2": corpus_bleu(answers, references, 2),
-        "bleu_4": corpus_bleu(answers, references, 4),
-        "rouge_l": mean_rouge_l(answers, references),
-        "distinct_1": distinct_n(answers, 1, tokens),
-        "distinct_2": distinct_n(answers, 2, tokens),
-        "embedding_similarity": sum(similarities) / len(similarities) if similarities else 0.0,
+        "bleu_1": bleu[1],
+        "bleu_2": bleu[2],
+        "bleu_4": bleu[4],
+        "rouge_l": mean_statistic([rouge_l(a, r) for a, r in zip(answers, references)]),
+        "distinct_1": DistinctStatistic(answers, 1, tokens),
+        "distinct_2": DistinctStatistic(answers, 2, tokens),
+        "embedding_similarity": mean_statistic(similarities),
     }
+
+
+def score_answers(answers: list[str], references: list[str], similarities: list[float | None]) -> dict[str, float]:
+    """Every metric of one model's answers, the values alone."""
+    return {m: s.point() for m, s in metric_statistics(answers, references, similarities).items()}
+
+
+def judge_statistics(judged: pa.Table) -> dict[str, Statistic]:
+    """The judge's mean ratings as statistics (``judge_<criterion>``), over the rows it parsed
+    (all criteria), as :func:`~synth_empathy.stages.judge.judge_summary` counts them."""
+    from synth_empathy.core.intervals import mean_statistic
+    from synth_empathy.stages.judge import CRITERIA
+
+    columns = {c: judged.column(c).to_pylist() for c in CRITERIA}
+    parsed = [all(columns[c][i] is not None for c in CRITERIA) for i in range(judged.num_rows)]
+    return {f"judge_{c}": mean_statistic([v if ok else None for v, ok in zip(columns[c], parsed)]) for c in CRITERIA}
+
+
+def _r(x: float) -> float:
+    return round(float(x), 6)
+
+
+def _low(x: float) -> float:  # an interval's ends round outward: it still holds the rounded value
+    return math.floor(float(x) * 1e6) / 1e6
+
+
+def _high(x: float) -> float:
+    return math.ceil(float(x) * 1e6) / 1e6
+
+
+def add_intervals(
+    results: dict[str, Any], stats: dict[str, dict[str, Statistic]], ids: dict[str, list], resamples: int, seed: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Each model's ``intervals`` (in ``results``), the paired differences of every pair of
+    models, and the ROUGE-L width: what the report says about noise. The models answered the
+    same dialogues; should their ids ever differ, all are compared on the ones they share."""
+    from synth_empathy.core.intervals import compare
+
+    labels = list(stats)
+    shared = set(ids[labels[0]]).intersection(*(ids[lb] for lb in labels[1:]))
+    if any(len(ids[lb]) != len(shared) for lb in labels):
+        log.warning("[evaluate] the models answered different dialogues: intervals over the %d shared", len(shared))
+        stats = {
+            lb: {m: st.subset([i for i, x in enumerate(ids[lb]) if x in shared]) for m, st in stats[lb].items()}
+            for lb in labels
+        }
+    intervals, pairs = compare(stats, resamples, seed, LEVEL)
+    for lb in labels:
+        results[lb]["intervals"] = {m: {"low": _low(i.low), "high": _high(i.high)} for m, i in intervals[lb].items()}
+    differences = [
+        {
+            "model": model,
+            "baseline": base,
+            "rows": len(shared),
+            "metrics": {
+                m: {
+                    "difference": _r(d.point),
+                    "low": _low(d.low),
+                    "high": _high(d.high),
+                    "significant": d.significant,
+                }
+                for m, d in diffs.items()
+            },
+        }
+        for model, base, diffs in pairs
+    ]
+    sd = max(
+        float(np.std(st["rouge_l"].columns[:, 0], ddof=1)) if st["rouge_l"].n > 1 else 0.0 for st in stats.values()
+    )
+    width = {
+        "half_width": _r(max((i["rouge_l"].high - i["rouge_l"].low) / 2 for i in intervals.values())),
+        "sd": _r(sd),
+        "rows": len(shared),
+        "rows_for_0.01": math.ceil((NormalDist().inv_cdf(0.5 + LEVEL / 2) * sd / TARGET_HALF_WIDTH) ** 2),
+    }
+    return differences, width
 
 
 def run_evaluation(output: str, cfg: Any) -> dict[str, Any]:
@@ -129,6 +226,8 @@ def run_evaluation(output: str, cfg: Any) -> dict[str, Any]:
     runner = StageRunner(store, progress_interval=cfg.ray.progress_interval_s)
     t0 = time.perf_counter()
     results: dict[str, Any] = {}
+    stats: dict[str, dict[str, Statistic]] = {}
+    ids: dict[str, list] = {}
     for label, spec in labels:
         section = OmegaConf.create(  # the discriminator stage's fields, with this model
             {
@@ -170,21 +269,39 @@ def run_evaluation(output: str, cfg: Any) -> dict[str, Any]:
         refs = [str(r or "") for r in table.column("output").to_pylist()]
         vecs = encode(answers + refs, cfg.quality.embedder)
         n = len(answers)
-        sims = [float(vecs[i] @ vecs[n + i]) for i in range(n) if answers[i].strip()]
+        sims = [float(vecs[i] @ vecs[n + i]) if answers[i].strip() else None for i in range(n)]
+        stats[label] = metric_statistics(answers, refs, sims)
+        ids[label] = table.column("sample_id").to_pylist()
         results[label] = {
             "model": spec,
             "rows": n,
             "errors": int(pc.sum(pc.invert(pc.is_null(table.column("disc_error")))).as_py() or 0),
             "empty_answers": sum(1 for a in answers if not a.strip()),
             "mean_answer_tokens": round(sum(table.column("disc_num_tokens").to_pylist()) / max(n, 1), 1),
-            "metrics": score_answers(answers, refs, sims),
         }
         if e.judge:
-            results[label]["judge"] = _judge_answers(cfg, runner, store, label, table)
+            from synth_empathy.stages.judge import judge_summary
+
+            judged = _judge_answers(cfg, runner, store, label, table)
+            if judged.column("sample_id").to_pylist() != ids[label]:
+                raise RuntimeError(f"judged-{label} does not hold the rows of answers-{label}")
+            results[label]["judge"] = judge_summary(judged)
+            stats[label].update(judge_statistics(judged))
+        results[label]["metrics"] = {m: _r(st.point()) for m, st in stats[label].items()}
+    differences, rouge_width = add_intervals(results, stats, ids, e.bootstrap, cfg.seed)
     report = {
         "output": store.url,
         **info,
         "models": results,
+        "differences": differences,
+        "intervals": {
+            "level": LEVEL,
+            "resamples": e.bootstrap,
+            "seed": cfg.seed,
+            "method": "percentile bootstrap over the dialogues (one resample stream for every model, so a "
+            "pair's difference is paired); distinct_1/2: delete-one jackknife, normal interval",
+            "rouge_l": rouge_width,
+        },
         "sampling": OmegaConf.to_container(e.sampling),
         "input_format": d.input_format,
         "embedder": cfg.quality.embedder,
@@ -197,10 +314,10 @@ def run_evaluation(output: str, cfg: Any) -> dict[str, Any]:
     return report
 
 
-def _judge_answers(cfg: Any, runner: Any, store: Any, label: str, answers: pa.Table) -> dict[str, Any]:
-    """The judge's ratings of one model's answers (``output`` = the answer for the judge)."""
+def _judge_answers(cfg: Any, runner: Any, store: Any, label: str, answers: pa.Table) -> pa.Table:
+    """The judge's ratings of one model's answers (``output`` = the answer for the judge), by sample_id."""
     from synth_empathy.stages.contract import StageContract
-    from synth_empathy.stages.judge import judge_stage, judge_summary
+    from synth_empathy.stages.judge import judge_stage
 
     rows = answers.select(["sample_id", "instruction", "history"]).append_column(
         "output", answers.column("disc_response")
@@ -224,7 +341,7 @@ def _judge_answers(cfg: Any, runner: Any, store: Any, label: str, answers: pa.Ta
         columns=rows.column_names,
         part_rows=cfg.storage.part_rows,
     )
-    return judge_summary(store.read_table(contract.name))
+    return store.read_table(contract.name).sort_by("sample_id")
 
 
 def _plot(store: Any, results: dict[str, Any]) -> str:
@@ -240,36 +357,85 @@ def _plot(store: Any, results: dict[str, Any]) -> str:
     width = 0.8 / max(len(results), 1)
     x = np.arange(len(METRICS))
     for i, (label, r) in enumerate(results.items()):
-        ax.bar(x + i * width, [r["metrics"][m] for m in METRICS], width, label=label)
+        values = np.array([r["metrics"][m] for m in METRICS])
+        span = r.get("intervals") or {}
+        low = np.array([span.get(m, {}).get("low", v) for m, v in zip(METRICS, values)])
+        high = np.array([span.get(m, {}).get("high", v) for m, v in zip(METRICS, values)])
+        errors = np.maximum([values - low, high - values], 0)  # 95 % intervals as error bars
+        ax.bar(x + i * width, values, width, yerr=errors, capsize=2, label=label)
     ax.set_xticks(x + width * (len(results) - 1) / 2, METRICS, rotation=20)
     ax.set_ylim(0, 1)
-    ax.set_title("held-out answers against the references")
+    ax.set_title("held-out answers against the references (95 % intervals)")
     ax.legend(fontsize=8)
     return save_plot(store, fig, "plots/evaluation.png")
 
 
+def _cell(value: float, span: dict[str, float] | None, sign: str = "") -> str:
+    if not span:
+        return f"{value:{sign}.4f}"
+    return f"{value:{sign}.4f} [{span['low']:{sign}.4f}, {span['high']:{sign}.4f}]"
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     models = report["models"]
+    names = list(dict.fromkeys(m for r in models.values() for m in r["metrics"]))
+    ci = report.get("intervals") or {}
     lines = [
         "# Evaluation on held-out dialogues",
         "",
         f"{report['answered']} dialogues from `{report['data']}` (held-out fraction: "
         f"{report['heldout_fraction']}), greedy answers, {report['input_format']} input; similarity in "
         f"`{report['embedder']}`.",
+    ]
+    if ci:
+        lines += [
+            "",
+            f"Each value with its {ci['level']:.0%} interval over the dialogues: {ci['method']}; "
+            f"{ci['resamples']} resamples, seed {ci['seed']}.",
+        ]
+    lines += [
         "",
         "| metric | " + " | ".join(models) + " |",
         "| --- | " + " | ".join("---:" for _ in models) + " |",
     ]
-    for m in METRICS:
-        lines.append(f"| {m} | " + " | ".join(f"{r['metrics'][m]:.4f}" for r in models.values()) + " |")
+    for m in names:
+        cells = [
+            _cell(r["metrics"][m], (r.get("intervals") or {}).get(m)) if m in r["metrics"] else ""
+            for r in models.values()
+        ]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     for key in ("rows", "errors", "empty_answers", "mean_answer_tokens"):
         lines.append(f"| {key} | " + " | ".join(str(r[key]) for r in models.values()) + " |")
     if any("judge" in r for r in models.values()):
-        for c in ("naturalness", "coherence", "empathy"):
-            cells = [
-                str((r.get("judge") or {}).get("criteria", {}).get(c, {}).get("mean", "")) for r in models.values()
-            ]
-            lines.append(f"| judge {c} | " + " | ".join(cells) + " |")
+        cells = [str((r.get("judge") or {}).get("parsed", "")) for r in models.values()]
+        lines.append("| judge parsed | " + " | ".join(cells) + " |")
+    width = ci.get("rouge_l")
+    if width:
+        lines += [
+            "",
+            f"ROUGE-L's interval is +-{width['half_width']:.3f} at {width['rows']} dialogues (per-answer sd up to "
+            f"{width['sd']:.3f}); +-{TARGET_HALF_WIDTH} would take about {width['rows_for_0.01']} "
+            f"(`evaluate.limit`).",
+        ]
+    pairs = report.get("differences") or []
+    if pairs:
+        heads = [f"{p['model']} - {p['baseline']}" for p in pairs]
+        lines += [
+            "",
+            "## Paired differences",
+            "",
+            f"Model minus baseline on the same {pairs[0]['rows']} dialogues, with the {ci.get('level', LEVEL):.0%} "
+            "interval of the difference; significant: the interval excludes 0.",
+            "",
+            "| metric | " + " | ".join(heads) + " |",
+            "| --- | " + " | ".join("---:" for _ in heads) + " |",
+        ]
+        for m in names:
+            cells = []
+            for p in pairs:
+                d = p["metrics"].get(m)
+                cells.append(f"{_cell(d['difference'], d, '+')} {'yes' if d['significant'] else 'no'}" if d else "")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", f"![evaluation]({report.get('plot', 'plots/evaluation.png')})", ""]
     return "\n".join(lines)
 

@@ -42,3 +42,65 @@ def test_distinct_with_the_evaluation_tokens():
     # "so sad ." and "so glad ." -> unigrams so, sad, ., so, glad, . : 4 distinct of 6
     assert distinct_n(["So sad.", "so glad."], 1, tokens) == pytest.approx(4 / 6)
     assert distinct_n(["So sad.", "so glad."], 1) == pytest.approx(3 / 4)  # whitespace default
+
+
+# Real-looking pairs: model-style answers (contractions, capitals, no spaces before
+# punctuation) against ED's listener replies (lower case, tokenised with spaces).
+ANSWERS = [
+    "I'm so sorry to hear that. Did you call the police?",
+    "That sounds wonderful! Congratulations on the new job.",
+    "Oh no, that is awful. I hope your dog gets better soon.",
+    "What happened? Are you okay?",
+    "I would be scared too, honestly.",
+    "That's great news, you must be really proud of her!",
+    "Hmm.",
+]
+REPLIES = [
+    "oh no ! that 's terrible . did you call the police ?",
+    "congrats ! that is a great job to have .",
+    "i 'm sorry to hear that . is your dog going to be okay ?",
+    "what happened ? did you get hurt ?",
+    "i would be too . i hate spiders .",
+    "you must be so proud of her !",
+    "i do n't know what i would do .",
+]
+
+
+def _joined(texts):
+    return [" ".join(tokens(t)) for t in texts]
+
+
+@pytest.mark.parametrize("order", [1, 2, 4])
+def test_bleu_equals_sacrebleu_on_the_same_tokens(order):
+    """sacreBLEU, signature nrefs:1|case:mixed|eff:no|tok:none|smooth:none, on the texts
+    joined from :func:`tokens` (already lower case): the same corpus BLEU to the last digit."""
+    import sacrebleu
+
+    bleu = sacrebleu.metrics.BLEU(tokenize="none", smooth_method="none", max_ngram_order=order)
+    theirs = bleu.corpus_score(_joined(ANSWERS), [_joined(REPLIES)]).score / 100
+    assert corpus_bleu(ANSWERS, REPLIES, order) == pytest.approx(theirs, abs=1e-12)
+    assert theirs > 0
+    assert "tok:none|smooth:none" in bleu.get_signature().format()
+    # sacreBLEU's own 13a tokens keep "i'm" whole, where ED's replies have "i 'm": the
+    # published-style figure differs a little on these pairs (documented in text_metrics)
+    standard = sacrebleu.metrics.BLEU(lowercase=True, smooth_method="none", max_ngram_order=order)
+    assert standard.corpus_score(ANSWERS, [REPLIES]).score / 100 == pytest.approx(theirs, abs=0.03)
+
+
+def test_rouge_l_equals_rouge_score_with_the_same_tokens():
+    """rouge-score's rougeL F-measure (no stemmer) with :func:`tokens` as its tokenizer: equal
+    on every pair. Its default tokenizer drops punctuation (and non-ASCII letters), ours keeps
+    punctuation marks as tokens; the mean differs by a few hundredths here (documented)."""
+    from rouge_score import rouge_scorer
+
+    class Tokens:
+        def tokenize(self, text):
+            return tokens(text)
+
+    same = rouge_scorer.RougeScorer(["rougeL"], tokenizer=Tokens())
+    theirs = [same.score(r, a)["rougeL"].fmeasure for a, r in zip(ANSWERS, REPLIES)]
+    assert [rouge_l(a, r) for a, r in zip(ANSWERS, REPLIES)] == pytest.approx(theirs, abs=1e-12)
+    assert mean_rouge_l(ANSWERS, REPLIES) == pytest.approx(sum(theirs) / len(theirs), abs=1e-12)
+    default = rouge_scorer.RougeScorer(["rougeL"])
+    words_only = [default.score(r, a)["rougeL"].fmeasure for a, r in zip(ANSWERS, REPLIES)]
+    assert sum(words_only) / len(words_only) == pytest.approx(sum(theirs) / len(theirs), abs=0.05)
