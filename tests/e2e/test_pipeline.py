@@ -149,8 +149,14 @@ def test_the_three_llm_stages_share_one_engine(run):
 def test_the_shared_engines_stages_log_rows_answered_not_a_line_per_request(run):
     _, first, _ = run
     lines = re.findall(r"\[(generations|discriminated|judged)\] (\d+)/(\d+) rows answered", first.stderr)
-    assert lines and all(int(done) <= int(total) for _, done, total in lines), lines
+    assert all(int(done) <= int(total) for _, done, total in lines), lines
     assert "CALL chat_dict" not in first.stderr  # Serve's access log is off for the engine
+    # A line comes every ray.progress_interval_s (5 s here) while a stage runs: a stage
+    # that ran for three intervals must have logged one. (On a fast CPU the generation of
+    # these few seeds may end within the first interval, and then there is none to see.)
+    durations = re.findall(r"\[(generations|discriminated|judged)\] done in ([\d.]+) s", first.stderr)
+    if any(float(seconds) > 15 for _, seconds in durations):
+        assert lines, durations
 
 
 def test_a_request_the_engine_refuses_is_that_rows_error(run):
