@@ -25,6 +25,7 @@ from ray.data.expressions import col
 
 from synth_empathy import report
 from synth_empathy.cluster.ray_init import init_ray
+from synth_empathy.cluster.ray_init import started_here as ray_started_here
 from synth_empathy.config import redacted_yaml
 from synth_empathy.engines import shared as shared_engine
 from synth_empathy.errors import BadInputError
@@ -81,7 +82,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     runner = StageRunner(store, manifest, cfg.ray.progress_interval_s)
     # LLM stages with equal engine sections share one engine, started before the first
     # stage and stopped when the run ends, however it ends (on a cluster it would hold its GPUs).
-    with shared_engine.SharedEngines(cfg) as engines:
+    with shared_engine.SharedEngines(cfg, ray_ends_with_us=ray_started_here()) as engines:
         return _stages(cfg, store, manifest, runner, engines)
 
 

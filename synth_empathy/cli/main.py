@@ -31,7 +31,7 @@ COMMANDS = {
     "judge": ("synth_empathy.cli.judge", "rate a Parquet or JSONL dataset with the judge LLM"),
     "train": ("synth_empathy.cli.train", "fine-tune the discriminator on ED and/or selected data"),
     "evaluate": ("synth_empathy.cli.evaluate", "models answer held-out dialogues, scored against the references"),
-    "submit": ("synth_empathy.cluster.submit", "submit a run to a Ray cluster as a job"),
+    "submit": ("synth_empathy.cli.submit", "submit a run to a Ray cluster as a job"),
 }
 
 

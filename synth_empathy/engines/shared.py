@@ -136,8 +136,11 @@ def check(cfg: DictConfig) -> None:
 class SharedEngines:
     """The run's shared engines: started on first use, deleted by :meth:`close`."""
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, ray_ends_with_us: bool = False):
+        """``ray_ends_with_us``: the Ray this process runs on is a local one it started,
+        which ends with the process (:meth:`close` then leaves Serve to end with it)."""
         check(cfg)  # preflight raised it already when the pipeline runs
+        self.ray_ends_with_us = ray_ends_with_us
         self.plan = sharing_plan(cfg)
         if self.plan and (why := serve_missing()):  # auto without Ray Serve: as before sharing
             log.warning("[engine] one engine per stage: Ray Serve is not usable here (%s)", why)
@@ -224,12 +227,10 @@ class SharedEngines:
             return
         from ray import serve
 
-        from synth_empathy.cluster.ray_init import started_here
-
         try:
             for served in self.started.values():
                 serve.delete(served.app)
-            if not started_here():
+            if not self.ray_ends_with_us:
                 serve.shutdown()
         except Exception as exc:  # the run's results are written; a failed teardown is only logged
             log.warning("[engine] could not stop the shared engine: %s", exc)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from synth_empathy.cluster.submit import ClusterError, check_resources, main, submit
+from synth_empathy.cli.submit import main
+from synth_empathy.cluster.submit import ClusterError, check_resources, submit
 from synth_empathy.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import MODEL_TEXT_DROPS, PIPELINE_STAGES, free_port
-from synth_empathy.cluster.submit import main, submit
+from synth_empathy.cli.submit import main
+from synth_empathy.cluster.submit import submit
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -1,0 +1,93 @@
+"""``synth-empathy submit``: send a job in ``jobs/`` to a Ray cluster and follow it
+(what it does and its exit codes: :mod:`synth_empathy.cluster.submit`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from synth_empathy.cli.common import Parser, exits_on_bad_input, positive
+from synth_empathy.cluster import submit as cs
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = Parser(  # a bad flag is one error: line and exit 2, as in every command
+        prog="synth-empathy submit",
+        description="Submit a job in jobs/ to a Ray cluster and follow its logs.",
+        epilog="Everything after -- goes to the job, e.g. -- --preset paper seeds.limit=100",
+    )
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS", ""),
+        help="the cluster's dashboard, e.g. http://head:8265 (default: $RAY_ADDRESS)",
+    )
+    p.add_argument("--job", choices=sorted(cs.JOBS), default="run", help="which jobs/ entry point (default: run)")
+    p.add_argument("--working-dir", default=".", help="shipped as the job's working directory (default: .)")
+    p.add_argument("--no-follow", action="store_true", help="submit and return without waiting")
+    p.add_argument("--timeout", type=positive, default=None, help="stop the job after this many seconds (> 0)")
+    p.add_argument(
+        "--skip-resource-check",
+        action="store_true",
+        help="do not compare the run's GPU needs with the cluster's nodes before submitting",
+    )
+    p.add_argument("job_args", nargs=argparse.REMAINDER, help="arguments of the job (after --)")
+    return p
+
+
+def _precheck_run(address: str, job_args: list[str]) -> None:
+    """For ``--job run``: load the config here (bad keys fail before submitting) and
+    check its GPU needs against the cluster's nodes."""
+    from synth_empathy.config import load_config
+
+    preset, overrides, it = "default", [], iter(job_args)
+    for a in it:
+        if a == "--preset":
+            preset = next(it, "default")
+        elif a.startswith("--preset="):
+            preset = a.split("=", 1)[1]
+        elif not a.startswith("-"):
+            overrides.append(a)
+    cfg = load_config(preset, overrides)
+    try:
+        nodes = cs.node_resources(address)
+    except Exception as e:  # the job checks again inside the cluster (pipeline.run)
+        print(
+            f"[submit] could not list the cluster's nodes ({type(e).__name__}); skipping the resource check here",
+            file=sys.stderr,
+        )
+        return
+    totals: dict[str, float] = {}
+    for n in nodes:
+        for k, v in n.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    cs.check_resources(cfg, totals, nodes)
+
+
+@exits_on_bad_input
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    job_args = list(args.job_args)
+    if job_args[:1] == ["--"]:
+        job_args = job_args[1:]
+    if not os.path.isdir(args.working_dir):
+        raise cs.ClusterError(f"--working-dir {args.working_dir!r} is not a folder; run from the repository root")
+    if args.job not in cs.JOBS or not os.path.isfile(os.path.join(args.working_dir, cs.JOBS[args.job])):
+        raise cs.ClusterError(
+            f"no {cs.JOBS[args.job]} under {args.working_dir!r}"
+            + ("" if args.job != "judge" else " (this version has no judge job)")
+        )
+    cs.connect(args.address)  # fail fast, in one line, on an unreachable address
+    if args.job == "run" and not args.skip_resource_check:
+        _precheck_run(args.address, job_args)
+    status = cs.submit(
+        args.address,
+        job_args,
+        working_dir=args.working_dir,
+        follow=not args.no_follow,
+        timeout=args.timeout,
+        job=args.job,
+    )
+    if args.no_follow:
+        return cs.EXIT_OK
+    return cs.EXIT_OK if status == "SUCCEEDED" else cs.EXIT_FAILED
