@@ -4,6 +4,7 @@ jackknife against the spread that repeated draws really have."""
 
 import numpy as np
 import pytest
+from core.test_text_metrics import REPLIES
 
 from synth_empathy.core import intervals as iv
 from synth_empathy.core.diversity_metrics import distinct_n
@@ -17,14 +18,7 @@ CANDS = [
     "i would be scared too .",
     "that is great news , you must be proud .",
 ]
-REFS = [
-    "oh no ! that 's terrible . did you call the police ?",
-    "congrats ! that is a great job to have .",
-    "i 'm sorry to hear that . is your dog going to be okay ?",
-    "what happened ? did you get hurt ?",
-    "i would be too . i hate spiders .",
-    "you must be so proud of her !",
-]
+REFS = REPLIES[:6]  # ED-style listener replies (the text metrics' own test pairs)
 
 
 def _width(i):
