@@ -67,17 +67,22 @@ def _tensor_device(x) -> str | None:
     return None
 
 
+def _check_shape(shape: tuple) -> None:
+    """Rows x dims, neither of them zero (an array's or a tensor's shape)."""
+    if len(shape) != 2:
+        raise SelectionError(f"embeddings must be a 2-D array (rows x dims), got shape {shape}")
+    if shape[0] == 0:
+        raise SelectionError("no rows to select from (the input is empty)")
+    if shape[1] == 0:
+        raise SelectionError("embeddings have zero dimensions")
+
+
 def _check_matrix(x) -> np.ndarray:
     """Shape and dtype checks (values are checked chunk by chunk in :func:`_dedup`).
 
     A torch tensor (on a GPU, say) is checked the same way and returned as it is."""
     if _tensor_device(x) is not None:
-        if x.ndim != 2:
-            raise SelectionError(f"embeddings must be a 2-D array (rows x dims), got shape {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise SelectionError("no rows to select from (the input is empty)")
-        if x.shape[1] == 0:
-            raise SelectionError("embeddings have zero dimensions")
+        _check_shape(tuple(x.shape))
         if not x.dtype.is_floating_point:
             raise SelectionError(f"embeddings must be floating point, got dtype {x.dtype}")
         return x
@@ -92,12 +97,7 @@ def _check_matrix(x) -> np.ndarray:
             raise SelectionError(f"row {i}: embedding has {len(x[i])} values, row 0 has {d0} (mixed dimensions)")
     if x.dtype == object:
         raise SelectionError("embeddings must be one numeric 2-D array (mixed dimensions?)")
-    if x.ndim != 2:
-        raise SelectionError(f"embeddings must be a 2-D array (rows x dims), got shape {x.shape}")
-    if x.shape[0] == 0:
-        raise SelectionError("no rows to select from (the input is empty)")
-    if x.shape[1] == 0:
-        raise SelectionError("embeddings have zero dimensions")
+    _check_shape(x.shape)
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise SelectionError(f"embeddings must be numeric, got dtype {x.dtype}")
     return x
