@@ -38,7 +38,7 @@ import numpy as np
 from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, load_with_aliases
 from synth_empathy.core.arrow_matrix import list_matrix
 from synth_empathy.core.kcenter import METHODS, SelectionError, resolve_k
-from synth_empathy.stages.selection import pick
+from synth_empathy.stages.selection import pick, with_picks
 
 SELECTED_FILE = "selected.parquet"
 REPORT_FILE = "selection_report.json"
@@ -171,13 +171,7 @@ def run_selection(
     report_path = f"{out_path}/{REPORT_FILE}"
     if out_fs.exists(report_path):  # an older run's report must not vouch for new files
         out_fs.rm(report_path)
-    chosen = pa.table(
-        {
-            id_column: ids.take(pa.array(p.order)),
-            "pick_order": pa.array(np.arange(len(p.order), dtype=np.int64)),
-            "distance_at_pick": pa.array(p.distance_at_pick),
-        }
-    )
+    chosen = with_picks(pa.table({id_column: ids.take(pa.array(p.order))}), np.arange(len(p.order)), p.distance_at_pick)
     _write_atomic(out_fs, f"{out_path}/{SELECTED_FILE}", lambda f: pq.write_table(chosen, f))
 
     report = {

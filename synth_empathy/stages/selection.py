@@ -138,10 +138,10 @@ def attach_picks(rows: pa.Table, ids: pa.Array, first: int, at_pick: np.ndarray)
     pos = pc.index_in(rows.column("sample_id"), value_set=ids).to_numpy(zero_copy_only=False)
     order = np.argsort(pos, kind="stable")
     rows, pos = rows.take(pa.array(order)), pos[order] + first
-    return _with_picks(rows, pos, at_pick[pos])
+    return with_picks(rows, pos, at_pick[pos])
 
 
-def _with_picks(rows: pa.Table, pick_order: Any, distance_at_pick: Any) -> pa.Table:
+def with_picks(rows: pa.Table, pick_order: Any, distance_at_pick: Any) -> pa.Table:
     """``rows`` with the columns the stage makes (:data:`MADE`), typed as the schema says."""
     for name, values in zip(MADE, (pick_order, distance_at_pick)):
         rows = rows.append_column(name, pa.array(values, type=CONTRACT.produces.field(name).type))
@@ -151,11 +151,11 @@ def _with_picks(rows: pa.Table, pick_order: Any, distance_at_pick: Any) -> pa.Ta
 def select(kept: pa.Table, cfg: Any, seed: int) -> tuple[pa.Table, dict[str, Any]]:
     """The selected rows of ``kept`` (in pick order) and the selection's figures, in memory."""
     if kept.num_rows == 0:
-        return _with_picks(kept.slice(0, 0), [], []), _nothing()
+        return with_picks(kept.slice(0, 0), [], []), _nothing()
     if "sample_id" in kept.column_names:
         kept = kept.sort_by("sample_id")
     p = pick(list_matrix(kept.column("embedding")), cfg, seed)
-    return _with_picks(kept.take(pa.array(p.order)), np.arange(len(p.order)), p.distance_at_pick), p.info
+    return with_picks(kept.take(pa.array(p.order)), np.arange(len(p.order)), p.distance_at_pick), p.info
 
 
 # -- the stage at scale: column projection in, streaming out -------------------------------
