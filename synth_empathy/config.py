@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from synth_empathy.core.calibration import GENERIC_REPLIES, MIN_REFERENCES
 from synth_empathy.errors import ConfigError  # noqa: F401 (re-exported)
 
 
@@ -165,7 +166,13 @@ class QualityConfig:
     """Method step 3b: quality score = 100 x cosine(target, discriminator answer)."""
 
     embedder: str = opt("packaged:all-minilm-l6-v2", "sentence-transformers model for scores")
-    threshold: float = opt(60.0, "keep rows whose quality score is >= this (paper: 50 or 60)")
+    threshold: Union[float, int, str] = opt(
+        "auto",
+        "keep rows whose quality score is >= this: a number in [0, 100] (the paper: 50 or 60, "
+        "for gte-Qwen2-7B, whose cosines run far higher than small embedders'), or auto = the "
+        "score that calibration.share of human replies reach (the calibration step, run before "
+        "scoring; calibration.json)",
+    )
     batch_size: int = opt(64, "texts per embedding batch")
     dtype: str = opt(
         "float32",
@@ -185,6 +192,38 @@ class QualityConfig:
         0.95,
         "a repeat is also a cosine >= this between the target (or answer) and a history line, "
         "in the embedder's space; null = exact repeats only (case, spaces, punctuation ignored)",
+    )
+
+
+@dataclass
+class CalibrationConfig:
+    """Step 3a', calibration: the quality score measured on human replies.
+
+    The discriminator answers reference dialogues written by people, as it answers the
+    samples; the true listener reply's score is compared with foils (another dialogue's
+    reply, one of the same emotion, a generic reply): AUC per foil with a bootstrap 95 %
+    interval, the percentiles of the human replies' scores, and T for quality.threshold=auto."""
+
+    enabled: bool = opt(True, "calibrate in every run (quality.threshold=auto needs it; cached in calibration.json)")
+    data: str = opt(
+        "",
+        "reference dialogues, any seeds.layout; empty = the run's seed file (all of it: seeds.limit "
+        "limits generation, not the reference)",
+    )
+    layout: str = opt("auto", "layout of `data`, as seeds.layout")
+    limit: Optional[int] = opt(
+        200,
+        "most reference dialogues (one reply each, a seeded pseudo-random choice); at least 50 are needed "
+        "for an interval. The AUC's 95 % interval is about +-0.1 at 50 dialogues, +-0.03 at 400",
+    )
+    share: float = opt(
+        0.5,
+        "quality.threshold=auto sets T to the score that this share of human replies reach "
+        "(benchmarks/README.md, 'Calibrating the quality threshold', says why this default)",
+    )
+    bootstrap: int = opt(1000, "bootstrap resamples over the reference dialogues behind every AUC interval")
+    generic_replies: List[str] = opt(
+        list(GENERIC_REPLIES), "replies that fit any dialogue: the generic foil (one per reference, seeded)"
     )
 
 
@@ -436,6 +475,9 @@ class PipelineConfig:
     discriminator: DiscriminatorConfig = sub(
         DiscriminatorConfig, "step 3a, the discriminator answers every sampled history"
     )
+    calibration: CalibrationConfig = sub(
+        CalibrationConfig, "step 3a', calibration: the discriminator's score on human replies, and T for auto"
+    )
     quality: QualityConfig = sub(
         QualityConfig, "step 3b, quality score: agreement of target and answer, kept at >= threshold"
     )
@@ -600,6 +642,7 @@ RANGES: Dict[str, str] = {
     "ray.progress_interval_s": "positive",
     "ray.footer_readers": "count?",
     "storage.part_rows": "count",
+    "calibration.bootstrap": "resamples",
     "train.heldout_fraction": "fraction",
     "train.limit": "count?",
     "train.cutoff_len": "count",
@@ -649,6 +692,23 @@ def validate_train(t: DictConfig) -> None:
         raise ConfigError(f"train.epochs must be > 0 (or set train.max_steps), got {t.epochs}")
 
 
+def validate_calibration(cfg: DictConfig) -> None:
+    """quality.threshold (a number in [0, 100] or auto) and the calibration it may need."""
+    t = cfg.quality.threshold
+    if isinstance(t, str) and t != "auto" or not isinstance(t, str) and not 0 <= t <= 100:
+        raise ConfigError(f"quality.threshold must be auto or a number in [0, 100], got {t!r}")
+    c = cfg.calibration
+    if t == "auto" and not c.enabled:
+        raise ConfigError("quality.threshold=auto needs calibration.enabled=true (or give the threshold as a number)")
+    if not 0 < c.share < 1:
+        raise ConfigError(f"calibration.share must be in (0, 1), got {c.share}")
+    if c.limit is not None and c.limit < MIN_REFERENCES:
+        raise ConfigError(
+            f"calibration.limit must be >= {MIN_REFERENCES} (fewer reference dialogues give no useful interval) "
+            f"or null, got {c.limit}"
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks across fields that the types alone cannot express."""
     d = cfg.diversity
@@ -672,8 +732,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"discriminator.input_format must be chat or instruction, got {cfg.discriminator.input_format!r}"
         )
-    if not 0 <= cfg.quality.threshold <= 100:
-        raise ConfigError(f"quality.threshold must be in [0, 100], got {cfg.quality.threshold}")
+    validate_calibration(cfg)
     if cfg.ray.engines not in ("auto", "shared", "per-stage"):  # not on/off: YAML reads those as booleans
         raise ConfigError(f"ray.engines must be auto, shared or per-stage, got {cfg.ray.engines!r}")
     if bool(cfg.storage.key) != bool(cfg.storage.secret):
