@@ -237,7 +237,7 @@ def embed_pipeline(args) -> dict[str, Any]:
         # so results stream out batch by batch and the steady rate can be seen.
         blocks = [table.slice(i, q.batch_size) for i in range(0, table.num_rows, q.batch_size)]
         source = ray.data.from_arrow(blocks)
-        ds = score_stage(source, q)
+        ds = score_stage(source, q, 60.0 if q.threshold == "auto" else q.threshold)  # the rate, not T, is measured
         t0 = time.perf_counter()
         arrivals = []
         n = 0

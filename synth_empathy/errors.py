@@ -68,3 +68,7 @@ class DuplicateRowsError(SynthEmpathyError, RuntimeError):
 
     Not bad input: it means a write went wrong, and the run stops rather than mark it done.
     """
+
+
+class CalibrationInputError(BadInputError):
+    """The reference dialogues of a calibration cannot give a measurement (too few of them)."""

@@ -1,6 +1,7 @@
 """The Synth-Empathy data flow, top to bottom.
 
     seeds -> generations -> samples -> discriminated -> scored -> selected -> export -> judged
+                                        calibration (human replies) -> T -^
 
 Each stage (a module of :mod:`synth_empathy.stages`) declares the table it reads, the
 columns it requires and the schema it writes; the :class:`StageRunner` checks the
@@ -20,6 +21,7 @@ import logging
 import time
 from typing import Any
 
+import pyarrow as pa
 from omegaconf import DictConfig
 from ray.data.expressions import col
 
@@ -32,6 +34,7 @@ from synth_empathy.errors import BadInputError
 from synth_empathy.executor.runner import StageRunner
 from synth_empathy.models.weights import check_model, resolve_model
 from synth_empathy.stages import (
+    calibration,
     dataset_card,
     discriminator,
     export,
@@ -49,14 +52,19 @@ from synth_empathy.storage.run_store import RunStore, new_run_id, storage_option
 log = logging.getLogger(__name__)
 
 
-def preflight(cfg: DictConfig) -> RunStore:
-    """Every check that can fail on bad input, before Ray starts or a model loads.
+def preflight(cfg: DictConfig) -> tuple[RunStore, pa.Table | None]:
+    """Every check that can fail on bad input, before Ray starts or a model loads; returns
+    the run's store and the calibration's reference dialogues (None when it does not calibrate).
 
     A run folder that the output check made is removed again when a later check fails,
     so a run that never started leaves nothing behind.
     """
     seeds_path = seeds.seed_path(cfg.seeds)
     validate_seed_source(seeds_path, cfg.seeds.layout, storage_options(seeds_path, cfg.storage))
+    references = None
+    if cfg.calibration.enabled:  # too few reference dialogues fails here, not after generation
+        path, _ = calibration.reference_path(cfg)
+        references = calibration.reference_table(cfg, storage_options(path, cfg.storage))
     store = RunStore(cfg.output, cfg.run_id or new_run_id(), storage_options(cfg.output, cfg.storage))
     made_here = store.local and not store.fs.exists(store.root)  # object stores get only the probe
     shared_engine.check(cfg)
@@ -69,12 +77,12 @@ def preflight(cfg: DictConfig) -> RunStore:
         if made_here:
             store.fs.rm(store.root, recursive=True)
         raise
-    return store
+    return store, references
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) the whole job; returns the report."""
-    store = preflight(cfg)
+    store, references = preflight(cfg)
     log.info("run %s -> %s", store.run_id, store.url)
     store.write_bytes("config.yaml", redacted_yaml(cfg).encode())
     manifest = new_manifest(store, cfg)
@@ -83,11 +91,41 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # LLM stages with equal engine sections share one engine, started before the first
     # stage and stopped when the run ends, however it ends (on a cluster it would hold its GPUs).
     with shared_engine.SharedEngines(cfg, ray_ends_with_us=ray_started_here()) as engines:
-        return _stages(cfg, store, manifest, runner, engines)
+        return _stages(cfg, store, manifest, runner, engines, references)
+
+
+def calibrate(cfg: DictConfig, store: RunStore, runner: StageRunner, references: pa.Table, llm) -> dict[str, Any]:
+    """Step 3a': the discriminator answers human reference dialogues as it answers the
+    samples; their scores against the true reply and the foils give the AUCs and T
+    (``calibration.json``). ``llm`` is the discriminator's engine arguments. Also
+    ``synth-empathy calibrate``."""
+    runner.table(calibration.REFERENCES, lambda: references)
+    runner.keyed(
+        calibration.ANSWERS,
+        lambda ds, carry: calibration.answers_stage(ds, cfg, carry, **llm),
+        part_rows=cfg.storage.part_rows,
+    )
+
+    def scores():
+        table = calibration.score_references(store.read_table(calibration.ANSWERS.name), cfg)
+        store.write_table(calibration.SCORES.name, table, calibration.SCORES.produces)
+        store.write_json(calibration.RESULT, calibration.summarize(table, cfg))
+
+    runner.run(calibration.SCORES.name, scores)
+    result = store.read_json(calibration.RESULT)
+    log.info("[calibration] %s", calibration.one_line(result))
+    for warning in result["warnings"]:
+        log.warning("[calibration] %s", warning)
+    return result
 
 
 def _stages(
-    cfg: DictConfig, store: RunStore, manifest, runner: StageRunner, engines: shared_engine.SharedEngines
+    cfg: DictConfig,
+    store: RunStore,
+    manifest,
+    runner: StageRunner,
+    engines: shared_engine.SharedEngines,
+    references: pa.Table | None,
 ) -> dict[str, Any]:
     """The method's steps in order (each a checkpointed stage)."""
     part_rows = cfg.storage.part_rows  # rows per Parquet part of an LLM stage: the progress a crash keeps
@@ -99,8 +137,8 @@ def _stages(
 
     # A shared engine boots (tens of seconds on a small CPU) while the seeds are read, if a generation
     # or discriminator stage is still to run.
-    to_run = {"generation": generation.CONTRACT, "discriminator": discriminator.CONTRACT}
-    pending = [stage for stage, contract in to_run.items() if not store.is_done(contract.name)]
+    to_run = {"generation": [generation.CONTRACT], "discriminator": [discriminator.CONTRACT, calibration.ANSWERS]}
+    pending = [stage for stage, contracts in to_run.items() if not all(store.is_done(c.name) for c in contracts)]
     engines.start_early(pending, lambda engine: resolve_model(engine.model))
 
     # 0. Seeds: the dialogues the method starts from.
@@ -137,8 +175,17 @@ def _stages(
         engine_progress=engines.progress("discriminator"),
     )
 
-    # 3b. Quality score = 100 x cos(target, discriminator answer); keep >= threshold.
-    runner.keyed(quality.CONTRACT, lambda ds, carry: quality.score_stage(ds, cfg.quality))
+    # 3a'. Calibration: the discriminator answers human dialogues too; how well the score tells
+    # their true reply from foils, and T (quality.threshold=auto: the score a share of them reach).
+    threshold = cfg.quality.threshold
+    if references is not None:
+        result = calibrate(cfg, store, runner, references, llm("discriminator", d))
+        threshold = result["threshold"]
+        manifest["calibration"] = calibration.manifest_entry(result)
+        store.write_bytes("config.yaml", calibration.resolved_config_yaml(cfg, result).encode())
+
+    # 3b. Quality score = 100 x cos(target, discriminator answer); keep >= threshold T.
+    runner.keyed(quality.CONTRACT, lambda ds, carry: quality.score_stage(ds, cfg.quality, threshold))
 
     # 4. Diversity: greedy k-center over the kept rows' embeddings (only ids and
     # embeddings are read whole; the selected rows are written by streaming the scored parts).

@@ -13,7 +13,6 @@ selected rows, drawn with the run's seed; the report says how many of how many.
 from __future__ import annotations
 
 import io
-import json
 import logging
 from collections import Counter
 from typing import Any
@@ -23,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from synth_empathy.core.diversity_metrics import bounded_sample, diversity_report
+from synth_empathy.stages.calibration import markdown_lines as calibration_markdown
 from synth_empathy.stages.judge import CRITERIA, judge_summary
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,7 @@ def _scores(table) -> np.ndarray:
 
 
 def _read_json(store, name: str) -> dict[str, Any]:
-    try:
-        with store.fs.open(store.path(name), "r") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {}
+    return store.read_json(name, missing={})
 
 
 def build_report(store, cfg, timings: dict[str, float]) -> dict[str, Any]:
@@ -109,6 +105,8 @@ def build_report(store, cfg, timings: dict[str, float]) -> dict[str, Any]:
 
     scores = _scores(scored)
     selected_scores = _scores(selected)
+    calibrated = _read_json(store, "calibration.json")
+    threshold = calibrated["threshold"] if calibrated else float(cfg.quality.threshold)
     return {
         "run_id": store.run_id,
         "output": store.url,
@@ -119,12 +117,16 @@ def build_report(store, cfg, timings: dict[str, float]) -> dict[str, Any]:
         "throughput": throughput,
         "tokens": tokens,
         "quality": {
-            "threshold": cfg.quality.threshold,
+            "threshold": threshold,
+            "threshold_source": calibrated.get("threshold_source", "set: quality.threshold as given"),
             "scored": int(len(scores)),
             "mean": float(scores.mean()) if len(scores) else None,
             "median": float(np.median(scores)) if len(scores) else None,
+            # before the repeat check: the share of samples the threshold alone lets through
+            "keep_rate": round(float((scores >= threshold).mean()), 4) if len(scores) else None,
             "kept_mean": float(selected_scores.mean()) if len(selected_scores) else None,
         },
+        "calibration": calibrated or None,
         "history_lengths": {
             "samples": _value_counts_int(samples.filter(pc.is_null(samples.column("drop_reason"))), "n_history"),
             "selected": _value_counts_int(selected, "n_history"),
@@ -207,6 +209,9 @@ def _plots(store, report: dict[str, Any]) -> list[str]:
     ax.set_title(f"Quality scores ({len(scores)} samples, {report['counts']['kept']} kept)")
     ax.legend()
     written.append(save_plot(store, fig, "plots/quality_scores.png"))
+    if report.get("calibration") and store.is_done("calibration_scores"):
+        human = _human_scores(store)
+        written.append(_calibration_plot(store, scores, human, t))
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     hist = report["history_lengths"]
@@ -221,6 +226,31 @@ def _plots(store, report: dict[str, Any]) -> list[str]:
     ax.legend()
     written.append(save_plot(store, fig, "plots/history_lengths.png"))
     return written
+
+
+def _human_scores(store) -> np.ndarray:
+    table = store.read_table("calibration_scores", columns=["human_score"])
+    return pc.drop_null(table.column("human_score")).to_numpy().astype(np.float64, copy=False)
+
+
+def _calibration_plot(store, generated: np.ndarray, human: np.ndarray, t: float) -> str:
+    """The run's samples against the human replies: both score distributions as shares."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    low = min(generated.min(initial=0.0), human.min(initial=0.0))
+    edges = np.linspace(low, 100, 41)
+    for values, label, color in ((generated, "generated samples", "#4c78a8"), (human, "human replies", "#f58518")):
+        counts, _ = np.histogram(values, bins=edges)
+        share = counts / max(len(values), 1)
+        kept = float((values >= t).mean()) if len(values) else 0.0
+        ax.stairs(share, edges, label=f"{label} (n={len(values)}, {kept:.0%} >= T)", color=color, linewidth=1.8)
+    ax.axvline(t, color="#d62728", linestyle="--", label=f"T = {t:g}")
+    ax.set_xlabel("quality score (100 x cosine with the discriminator's answer)")
+    ax.set_ylabel("share of rows")
+    ax.set_title("Generated samples against human replies")
+    ax.legend(fontsize=8)
+    return save_plot(store, fig, "plots/quality_vs_human.png")
 
 
 def save_plot(store, fig, name: str) -> str:
@@ -270,7 +300,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         "## Quality and diversity",
         "",
-        f"- threshold T = {q['threshold']:g}; mean score {fmt(q['mean'])}, median {fmt(q['median'])}",
+        f"- threshold T = {q['threshold']:g} ({q['threshold_source']}); mean score {fmt(q['mean'])}, "
+        f"median {fmt(q['median'])}",
         f"- k-center: {s.get('selected', 0)} of {s.get('candidates', 0)} kept rows selected "
         f"({s.get('method')}), covering radius {s.get('radius')}",
     ]
@@ -303,6 +334,10 @@ def to_markdown(report: dict[str, Any]) -> str:
                 f"\nRows the metrics read: {k['used']:,} of {k['rows']:,} kept and {sel['used']:,} of "
                 f"{sel['rows']:,} selected (at most {sampled['max_rows']:,} kept rows, a seeded uniform sample)"
             )
+    cal = report.get("calibration")
+    if cal:
+        lines += ["", "## Calibration against human replies", "", *calibration_markdown(cal, q)]
+        lines += ["", "![generated against human](plots/quality_vs_human.png)"]
     jd = report.get("judge")
     if jd:
         lines += [

@@ -65,6 +65,19 @@ SCORED = pa.schema(
     + [("quality_score", _float), ("kept", pa.bool_()), ("drop_reason", _str), ("embedding", pa.list_(pa.float32()))]
 )
 
+# Step 3a': calibration. The reference dialogues (people's replies; `output` is the true
+# reply), one foil reply per kind, the discriminator's answers, and every reply's score.
+CALIBRATION_REFERENCES = pa.schema(
+    [("sample_id", _str), ("instruction", _str), ("output", _str), ("history", pa.list_(TURN)), ("emotion", _str)]
+    + [("foil_other_dialogue", _str), ("foil_same_emotion", _str), ("foil_generic", _str)]
+)
+CALIBRATION_ANSWERS = pa.schema(list(CALIBRATION_REFERENCES) + DISC_COLUMNS)
+CALIBRATION_SCORES = pa.schema(
+    [("sample_id", _str), ("emotion", _str), ("human_score", _float)]
+    + [("other_dialogue_score", _float), ("same_emotion_score", _float), ("generic_score", _float)]
+    + [("drop_reason", _str)]
+)
+
 SELECTED = pa.schema(
     [f for f in SCORED if f.name not in ("embedding", "kept", "drop_reason")]
     + [("pick_order", _int), ("distance_at_pick", _float)]

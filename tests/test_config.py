@@ -8,7 +8,9 @@ def test_presets_ship_and_load():
     assert {"default", "paper", "single-gpu"} <= set(preset_names())
     for name in preset_names():
         cfg = load_config(name)
-        assert cfg.quality.threshold == 60
+        # the paper's T for the paper's embedder; elsewhere T is calibrated on human replies
+        assert cfg.quality.threshold == (60 if name == "paper" else "auto")
+        assert cfg.calibration.enabled
 
 
 def test_paper_preset_has_the_papers_parameters():
@@ -45,7 +47,13 @@ def test_overrides_apply_and_are_typed():
         ("nope", [], "unknown preset 'nope'; known presets: default, paper, single-gpu"),
         ("default", ["quality.treshold=3"], "did you mean quality.threshold"),
         ("default", ["generation.engine.modle=x"], "did you mean generation.engine.model"),
-        ("default", ["quality.threshold=abc"], "bad value for 'quality.threshold'"),
+        ("default", ["quality.threshold=abc"], "quality.threshold must be auto or a number in [0, 100], got 'abc'"),
+        ("default", ["quality.threshold=101"], "quality.threshold must be auto or a number in [0, 100], got 101"),
+        ("default", ["calibration.enabled=false"], "quality.threshold=auto needs calibration.enabled=true"),
+        ("default", ["calibration.share=1"], "calibration.share must be in (0, 1), got 1"),
+        ("default", ["calibration.share=0"], "calibration.share must be in (0, 1), got 0"),
+        ("default", ["calibration.limit=49"], "calibration.limit must be >= 50"),
+        ("default", ["calibration.bootstrap=10"], "calibration.bootstrap must be >= 100, got 10"),
         ("default", ["threshold"], "not of the form key=value"),
         ("default", ["diversity.keep_ratio=1.5"], "keep_ratio must be in (0, 1]"),
         ("default", ["diversity.k=10"], "exactly one of diversity.k and diversity.keep_ratio"),

@@ -7,6 +7,7 @@
     synth-empathy judge INPUT OUTPUT [...]                rate any dataset with the judge
     synth-empathy train [--preset NAME] [key=value ...]   fine-tune the discriminator (step 0)
     synth-empathy evaluate OUTPUT [--model M ...]         models answer held-out dialogues, scored
+    synth-empathy calibrate OUTPUT [--data F] [...]       the quality score checked on human replies
     synth-empathy submit ...                              send a run to a Ray cluster as a job
 
 Bad input (an unknown preset or key, a missing seed file, an unwritable output, a
@@ -31,6 +32,7 @@ COMMANDS = {
     "judge": ("synth_empathy.cli.judge", "rate a Parquet or JSONL dataset with the judge LLM"),
     "train": ("synth_empathy.cli.train", "fine-tune the discriminator on ED and/or selected data"),
     "evaluate": ("synth_empathy.cli.evaluate", "models answer held-out dialogues, scored against the references"),
+    "calibrate": ("synth_empathy.cli.calibrate", "check the quality score against human replies; T for auto"),
     "submit": ("synth_empathy.cli.submit", "submit a run to a Ray cluster as a job"),
 }
 
@@ -76,8 +78,9 @@ def _run_or_config(argv: list[str]) -> int:
     # Finished, but no corpus: exit 1 so that a job or a script does not take it for one.
     print(
         f"error: the run finished with nothing selected ({counts.get('kept', 0)} of {counts.get('samples', 0)} "
-        f"samples kept at quality.threshold={cfg.quality.threshold}; drop reasons in {report['output']}/report.md): "
-        "lower quality.threshold or give more seeds",
+        f"samples kept at quality.threshold={report['quality']['threshold']:g}, "
+        f"{report['quality']['threshold_source']}; drop reasons in {report['output']}/report.md): "
+        "lower quality.threshold (or raise calibration.share) or give more seeds",
         file=sys.stderr,
     )
     return 1

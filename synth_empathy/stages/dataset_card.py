@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from synth_empathy.config import redacted_yaml
+from synth_empathy.stages import calibration
 
 # (config name, data files, what it is); the first is the default
 TABLES = [
@@ -176,9 +177,13 @@ def card_text(report: dict[str, Any], cfg: Any, present: set[str], seeds_layout:
     for stage, reasons in report.get("dropped", {}).items():
         text = ", ".join(f"{r}: {n}" for r, n in reasons.items()) or "none"
         lines.append(f"- **{stage}**: {text}")
+    if report.get("calibration"):
+        lines += ["", "## The quality threshold, checked on human replies", ""]
+        lines += calibration.markdown_lines(report["calibration"], report.get("quality"))
     lines += ["", *licenses_section(corpus, run_models(cfg)), "## Plots", ""]
     lines += [f"![{p}]({p})" for p in report.get("plots", [])]
-    lines += ["", "## Configuration", "", "```yaml", redacted_yaml(cfg).strip(), "```", ""]
+    config = calibration.resolved_config_yaml(cfg, report["calibration"]) if report.get("calibration") else None
+    lines += ["", "## Configuration", "", "```yaml", (config or redacted_yaml(cfg)).strip(), "```", ""]
     return "\n".join(lines)
 
 

@@ -194,15 +194,16 @@ class QualityScorer:
         )
 
 
-def score_stage(ds, cfg: Any):
-    """Apply step 3b to a Ray Dataset of discriminated samples."""
+def score_stage(ds, cfg: Any, threshold: float):
+    """Apply step 3b to a Ray Dataset of discriminated samples; ``threshold`` is T as a number
+    (``cfg.threshold`` may say ``auto``: the calibration gives the number)."""
     from ray.data import ActorPoolStrategy
 
     return ds.map_batches(
         QualityScorer,
         fn_constructor_kwargs=dict(
             embedder=cfg.embedder,
-            threshold=cfg.threshold,
+            threshold=float(threshold),
             batch_size=cfg.batch_size,
             drop_repeats=cfg.drop_repeats,
             repeat_similarity=cfg.repeat_similarity,

@@ -77,6 +77,9 @@ def _cause(e: BaseException) -> str:
     return f"{type(e).__name__} ({code}): {text[:300]}" if code else f"{type(e).__name__}: {text[:300]}"
 
 
+_RAISE = object()  # read_json: no default given
+
+
 @dataclass(frozen=True)
 class Salvage:
     """What :meth:`RunStore.resume` kept of an unfinished keyed stage."""
@@ -268,6 +271,16 @@ class RunStore:
                 f.write(data)
 
     # -- reading ------------------------------------------------------------------------
+    def read_json(self, name: str, missing: Any = _RAISE) -> Any:
+        """A JSON file of the run (``missing`` when given and the file does not exist)."""
+        try:
+            with self.fs.open(self.path(name), "r") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            if missing is _RAISE:
+                raise
+            return missing
+
     def _require(self, stage: str) -> str:
         if not self.is_done(stage):
             raise RuntimeError(f"stage {stage!r} of run {self.url} is not finished")

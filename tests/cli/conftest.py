@@ -38,6 +38,8 @@ def guarded(tmp_path, monkeypatch):
     fake_run.counts_line = str
     monkeypatch.setitem(sys.modules, "synth_empathy.training.run", fake_run)
     (tmp_path / "in.jsonl").write_text(json.dumps({"instruction": "Speaker: hi\nListener:", "output": "hello"}) + "\n")
+    few = [{"context": f"Speaker: opening line {i}", "response": f"reply {i}"} for i in range(10)]
+    (tmp_path / "few.jsonl").write_text("".join(json.dumps(r) + "\n" for r in few))  # 10 dialogues: too few
     table = pa.table({"sample_id": ["a", "b"], "embedding": pa.array([[0.0, 1.0], [1.0, 0.0]], pa.list_(pa.float32()))})
     pq.write_table(table, tmp_path / "in.parquet")
     return tmp_path

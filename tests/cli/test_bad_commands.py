@@ -58,7 +58,13 @@ BAD = {
     "select zero shards": ("select in.parquet out --k 1 --shards 0", "--shards: diversity.shards must be >= 1"),
     "select unknown method": ("select in.parquet out --k 1 --method best", "argument --method: invalid choice"),
     "select missing input": ("select missing.parquet out --k 1", "input missing.parquet: no such file or folder"),
+    # calibrate
+    "calibrate too few references": ("calibrate out --data few.jsonl", "10 reference dialogues, at least 50 are"),
+    "calibrate limit under 50": ("calibrate out --limit 10", "--limit: calibration.limit must be >= 50"),
+    "calibrate share 1.5": ("calibrate out calibration.share=1.5", "calibration.share must be in (0, 1), got 1.5"),
+    "calibrate no output": ("calibrate", "the following arguments are required: output"),
     # config and run
+    "run too few references": ("run seeds.path=few.jsonl", "the seed file (seeds.path; or give calibration.data)"),
     "config unknown key": ("config nosuch.key=1", "unknown config key 'nosuch.key'"),
     "config unknown preset": ("config --preset nosuch", "unknown preset 'nosuch'; known presets: default"),
     "config bad value": ("config train.keep_checkpoints=0", "train.keep_checkpoints must be >= 1, got 0"),

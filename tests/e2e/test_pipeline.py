@@ -236,6 +236,9 @@ def test_exports_and_report(run):
     assert c["seeds"] == 7 and c["generations"] == 7 and c["selected"] == n_selected
     assert c["seeds"] >= 1 and c["generations"] >= c["parsed"] >= c["samples"] >= c["kept"] >= c["selected"]
     assert set(report["seconds"]) == {
+        "calibration_references",
+        "calibration_answers",
+        "calibration_scores",
         "seeds",
         "generations",
         "samples",
@@ -267,10 +270,33 @@ def test_exports_and_report(run):
     assert json.loads(summary[-1])["counts"] == c
 
 
+def test_calibration_answers_the_seed_dialogues_and_reports_at_the_set_threshold(run):
+    """Step 3a' on the run's own seed file: the shipped dialogues and the one too long for the
+    engine, whose request fails and is counted; T stays the number given (0)."""
+    run_dir, _, _ = run
+    result = json.loads((run_dir / "calibration.json").read_text())
+    answers = read(run_dir, "calibration_answers")
+    assert answers.num_rows == result["dialogues"] == 77  # 76 shipped dialogues + the too-long one
+    assert result["dropped"].get("discriminator_error") == 1
+    assert result["scored"] == 77 - sum(result["dropped"].values())
+    assert result["threshold"] == 0 and result["threshold_source"].startswith("set")
+    for kind in ("other_dialogue", "same_emotion", "generic"):
+        f = result["foils"][kind]
+        assert 0 <= f["low"] <= f["auc"] <= f["high"] <= 1 and f["pairs"] > 0
+    report = (run_dir / "report.md").read_text()
+    assert "## Calibration against human replies" in report and "plots/quality_vs_human.png" in report
+    assert (run_dir / "plots/quality_vs_human.png").read_bytes()[:4] == b"\x89PNG"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["calibration"]["threshold"] == 0
+    assert (run_dir / "config.yaml").read_text().startswith("# quality.threshold = 0: set")
+    assert "Calibration against human replies" in (run_dir / "README.md").read_text()
+
+
 def test_a_second_run_with_the_same_id_recomputes_nothing(run):
     _, first, again = run
     assert again.returncode == first.returncode, again.stderr[-3000:]
-    for stage in ("seeds", "generations", "samples", "discriminated", "scored", "selected", "judged"):
+    stages = ["seeds", "generations", "samples", "discriminated", "scored", "selected", "judged"]
+    for stage in stages + ["calibration_references", "calibration_answers", "calibration_scores"]:
         assert f"[{stage}] finished in an earlier attempt" in again.stderr
     assert "vLLMEngineStageUDF" not in again.stderr
 

@@ -34,6 +34,7 @@ OVERRIDES = [
     # one: 60 of 64), and the discriminator then has rows to be killed in.
     "turns.min_history=0",
     "quality.threshold=0",
+    "calibration.enabled=false",  # calibration is tested in test_pipeline.py; an engine pass less
     "diversity.keep_ratio=0.5",
     # Generations one at a time, a part each, so that they finish one after another and
     # the kill below lands after the first part and before the last even on a fast CPU
