@@ -211,6 +211,11 @@ class CalibrationConfig:
         "limits generation, not the reference)",
     )
     layout: str = opt("auto", "layout of `data`, as seeds.layout")
+    heldout_only: bool = opt(
+        False,
+        "use only the dialogues that train holds out (train.heldout_fraction, train.heldout_salt): "
+        "to calibrate a trained discriminator on dialogues it never saw",
+    )
     limit: Optional[int] = opt(
         200,
         "most reference dialogues (one reply each, a seeded pseudo-random choice); at least 50 are needed "
@@ -700,6 +705,8 @@ def validate_calibration(cfg: DictConfig) -> None:
     c = cfg.calibration
     if t == "auto" and not c.enabled:
         raise ConfigError("quality.threshold=auto needs calibration.enabled=true (or give the threshold as a number)")
+    if c.heldout_only and not cfg.train.heldout_fraction:
+        raise ConfigError("calibration.heldout_only needs train.heldout_fraction > 0 (nothing is held out at 0)")
     if not 0 < c.share < 1:
         raise ConfigError(f"calibration.share must be in (0, 1), got {c.share}")
     if c.limit is not None and c.limit < MIN_REFERENCES:

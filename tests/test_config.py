@@ -53,6 +53,11 @@ def test_overrides_apply_and_are_typed():
         ("default", ["calibration.share=1"], "calibration.share must be in (0, 1), got 1"),
         ("default", ["calibration.share=0"], "calibration.share must be in (0, 1), got 0"),
         ("default", ["calibration.limit=49"], "calibration.limit must be >= 50"),
+        (
+            "default",
+            ["calibration.heldout_only=true", "train.heldout_fraction=0"],
+            "calibration.heldout_only needs train.heldout_fraction > 0",
+        ),
         ("default", ["calibration.bootstrap=10"], "calibration.bootstrap must be >= 100, got 10"),
         ("default", ["threshold"], "not of the form key=value"),
         ("default", ["diversity.keep_ratio=1.5"], "keep_ratio must be in (0, 1]"),

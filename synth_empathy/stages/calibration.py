@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from synth_empathy import schemas
 from synth_empathy.core import calibration as cal
+from synth_empathy.core.heldout import is_heldout
 from synth_empathy.core.sft_data import seed_row
 from synth_empathy.errors import CalibrationInputError
 from synth_empathy.models.embedder import encode
@@ -83,11 +84,18 @@ def reference_table(cfg: Any, storage_options: dict | None = None) -> pa.Table:
     :class:`CalibrationInputError` when there are fewer than ``MIN_REFERENCES``."""
     c = cfg.calibration
     path, layout = reference_path(cfg)
+    fraction = cfg.train.heldout_fraction if c.heldout_only else None
     scan = c.limit * SCAN_PAIRS_PER_DIALOGUE if c.limit else None
+    if scan and fraction:
+        scan = math.ceil(scan / fraction)  # only that share of what is read is held out
     pairs = read_seeds(path, layout=layout, limit=scan, storage_options=storage_options).to_arrow().to_pylist()
+    if fraction is not None:
+        pairs = [p for p in pairs if is_heldout(p["context"], fraction, cfg.train.heldout_salt)]
     refs = cal.reference_rows(pairs, c.limit, cfg.seed)
     if len(refs) < cal.MIN_REFERENCES:
         where = "calibration.data" if c.data else "the seed file (seeds.path; or give calibration.data)"
+        if fraction is not None:
+            where += f", held out at train.heldout_fraction={fraction}"
         raise CalibrationInputError(
             f"{where} {path}: {len(refs)} reference dialogues, at least {cal.MIN_REFERENCES} are needed for an "
             f"interval; give more dialogues, or a numeric quality.threshold with calibration.enabled=false"

@@ -43,6 +43,17 @@ def test_too_few_reference_dialogues_is_one_line_naming_the_minimum_and_the_opti
     assert calibration.reference_table(cfg).num_rows == 50
 
 
+def test_heldout_only_keeps_the_dialogues_training_never_sees():
+    from synth_empathy.core.heldout import is_heldout
+
+    cfg = load_config("default", ["calibration.heldout_only=true", "train.heldout_fraction=0.9"])
+    refs = calibration.reference_table(cfg).to_pylist()
+    assert refs and all(is_heldout(r["instruction"].rsplit("\n", 1)[0], 0.9) for r in refs)
+    cfg = load_config("default", ["calibration.heldout_only=true"])  # 10 % of 76 dialogues: too few
+    with pytest.raises(CalibrationInputError, match="held out at train.heldout_fraction=0.1"):
+        calibration.reference_table(cfg)
+
+
 def answered(refs: pa.Table, answer_of) -> pa.Table:
     """The references with a discriminator answer per row (``answer_of(row)``: text or an error)."""
     rows = []
