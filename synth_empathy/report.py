@@ -336,7 +336,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             )
     cal = report.get("calibration")
     if cal:
-        lines += ["", "## Calibration against human replies", "", *calibration_markdown(cal, q)]
+        lines += ["", "## Calibration against human replies", "", *calibration_markdown(cal, q, shares=True)]
         lines += ["", "![generated against human](plots/quality_vs_human.png)"]
     jd = report.get("judge")
     if jd:

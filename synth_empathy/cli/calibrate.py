@@ -23,7 +23,7 @@ from synth_empathy.logs import setup_logging
 def to_markdown(result: dict) -> str:
     from synth_empathy.stages.calibration import markdown_lines
 
-    return "\n".join(["# Calibration against human replies", "", *markdown_lines(result), ""])
+    return "\n".join(["# Calibration against human replies", "", *markdown_lines(result, shares=True), ""])
 
 
 def _parser() -> argparse.ArgumentParser:

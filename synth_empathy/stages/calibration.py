@@ -207,14 +207,16 @@ def summarize(scores: pa.Table, cfg: Any, answers_info: dict[str, Any] | None = 
             "keep_rate": _rate(cal.keep_rate(human, threshold)),
         },
         "foils": foils,
+        "by_share": by_share(scores),
         "discriminative": all(f["discriminative"] for f in foils.values() if f["pairs"]),
         "warnings": warnings,
         "bootstrap": {"resamples": c.bootstrap, "seed": cfg.seed, "level": 0.95},
     }
 
 
-def markdown_lines(result: dict[str, Any], quality: dict[str, Any] | None = None) -> list[str]:
-    """The calibration as Markdown (report.md, the dataset card, ``synth-empathy calibrate``)."""
+def markdown_lines(result: dict[str, Any], quality: dict[str, Any] | None = None, shares: bool = False) -> list[str]:
+    """The calibration as Markdown (report.md, the dataset card, ``synth-empathy calibrate``);
+    ``shares`` adds the table of what other shares would give."""
     h = result["human"]
     lines = [
         f"T = {result['threshold']:g} ({result['threshold_source']}). The discriminator "
@@ -241,9 +243,45 @@ def markdown_lines(result: dict[str, Any], quality: dict[str, Any] | None = None
         lines.append(f"| generated samples of this run | | {quality['mean']:.1f} | {quality['keep_rate']:.0%} |")
     pct = ", ".join(f"p{q} {h[f'p{q}']:.1f}" for q in cal.PERCENTILES if f"p{q}" in h)
     lines += ["", f"Human replies' scores: {pct}."]
+    if shares and result.get("by_share"):
+        kinds = [k for k in cal.FOILS if result["foils"].get(k, {}).get("pairs")]
+        lines += [
+            "",
+            "What another `calibration.share` would give: T, and the share of each kind of reply at or above it "
+            "(of a foil: replies kept that do not fit).",
+            "",
+            "| share | T | human | " + " | ".join(k.replace("_", " ") for k in kinds) + " |",
+            "| ---: | ---: | ---: | " + " | ".join("---:" for _ in kinds) + " |",
+        ]
+        for r in result["by_share"]:
+            cells = " | ".join(f"{r[k]:.0%}" for k in kinds)
+            lines.append(f"| {r['share']:.1f} | {r['threshold']:.1f} | {r['human']:.0%} | {cells} |")
     for w in result.get("warnings", []):
         lines.append(f"\n**Warning:** {w}: at this foil the score does not separate a fitting reply from a misfit.")
     return lines
+
+
+#: The shares of human replies that :func:`by_share` tabulates.
+SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def by_share(scores: pa.Table) -> list[dict[str, Any]]:
+    """What each ``calibration.share`` would give: T, and the share of each foil's replies that
+    reach it. A foil's keep rate is its false keeps; ``share - rate`` (Youden's J) is how far
+    that T separates the true replies from the foil."""
+    human = [v for v in scores.column("human_score").to_pylist() if v is not None]
+    rows = []
+    for share in SHARES:
+        t = math.floor(cal.threshold_for_share(human, share) * 1e4) / 1e4
+        rows.append(
+            {
+                "share": share,
+                "threshold": t,
+                "human": _rate(cal.keep_rate(human, t)),
+                **{kind: _rate(cal.keep_rate(scores.column(f"{kind}_score").to_pylist(), t)) for kind in cal.FOILS},
+            }
+        )
+    return rows
 
 
 def manifest_entry(result: dict[str, Any]) -> dict[str, Any]:

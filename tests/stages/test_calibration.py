@@ -91,6 +91,11 @@ def test_a_discriminator_that_answers_with_the_true_reply_separates_every_foil()
         f = result["foils"][kind]
         assert f["auc"] > 0.99 and f["discriminative"] and f["low"] <= f["auc"] <= f["high"]
     assert result["discriminative"] and result["warnings"] == []
+    shares = result["by_share"]
+    assert [r["share"] for r in shares] == list(calibration.SHARES)
+    assert all(r["human"] >= r["share"] for r in shares)
+    assert [r["threshold"] for r in shares] == sorted((r["threshold"] for r in shares), reverse=True)
+    assert "| 0.5 |" in "\n".join(calibration.markdown_lines(result, shares=True))
     line = calibration.one_line(result)
     assert line.index("other_dialogue") < line.index("same_emotion") < line.index("generic")
 
