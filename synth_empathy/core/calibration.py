@@ -178,6 +178,43 @@ def auc_interval(
     return AUC(point, float(low), float(high), n, int((has_p & has_q).sum()))
 
 
+def auc_difference(
+    a: tuple[Sequence[float | None], Sequence[float | None]],
+    b: tuple[Sequence[float | None], Sequence[float | None]],
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> AUC:
+    """AUC of instrument ``a`` minus that of ``b``, each a ``(true scores, foil scores)`` pair
+    over the same dialogues in the same order; the interval resamples the dialogues once for
+    both (paired), so a dialogue's own difficulty cancels. ``discriminative`` here means the
+    interval lies above 0 is not implied: read ``low``/``high`` against 0."""
+    arrays = []
+    for true, foil in (a[0], a[1]), (b[0], b[1]):
+        if len(true) != len(a[0]) or len(foil) != len(a[0]):
+            raise ValueError("both instruments must score the same dialogues")
+        p = np.array([np.nan if v is None else float(v) for v in true], dtype=np.float64)
+        q = np.array([np.nan if v is None else float(v) for v in foil], dtype=np.float64)
+        arrays.append((p, q))
+
+    def diff(idx: np.ndarray) -> float:
+        (pa_, qa), (pb, qb) = arrays
+        pa_, qa, pb, qb = pa_[idx], qa[idx], pb[idx], qb[idx]
+        return auc(pa_[~np.isnan(pa_)], qa[~np.isnan(qa)]) - auc(pb[~np.isnan(pb)], qb[~np.isnan(qb)])
+
+    n = len(a[0])
+    point = diff(np.arange(n))
+    rng = np.random.default_rng(seed)
+    reps = np.array([diff(rng.integers(0, n, n)) for _ in range(resamples)]) if n else np.array([])
+    reps = reps[~np.isnan(reps)]
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(reps, [tail, 100 - tail]) if reps.size else (float("nan"),) * 2
+    both = np.ones(n, dtype=bool)
+    for p, q in arrays:
+        both &= ~np.isnan(p) & ~np.isnan(q)
+    return AUC(point, float(low), float(high), n, int(both.sum()))
+
+
 def threshold_for_share(scores: Sequence[float], share: float) -> float:
     """The highest T such that at least ``share`` of ``scores`` are >= T."""
     if not 0 < share < 1:

@@ -100,3 +100,19 @@ def test_threshold_for_share():
         with pytest.raises(ValueError, match="share"):
             cal.threshold_for_share(scores, bad)
     assert cal.percentiles(scores)["p50"] == 50.5
+
+
+def test_paired_difference_of_two_instruments_on_the_same_dialogues():
+    rng = np.random.default_rng(5)
+    n = 400
+    true = rng.normal(0, 1, n)
+    foil = rng.normal(0, 1, n)
+    strong = (list(true + 1.0), list(foil))  # separates: AUC ~0.76
+    weak = (list(true + 0.2), list(foil))  # barely: AUC ~0.56
+    d = cal.auc_difference(strong, weak, resamples=300, seed=0)
+    assert d.point == pytest.approx(cal.auc(*strong) - cal.auc(*weak))
+    assert d.low > 0 and d.low <= d.point <= d.high and d.pairs == n
+    same = cal.auc_difference(strong, strong, resamples=100, seed=0)
+    assert same.point == same.low == same.high == 0.0
+    with pytest.raises(ValueError, match="same dialogues"):
+        cal.auc_difference(strong, (list(true[:10]), list(foil[:10])))
