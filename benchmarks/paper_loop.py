@@ -1,19 +1,25 @@
-"""The paper's loop, end to end, as commands a user would type.
+"""The paper's ablation, end to end, as commands a user would type.
 
-    .venv/bin/python benchmarks/paper_loop.py [--out DIR] [--scale small|embedded] [key=value ...]
+    .venv/bin/python benchmarks/paper_loop.py [--out DIR] [--scale small|ablation] [key=value ...]
 
-1. ``train`` the discriminator on ED (the held-out dialogues excluded) -> ``disc-ed``;
-2. ``run`` the pipeline with the untuned discriminator (the packaged base model);
-3. re-run only steps 3a-6 on the SAME generations and samples with ``disc-ed``: a copy
-   of the run folder up to ``samples`` resumes there, so the keep rates compare the two
-   discriminators on identical inputs;
-4. fine-tune the base on ED alone (``ed-only``) and on ED plus the tuned run's selected
-   set (``ed+selected``, the paper's mix), same base, same settings;
-5. ``evaluate`` base, ``ed-only`` and ``ed+selected`` on the held-out ED dialogues.
+EmpatheticDialogues (``../shared/data/ed/valid.csv``, the only split at hand) is split by
+dialogue (:mod:`synth_empathy.core.heldout`, ``train.heldout_fraction``): the held-out side is
+never trained on, never used as a seed, and is what the models are evaluated on.
 
-Writes ``paper_loop.json`` (keep rates, drop reasons, repeats removed, the metric table,
-seconds per step, the CPU) into ``--out``. On the 2-core CPU with the 135M model this
-shows the plumbing, not the paper's effect: the corpus is tiny and the model small.
+1. ``train`` the discriminator on the training side -> ``disc-ed``;
+2. ``run`` the pipeline on training-side seeds with ``disc-ed`` as the discriminator and the
+   calibrated threshold (``quality.threshold=auto``, calibrated on the held-out dialogues:
+   human replies the discriminator never saw);
+3. fine-tune the same base, same settings, on (a) ED only, (b) ED + the selected rows,
+   (c) ED + a seeded random subset of the generated samples of the size of (b), (d) ED +
+   every kept row before k-center;
+4. ``evaluate`` the base and the four on the held-out pairs: every metric with its 95 %
+   interval, and the paired difference of every pair of models (``evaluate`` lists each
+   later model against each earlier one; ``ed-only`` comes first among the fine-tuned).
+
+A finished step is read back, not redone (each step's own output says it finished), so an
+interrupted loop resumes. Writes ``paper_loop.json`` and ``paper_loop.md`` (the table with
+intervals, the significant differences, seconds per step, the CPU) into ``--out``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
+import random
 import subprocess
 import sys
 import time
@@ -32,48 +38,91 @@ from machine import cpu_name
 REPO = Path(__file__).resolve().parents[1]
 ED = (REPO / ".." / "shared" / "data" / "ed" / "valid.csv").resolve()
 SCALES = {
-    # pairs to train on, seeds to generate from, held-out dialogues to answer
-    "small": {"train": 200, "seeds": 24, "evaluate": 24, "gen_tokens": 200},
-    "embedded": {"train": 800, "seeds": 98, "evaluate": 96, "gen_tokens": 300},
+    # ED pairs per training, training-side seeds to generate from, held-out pairs to answer,
+    # the generator's token budget
+    "small": {"train": 200, "seeds": 48, "evaluate": 64, "gen_tokens": 200},
+    "ablation": {"train": 600, "seeds": 1000, "evaluate": 548, "gen_tokens": 240},
 }
+ARMS = ("ed-only", "ed+selected", "ed+random", "ed+kept")
 
 
-def sh(step: str, args: list[str], log_dir: Path, timings: dict) -> None:
+def sh(step: str, args: list[str], out: Path, timings: dict, done: Path) -> None:
+    """Run ``synth-empathy ARGS`` unless ``done`` exists (the step finished earlier)."""
+    if done.exists():
+        print(f"[{step}] finished earlier ({done})", flush=True)
+        return
     t0 = time.perf_counter()
-    with open(log_dir / f"{step}.log", "w") as log:
+    with open(out / f"{step}.log", "w") as log:
         proc = subprocess.run([sys.executable, "-m", "synth_empathy", *args], stdout=log, stderr=subprocess.STDOUT)
     timings[step] = round(time.perf_counter() - t0, 1)
     print(f"[{step}] exit {proc.returncode} in {timings[step]:.0f} s", flush=True)
-    if proc.returncode not in (0, 1):  # 1: a run that selected nothing, still a result
-        raise SystemExit(f"{step} failed; see {log_dir / (step + '.log')}")
+    if proc.returncode not in (0, 1) or not done.exists():  # 1: a run that selected nothing, still a result
+        raise SystemExit(f"{step} failed; see {out / (step + '.log')}")
 
 
-def keep_figures(run: Path) -> dict:
+def training_side_seeds(path: Path, fraction: float) -> int:
+    """The ED pairs training may see, as a ``pairs`` JSONL (seed file of the run)."""
+    from synth_empathy.core.heldout import is_heldout
+    from synth_empathy.stages.seed_sources import read_seeds
+
+    rows = [r for r in read_seeds(str(ED)).to_arrow().to_pylist() if not is_heldout(r["context"], fraction)]
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps({k: r[k] for k in ("seed_id", "context", "response", "emotion")}) + "\n")
+    return len(rows)
+
+
+def arm_files(run: Path, out: Path, seed: int) -> dict:
+    """(c) a random subset of the generated samples of the selection's size, (d) every kept
+    row before k-center: alpaca JSONL like the run's own export of (b)."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    report = json.loads((run / "report.json").read_text())
-    scores = [
-        s for s in pq.read_table(run / "scored", columns=["quality_score"]).column(0).to_pylist() if s is not None
+    from synth_empathy.stages.export import iter_alpaca
+
+    selected = pq.read_table(run / "selected", columns=["sample_id"]).num_rows
+    samples = pq.read_table(run / "samples", columns=["sample_id", "instruction", "output", "drop_reason"])
+    samples = samples.filter(pc.is_null(samples.column("drop_reason"))).sort_by("sample_id").to_pylist()
+    scored = pq.read_table(run / "scored", columns=["sample_id", "instruction", "output", "kept"])
+    kept = scored.filter(scored.column("kept")).sort_by("sample_id").to_pylist()
+    subset = random.Random(seed).sample(samples, min(selected, len(samples)))
+    sizes = {"selected": selected, "samples": len(samples), "random": len(subset), "kept": len(kept)}
+    for name, rows in (("random", subset), ("kept", kept)):
+        with open(out / f"{name}.alpaca.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in iter_alpaca(rows))
+    return sizes
+
+
+def markdown(evaluation: dict, models: list[str]) -> list[str]:
+    """Every metric per model with its interval, then the significant paired differences."""
+    ms = evaluation["models"]
+    metrics = list(next(iter(ms.values()))["metrics"])
+    lines = ["| metric | " + " | ".join(models) + " |", "| --- | " + " | ".join("---:" for _ in models) + " |"]
+    for m in metrics:
+        cells = []
+        for label in models:
+            v, span = ms[label]["metrics"][m], ms[label]["intervals"][m]
+            cells.append(f"{v:.4f} [{span['low']:.4f}, {span['high']:.4f}]")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| model - baseline | metric | difference [95 % interval] | significant |",
+        "| --- | --- | ---: | --- |",
     ]
-    c = report["counts"]
-    scored = report["dropped"].get("scored", {})
-    return {
-        "discriminated": c["discriminated"],
-        "kept": c["kept"],
-        "keep_rate": round(c["kept"] / c["discriminated"], 3) if c["discriminated"] else None,
-        "selected": c["selected"],
-        "repeats_removed": scored.get("target_repeats_history", 0) + scored.get("answer_repeats_history", 0),
-        "dropped": scored,
-        "quality_mean": report["quality"]["mean"],
-        # the keep rate at other thresholds T: the distribution, not just one cut
-        "at_or_above": {t: sum(s >= t for s in scores) for t in (30, 40, 50, 60)},
-    }
+    for d in evaluation["differences"]:
+        for m, x in d["metrics"].items():
+            lines.append(
+                f"| {d['model']} - {d['baseline']} | {m} | {x['difference']:+.4f} [{x['low']:+.4f}, {x['high']:+.4f}] "
+                f"| {'yes' if x['significant'] else 'no'} |"
+            )
+    return lines
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="benchmarks/out/paper_loop")
     p.add_argument("--scale", choices=list(SCALES), default="small")
+    p.add_argument("--heldout-fraction", type=float, default=0.1)
     p.add_argument("overrides", nargs="*", help="config overrides for every step")
     a = p.parse_args(argv)
     s, out = SCALES[a.scale], Path(a.out).resolve()
@@ -81,53 +130,58 @@ def main(argv: list[str]) -> int:
     if not ED.exists():
         raise SystemExit(f"needs the ED split at {ED}")
     timings: dict = {}
-    print(f"paper loop ({a.scale}) -> {out}; {cpu_name()}", flush=True)
-    train = [f"train.data=[{ED}]", f"train.limit={s['train']}", *a.overrides]
+    print(f"paper ablation ({a.scale}) -> {out}; {cpu_name()}", flush=True)
+    split = [f"train.heldout_fraction={a.heldout_fraction}"]
+    train = [f"train.limit={s['train']}", *split, *a.overrides]
+    seeds = out / "seeds-train.jsonl"
+    n_train_side = training_side_seeds(seeds, a.heldout_fraction)
 
-    # 1. the discriminator, fine-tuned on ED
-    sh("train-disc", ["train", f"train.output={out}/disc-ed", *train], out, timings)
-    # 2. the pipeline with the untuned discriminator
-    run = [f"output={out}/runs", f"seeds.path={ED}", f"seeds.limit={s['seeds']}",
-           f"generation.sampling.max_tokens={s['gen_tokens']}", *a.overrides]  # fmt: skip
-    sh("run-untuned", ["run", "run_id=untuned", *run], out, timings)
-    # 3. the same generations and samples, discriminated by the tuned model
-    src, dst = out / "runs" / "untuned", out / "runs" / "tuned"
-    if not (dst / "report.json").exists():
-        shutil.rmtree(dst, ignore_errors=True)
-        dst.mkdir(parents=True)
-        for name in ("config.yaml", "seeds.json"):
-            shutil.copy(src / name, dst / name)
-        for stage in ("seeds", "generations", "samples"):
-            shutil.copytree(src / stage, dst / stage)
-            shutil.copy(src / f"{stage}.done.json", dst / f"{stage}.done.json")
-    sh("run-tuned", ["run", "run_id=tuned", *run, f"discriminator.engine.model={out}/disc-ed/model"], out, timings)
-    # 4. fine-tune on ED alone and on ED + the tuned run's selection, same base and settings
-    sh("train-ed-only", ["train", f"train.output={out}/ed-only", *train], out, timings)
-    mix = f"train.data=[{ED},{dst}/selected.chat.jsonl]"
-    sh("train-ed+selected", ["train", f"train.output={out}/ed-selected", *train, mix], out, timings)
-    # 5. evaluate on the held-out dialogues
-    models = ["--model", "base=packaged:smollm2", "--model", f"ed-only={out}/ed-only/model",
-              "--model", f"ed+selected={out}/ed-selected/model"]  # fmt: skip
-    sh("evaluate", ["evaluate", f"{out}/evaluation", *models, "--data", str(ED), "evaluate.heldout_only=true",
-                    f"evaluate.limit={s['evaluate']}", *a.overrides], out, timings)  # fmt: skip
+    # 1. the discriminator, fine-tuned on the training side of ED
+    sh("train-disc", ["train", f"train.data=[{ED}]", f"train.output={out}/disc-ed", *train], out, timings,
+       out / "disc-ed" / "train_report.json")  # fmt: skip
+    # 2. the pipeline: training-side seeds, the tuned discriminator, T calibrated on held-out human replies
+    run = out / "runs" / "tuned"
+    sh("run", ["run", f"output={out}/runs", "run_id=tuned", f"seeds.path={seeds}", f"seeds.limit={s['seeds']}",
+               f"generation.sampling.max_tokens={s['gen_tokens']}", f"discriminator.engine.model={out}/disc-ed/model",
+               "quality.threshold=auto", f"calibration.data={ED}", "calibration.heldout_only=true",
+               "calibration.limit=null", "judge.enabled=false", *split, *a.overrides],
+       out, timings, run / "report.json")  # fmt: skip
+    sizes = arm_files(run, out, seed=0)
+    # 3. the same base, the same settings, four training sets
+    extra = {"ed-only": [], "ed+selected": [run / "selected.alpaca.jsonl"],
+             "ed+random": [out / "random.alpaca.jsonl"], "ed+kept": [out / "kept.alpaca.jsonl"]}  # fmt: skip
+    for arm in ARMS:
+        data = ",".join(str(x) for x in [ED, *extra[arm]])
+        sh(f"train-{arm}", ["train", f"train.data=[{data}]", f"train.output={out}/{arm}", *train], out, timings,
+           out / arm / "train_report.json")  # fmt: skip
+    # 4. every model on the held-out pairs
+    models = ["base=packaged:smollm2"] + [f"{arm}={out}/{arm}/model" for arm in ARMS]
+    sh("evaluate", ["evaluate", f"{out}/evaluation", *[x for m in models for x in ("--model", m)], "--data", str(ED),
+                    "evaluate.heldout_only=true", f"evaluate.limit={s['evaluate']}", *split, *a.overrides],
+       out, timings, out / "evaluation" / "evaluation.json")  # fmt: skip
 
     evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    report = json.loads((run / "report.json").read_text())
     result = {
         "machine": cpu_name(),
         "load_avg": os.getloadavg(),
         "scale": a.scale,
         **s,
-        "untuned": keep_figures(src),
-        "tuned": keep_figures(dst),
-        "train": {
-            n: json.loads((out / d / "train_report.json").read_text())
-            for n, d in (("disc-ed", "disc-ed"), ("ed-only", "ed-only"), ("ed+selected", "ed-selected"))
-        },  # fmt: skip
-        "evaluation": {m: r["metrics"] for m, r in evaluation["models"].items()},
+        "training_side_pairs": n_train_side,
+        "run": {"counts": report["counts"], "quality": report["quality"], "calibration": report.get("calibration")},
+        "arm_sizes": sizes,
+        "train": {arm: json.loads((out / arm / "train_report.json").read_text()) for arm in ("disc-ed", *ARMS)},
+        "evaluation": {
+            m: {"metrics": r["metrics"], "intervals": r["intervals"]} for m, r in evaluation["models"].items()
+        },
+        "differences": evaluation["differences"],
         "seconds": timings,
     }
     (out / "paper_loop.json").write_text(json.dumps(result, indent=2, default=str))
-    print(json.dumps({k: result[k] for k in ("untuned", "tuned", "evaluation", "seconds")}, indent=2))
+    text = "\n".join(markdown(evaluation, ["base", *ARMS])) + "\n"
+    (out / "paper_loop.md").write_text(text)
+    print(json.dumps({k: result[k] for k in ("run", "arm_sizes", "seconds")}, indent=2, default=str))
+    print(text)
     return 0
 
 

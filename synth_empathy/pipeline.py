@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -94,15 +95,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return _stages(cfg, store, manifest, runner, engines, references)
 
 
-def calibrate(cfg: DictConfig, store: RunStore, runner: StageRunner, references: pa.Table, llm) -> dict[str, Any]:
+def calibrate(
+    cfg: DictConfig, store: RunStore, runner: StageRunner, references: pa.Table, llm: Callable[[], dict]
+) -> dict[str, Any]:
     """Step 3a': the discriminator answers human reference dialogues as it answers the
     samples; their scores against the true reply and the foils give the AUCs and T
-    (``calibration.json``). ``llm`` is the discriminator's engine arguments. Also
+    (``calibration.json``). ``llm()`` gives the discriminator's engine arguments (asked only
+    when answers are still to come: a finished calibration starts no engine). Also
     ``synth-empathy calibrate``."""
     runner.table(calibration.REFERENCES, lambda: references)
     runner.keyed(
         calibration.ANSWERS,
-        lambda ds, carry: calibration.answers_stage(ds, cfg, carry, **llm),
+        lambda ds, carry: calibration.answers_stage(ds, cfg, carry, **llm()),
         part_rows=cfg.storage.part_rows,
     )
 
@@ -137,7 +141,10 @@ def _stages(
 
     # A shared engine boots (tens of seconds on a small CPU) while the seeds are read, if a generation
     # or discriminator stage is still to run.
-    to_run = {"generation": [generation.CONTRACT], "discriminator": [discriminator.CONTRACT, calibration.ANSWERS]}
+    to_run = {
+        "generation": [generation.CONTRACT],
+        "discriminator": [discriminator.CONTRACT] + ([calibration.ANSWERS] if references is not None else []),
+    }
     pending = [stage for stage, contracts in to_run.items() if not all(store.is_done(c.name) for c in contracts)]
     engines.start_early(pending, lambda engine: resolve_model(engine.model))
 
@@ -179,7 +186,7 @@ def _stages(
     # their true reply from foils, and T (quality.threshold=auto: the score a share of them reach).
     threshold = cfg.quality.threshold
     if references is not None:
-        result = calibrate(cfg, store, runner, references, llm("discriminator", d))
+        result = calibrate(cfg, store, runner, references, lambda: llm("discriminator", d))
         threshold = result["threshold"]
         manifest["calibration"] = calibration.manifest_entry(result)
         store.write_bytes("config.yaml", calibration.resolved_config_yaml(cfg, result).encode())

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     store.check_writable()
     init_ray(cfg, sections=("discriminator", "quality"))
     runner = StageRunner(store, progress_interval=cfg.ray.progress_interval_s)
-    result = calibrate(cfg, store, runner, references, dict(model_path=resolve_model(spec), served=None))
+    result = calibrate(cfg, store, runner, references, lambda: dict(model_path=resolve_model(spec), served=None))
     text = to_markdown(result)
     store.write_bytes("calibration.md", text.encode())
     print(text)
