@@ -25,7 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--job", choices=sorted(cs.JOBS), default="run", help="which jobs/ entry point (default: run)")
     p.add_argument("--working-dir", default=".", help="shipped as the job's working directory (default: .)")
     p.add_argument("--no-follow", action="store_true", help="submit and return without waiting")
-    p.add_argument("--timeout", type=positive, default=None, help="stop the job after this many seconds (> 0)")
+    p.add_argument(
+        "--timeout",
+        type=positive,
+        default=None,
+        help="stop the job after this many seconds (> 0); needs following, so not with --no-follow",
+    )
     p.add_argument(
         "--skip-resource-check",
         action="store_true",
@@ -70,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     job_args = list(args.job_args)
     if job_args[:1] == ["--"]:
         job_args = job_args[1:]
+    if args.timeout is not None and args.no_follow:
+        # The timeout is enforced by this process, which --no-follow ends at once.
+        raise cs.ClusterError(
+            "--timeout needs the job followed (it is stopped from here); drop --no-follow, "
+            "or stop it later with `ray job stop <id>`"
+        )
     if not os.path.isdir(args.working_dir):
         raise cs.ClusterError(f"--working-dir {args.working_dir!r} is not a folder; run from the repository root")
     if args.job not in cs.JOBS or not os.path.isfile(os.path.join(args.working_dir, cs.JOBS[args.job])):
@@ -77,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             f"no {cs.JOBS[args.job]} under {args.working_dir!r}"
             + ("" if args.job != "judge" else " (this version has no judge job)")
         )
-    cs.connect(args.address)  # fail fast, in one line, on an unreachable address
+    cs.connect(args.address)  # fail fast, in one line, on an unreachable address or a missing token
     if args.job == "run" and not args.skip_resource_check:
         _precheck_run(args.address, job_args)
     status = cs.submit(
@@ -87,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         follow=not args.no_follow,
         timeout=args.timeout,
         job=args.job,
+        out=sys.stderr,  # stdout holds the job id alone, for scripts
+        on_submitted=lambda job_id: print(job_id, flush=True),
     )
     if args.no_follow:
         return cs.EXIT_OK
+    if status == cs.LOST:
+        return cs.EXIT_LOST
     return cs.EXIT_OK if status == "SUCCEEDED" else cs.EXIT_FAILED

@@ -8,11 +8,19 @@ its working directory (the ``synth_empathy/`` package travels inside it and Ray 
 the working directory on the job's ``PYTHONPATH``), so the cluster runs the code that
 is here, whatever version its image has installed.
 
-The command (``synth_empathy.cli.submit``) parses its flags and calls :func:`submit`.
-Exit codes: 0 the job SUCCEEDED (or was submitted, with ``--no-follow``), 1 it FAILED
-or was STOPPED (also on ``--timeout``, which stops it), 2 bad input: an unreachable
-address, a bad config, or a preset that asks for GPUs the cluster does not have -
-each reported in one ``error:`` line before anything is submitted.
+The command (``synth_empathy.cli.submit``) parses its flags and calls :func:`submit`;
+it prints the job id alone on stdout as soon as the job exists (the logs go to stderr),
+so ``JOB=$(synth-empathy submit --no-follow ...)`` works. Exit codes: 0 the job
+SUCCEEDED (or was submitted, with ``--no-follow``), 1 it FAILED or was STOPPED (also on
+``--timeout``, which stops it), 2 bad input: an unreachable address, a cluster that
+wants a token we do not have, a bad config, a preset that asks for GPUs the cluster
+cannot have, ``--timeout`` with ``--no-follow`` - each reported in one ``error:`` line
+before anything is submitted; 3 contact lost while following (a dropped port-forward,
+a head that stopped answering): the job may still be running, and only the cluster
+can say how it ends.
+
+Token auth: the client sends ``Authorization: Bearer <token>`` with the token it finds
+in ``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH`` names, or ``~/.ray/auth_token``.
 
 :func:`check_resources` is also what the pipeline calls inside the job, once Ray is up
 (:func:`check_cluster`), so a run that cannot place its engines fails early and clearly
@@ -26,12 +34,16 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from synth_empathy.errors import ClusterError  # noqa: F401 (re-exported)
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_LOST = 0, 1, 2, 3
+LOST = "LOST_CONTACT"  # submit()'s answer when the cluster stopped answering; the job may run on
+# How long the Jobs API may stay silent before a follower gives up (a head restarting, a
+# port-forward re-established take less), and how often the status is asked for.
+LOST_AFTER_S, POLL_S = 120.0, 1.0
 
 JOBS: dict[str, str] = {
     "run": "jobs/run_pipeline.py",
@@ -131,6 +143,30 @@ def check_cluster(cfg: Any, sections: Sequence[str] | None = None) -> None:
 # --------------------------------------------------------------------------- client
 
 
+def auth_token() -> tuple[str | None, str]:
+    """The cluster's token as a client finds it, and where it was found: ``RAY_AUTH_TOKEN``,
+    else the file ``RAY_AUTH_TOKEN_PATH`` names, else ``~/.ray/auth_token`` (the order
+    Ray's own token loader uses)."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token, "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+    except OSError:
+        return None, path
+    return (token or None), path
+
+
+def auth_headers() -> dict[str, str]:
+    """``Authorization: Bearer <token>`` when a token is found. Sent explicitly rather
+    than through ``RAY_AUTH_MODE=token``: Ray's SDK adds the header only when that
+    variable is set in the client's environment, which a user easily forgets."""
+    token, _ = auth_token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def dashboard_url(address: str) -> str:
     """``host:port`` or ``http(s)://host:port`` -> the Jobs API base URL."""
     address = address.strip().rstrip("/")
@@ -146,23 +182,34 @@ def dashboard_url(address: str) -> str:
 
 
 def connect(address: str, connect_timeout: float = 5.0):
-    """A ``JobSubmissionClient`` for ``address``; :class:`ClusterError` if unreachable."""
+    """A ``JobSubmissionClient`` for ``address`` carrying the token (:func:`auth_token`);
+    :class:`ClusterError` if the dashboard is unreachable or refuses us."""
     import requests
 
     url = dashboard_url(address)
+    headers = auth_headers()
     try:
-        # The SDK's own version check has no timeout; probe first with a short one.
-        requests.get(url + "/api/version", timeout=(connect_timeout, 2 * connect_timeout))
+        # The SDK's own version check has no timeout; probe first with a short one. The
+        # job list needs the token where auth is on (the version endpoint may not).
+        r = requests.get(url + "/api/jobs/", headers=headers, timeout=(connect_timeout, 2 * connect_timeout))
     except requests.exceptions.RequestException as e:
         reason = type(e).__name__
         raise ClusterError(
             f"cannot reach the Ray dashboard at {url} ({reason}); is the cluster up "
             f"and the address its dashboard (port 8265)?"
         ) from None
+    if r.status_code in (401, 403):
+        token, where = auth_token()
+        if token is None:
+            raise ClusterError(
+                f"the cluster at {url} requires a token and none was found: set RAY_AUTH_TOKEN or "
+                f"write the cluster's token to {where} (cluster/README.md, 'Token auth')"
+            )
+        raise ClusterError(f"the cluster at {url} refused the token from {where} (HTTP {r.status_code})")
     from ray.job_submission import JobSubmissionClient
 
     try:
-        return JobSubmissionClient(url)
+        return JobSubmissionClient(url, headers=headers or None)
     except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError (version)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ClusterError(f"cannot use the Jobs API at {url}: {first}") from None
@@ -170,9 +217,17 @@ def connect(address: str, connect_timeout: float = 5.0):
 
 def node_resources(address: str) -> list[dict[str, float]]:
     """Each alive node's total resources, read through the dashboard's state API."""
-    from ray.util.state import list_nodes
+    from ray.util.state import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
 
-    nodes = list_nodes(address=dashboard_url(address), filters=[("state", "=", "ALIVE")], timeout=30)
+    client = StateApiClient(
+        address=dashboard_url(address), headers={"Content-Type": "application/json", **auth_headers()}
+    )
+    nodes = client.list(
+        StateResource.NODES,
+        options=ListApiOptions(filters=[("state", "=", "ALIVE")], timeout=30),
+        raise_on_missing_output=False,
+    )
     return [dict(n.resources_total or {}) for n in nodes]
 
 
@@ -225,6 +280,35 @@ def _follow(client, job_id: str, deadline: float | None, out) -> bool:
     return True
 
 
+class _Contact:
+    """Calls to the Jobs API that may go unanswered for a while (a head restarting, a
+    port-forward re-established) before contact counts as lost."""
+
+    def __init__(self, lost_after: float):
+        self.lost_after = lost_after
+        self.silent_since: float | None = None
+        self.last_error = ""
+
+    def ask(self, call, *args):
+        """``call(*args)``, or None while the cluster does not answer; raises
+        :class:`_Lost` once it has not answered for ``lost_after`` seconds."""
+        try:
+            value = call(*args)
+        except (OSError, RuntimeError) as e:  # requests' errors are OSErrors; the SDK raises RuntimeError on 5xx
+            now = time.monotonic()
+            self.silent_since = self.silent_since or now
+            self.last_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            if now - self.silent_since >= self.lost_after:
+                raise _Lost(self.last_error) from None
+            return None
+        self.silent_since = None
+        return value
+
+
+class _Lost(Exception):
+    pass
+
+
 def submit(
     address: str,
     entrypoint_args: Sequence[str],
@@ -235,35 +319,67 @@ def submit(
     runtime_env: dict[str, Any] | None = None,
     job: str = "run",
     out=None,
+    on_submitted: Callable[[str], None] | None = None,
+    lost_after: float | None = None,
+    poll_s: float | None = None,
 ) -> str:
     """Submit ``python jobs/<job>.py <entrypoint_args>``; return the job's final status.
 
-    With ``follow`` the job's logs are printed as they come and the call returns once
-    the job ends: ``SUCCEEDED``, ``FAILED`` or ``STOPPED``. A job still running after
-    ``timeout`` seconds is stopped (and ``STOPPED`` returned, or whatever it ended as).
-    Without ``follow`` it returns the status right after submission (``PENDING``).
+    ``on_submitted`` is called with the job id as soon as the job exists. With ``follow``
+    the job's logs are written to ``out`` as they come and the call returns once the
+    job ends: ``SUCCEEDED``, ``FAILED`` or ``STOPPED``; or :data:`LOST` when the cluster
+    stopped answering for ``lost_after`` seconds (the job may run on). A job still
+    running after ``timeout`` seconds is stopped (and ``STOPPED`` returned, or whatever
+    it ended as). Without ``follow`` it returns the status right after submission; a
+    ``timeout`` is then refused, as nothing would be left to stop the job.
+    ``lost_after`` and ``poll_s`` default to :data:`LOST_AFTER_S` and :data:`POLL_S`.
     """
     out = out or sys.stdout
+    lost_after = LOST_AFTER_S if lost_after is None else lost_after
+    poll_s = POLL_S if poll_s is None else poll_s
+    if timeout is not None and not follow:
+        raise ClusterError(
+            "--timeout needs the job followed (it is stopped from here); drop --no-follow, "
+            "or stop it later with `ray job stop <id>` (a RayJob: activeDeadlineSeconds)"
+        )
     command = entrypoint(job, entrypoint_args)
     if not os.path.isdir(working_dir) or not os.path.isfile(os.path.join(working_dir, JOBS[job])):
         raise ClusterError(f"working_dir {working_dir!r} has no {JOBS[job]}; run from the repository root")
     client = connect(address)
     deadline = None if timeout is None else time.monotonic() + timeout
     job_id = client.submit_job(entrypoint=command, runtime_env=build_runtime_env(working_dir, runtime_env))
+    if on_submitted is not None:
+        on_submitted(job_id)
     print(f"[submit] {job_id}: {command}", file=sys.stderr)
-    if not follow:
-        return str(client.get_job_status(job_id).value)
-    in_time = _follow(client, job_id, deadline, out)
-    while True:
-        status = str(client.get_job_status(job_id).value)
-        if status in TERMINAL:
-            break
-        if not in_time or (deadline is not None and time.monotonic() > deadline):
-            print(f"[submit] {job_id}: timed out after {timeout:g} s; stopping it", file=sys.stderr)
-            client.stop_job(job_id)
-            in_time, deadline = True, time.monotonic() + 60  # let it reach STOPPED
-        time.sleep(1.0)
-    info = client.get_job_info(job_id)
-    tail = f": {info.message}" if status != "SUCCEEDED" and info.message else ""
+    contact = _Contact(lost_after)
+    try:
+        if not follow:
+            status = None
+            while status is None:
+                status = contact.ask(client.get_job_status, job_id)
+            return str(status.value)
+        in_time = _follow(client, job_id, deadline, out)
+        stopping = announced = False
+        while True:
+            status = contact.ask(client.get_job_status, job_id)
+            if status is not None and str(status.value) in TERMINAL:
+                status = str(status.value)
+                break
+            late = not in_time or (deadline is not None and time.monotonic() > deadline)
+            if late and not stopping:
+                if not announced:
+                    print(f"[submit] {job_id}: timed out after {timeout:g} s; stopping it", file=sys.stderr)
+                    announced = True
+                stopping = contact.ask(client.stop_job, job_id) is not None  # then wait for STOPPED
+            time.sleep(poll_s)
+        info = contact.ask(client.get_job_info, job_id)
+    except _Lost as e:
+        print(
+            f"[submit] {job_id}: lost contact with the cluster for {lost_after:g} s ({e}); the job may still be "
+            f"running: `ray job status {job_id}` once the dashboard answers again",
+            file=sys.stderr,
+        )
+        return LOST
+    tail = f": {info.message}" if info is not None and status != "SUCCEEDED" and info.message else ""
     print(f"[submit] {job_id}: {status}{tail}", file=sys.stderr)
     return status
