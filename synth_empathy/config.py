@@ -49,7 +49,12 @@ class EngineConfig:
     )
     tensor_parallel_size: int = opt(1, "tensor parallel degree inside one replica")
     pipeline_parallel_size: int = opt(1, "pipeline parallel degree inside one replica")
-    accelerator_type: Optional[str] = opt(None, "Ray accelerator type to ask for (e.g. H100)")
+    accelerator_type: Optional[str] = opt(
+        None,
+        "Ray accelerator type each replica asks for, as Ray names it (A10G, L4, A100, H100; "
+        "ray.util.accelerators). A100-40G and A100-80G are Ray's names for the card variants, "
+        "which Ray never detects: only nodes that declare them as a resource have them (cluster/ does)",
+    )
     batch_size: int = opt(16, "rows per batch sent to an engine")
     helper_cpus: float = opt(0.25, "CPUs per chat-template / tokenizer / detokenizer actor around the engine")
     max_model_len: int = opt(2048, "context length the engine reserves per sequence")
@@ -718,6 +723,33 @@ def validate_calibration(cfg: DictConfig) -> None:
         )
 
 
+# Ray's names for card variants that it never detects on its own (ray.util.accelerators
+# says so): a node has them only where its start command declares the resource, e.g.
+# ``ray start --resources='{"accelerator_type:A100-80G": 1}'``, as the files in cluster/ do.
+DECLARED_ONLY_ACCELERATORS = ("A100-40G", "A100-80G")
+
+
+def ray_accelerator_types() -> frozenset:
+    """Every accelerator type name Ray defines (``ray.util.accelerators``)."""
+    from ray.util.accelerators import accelerators  # only when a config names one: Ray is slow to import
+
+    return frozenset(v for k, v in vars(accelerators).items() if k.isupper() and isinstance(v, str))
+
+
+def check_accelerator_type(value: str, key: str) -> None:
+    """A name Ray never gives a node would leave the replica waiting for ever."""
+    known = ray_accelerator_types()
+    if value in known:
+        return
+    close = difflib.get_close_matches(value, sorted(known), n=2, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise ConfigError(
+        f"{key}={value!r} is not an accelerator type Ray knows{hint}; Ray labels nodes by card, e.g. "
+        f"A10G, L4, A100 (40 and 80 GB alike), H100; {'/'.join(DECLARED_ONLY_ACCELERATORS)} exist "
+        "only where nodes declare them"
+    )
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks across fields that the types alone cannot express."""
     d = cfg.diversity
@@ -767,6 +799,10 @@ def validate(cfg: DictConfig) -> None:
         m = e.memory_utilization
         if isinstance(m, str) and m != "auto" or not isinstance(m, str) and not 0 < m <= 1:
             raise ConfigError(f"{name}.engine.memory_utilization must be auto or a number in (0, 1], got {m!r}")
+    for name in cfg:
+        section = cfg[name]
+        if isinstance(section, DictConfig) and "engine" in section and section.engine.accelerator_type:
+            check_accelerator_type(section.engine.accelerator_type, f"{name}.engine.accelerator_type")
     for name in ("generation", "discriminator"):
         e = cfg[name].engine
         if e.gpus_per_replica and e.gpus_per_replica < e.tensor_parallel_size * e.pipeline_parallel_size:

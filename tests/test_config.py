@@ -135,3 +135,34 @@ def test_a_small_local_ray_lists_parquet_with_one_footer_reader():
     assert footer_reader_env(None, 2) == {key: "1"}
     assert footer_reader_env(None, 64) == {key: "8"} and footer_reader_env(None, 1024) == {key: "32"}
     assert footer_reader_env(4, 2) == {key: "4"}  # as configured
+
+
+@pytest.mark.parametrize(
+    "value,hint",
+    [("A100-80GB", "A100-80G"), ("a100", "A100"), ("H100-80G", "H100"), ("RTX4090", None)],
+)
+def test_accelerator_type_ray_never_sets_is_one_line_at_load(value, hint):
+    with pytest.raises(ConfigError) as e:
+        load_config("single-gpu", [f"generation.engine.accelerator_type={value}"])
+    msg = str(e.value)
+    assert "\n" not in msg and f"generation.engine.accelerator_type={value!r} is not an accelerator type" in msg
+    if hint:
+        assert hint in msg
+
+
+@pytest.mark.parametrize("value", ["A10G", "A100", "H100", "L4", "A100-80G", "A100-40G"])
+def test_accelerator_types_as_ray_names_them_load(value):
+    for section in ("generation", "discriminator", "judge"):
+        cfg = load_config("single-gpu", [f"{section}.engine.accelerator_type={value}"])
+        assert cfg[section].engine.accelerator_type == value
+
+
+def test_every_engine_section_is_checked_for_its_accelerator_type():
+    from synth_empathy.config import ENGINES
+
+    cfg = load_config("default")
+    sections = [n for n in cfg if OmegaConf.is_dict(cfg[n]) and "engine" in cfg[n]]
+    assert set(ENGINES) | {"evaluate"} <= set(sections)
+    for name in sections:
+        with pytest.raises(ConfigError, match=rf"{name}\.engine\.accelerator_type="):
+            load_config("default", [f"{name}.engine.accelerator_type=A100-80GB"])
