@@ -84,10 +84,15 @@ def preflight(cfg: DictConfig) -> tuple[RunStore, pa.Table | None]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) the whole job; returns the report."""
     store, references = preflight(cfg)
+    try:
+        init_ray(cfg)  # before the first write: a run the cluster check refuses leaves no folder
+    except BadInputError:
+        if store.local and store.fs.exists(store.root) and not store.fs.ls(store.root):
+            store.fs.rm(store.root, recursive=True)  # only what preflight made; a resumed run keeps its folder
+        raise
     log.info("run %s -> %s", store.run_id, store.url)
     store.write_bytes("config.yaml", redacted_yaml(cfg).encode())
     manifest = new_manifest(store, cfg)
-    init_ray(cfg)
     runner = StageRunner(store, manifest, cfg.ray.progress_interval_s)
     # LLM stages with equal engine sections share one engine, started before the first
     # stage and stopped when the run ends, however it ends (on a cluster it would hold its GPUs).
