@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
         help="stop the job after this many seconds (> 0); needs following, so not with --no-follow",
     )
     p.add_argument(
+        "--pip",
+        action="store_true",
+        help="install pyproject.toml's dependencies and gpu,models extras in the job's runtime env "
+        "(clusters that keep their own image instead of cluster/Dockerfile's)",
+    )
+    p.add_argument(
         "--skip-resource-check",
         action="store_true",
         help="do not compare the run's GPU needs with the cluster's nodes before submitting",
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         follow=not args.no_follow,
         timeout=args.timeout,
         job=args.job,
+        pip=args.pip,
         out=sys.stderr,  # stdout holds the job id alone, for scripts
         on_submitted=lambda job_id: print(job_id, flush=True),
     )

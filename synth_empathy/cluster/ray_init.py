@@ -7,6 +7,7 @@ import os
 
 from omegaconf import DictConfig
 
+from synth_empathy.cluster.image import check_image
 from synth_empathy.cluster.submit import check_cluster
 from synth_empathy.engines.shared import resident_engine_cpus
 from synth_empathy.logs import open_driver_log, quiet_ray_console
@@ -31,6 +32,7 @@ def init_ray(cfg: DictConfig, sections: tuple | None = None, worker_output: bool
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
     if address:  # a cluster (or a Ray job): its own runtime environment stays in charge
+        check_image()  # the image's Ray and vLLM are the ones this code pins, or one line now
         ray.init(address=address, log_to_driver=True)
     else:
         # address="local": a new Ray here even on a node that runs a cluster (plain

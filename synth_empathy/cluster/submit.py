@@ -231,7 +231,25 @@ def node_resources(address: str) -> list[dict[str, float]]:
     return [dict(n.resources_total or {}) for n in nodes]
 
 
-def build_runtime_env(working_dir: str = ".", runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
+def pip_requirements(working_dir: str = ".", extras: Sequence[str] = ("gpu", "models")) -> list[str]:
+    """``pyproject.toml``'s dependencies and ``extras``, as a ``runtime_env`` pip list: the
+    path for clusters that keep their own image (stock Ray 2.60 GPU images) instead of
+    cluster/Dockerfile's. Every node installs them once per distinct list."""
+    import tomllib
+
+    path = os.path.join(working_dir, "pyproject.toml")
+    try:
+        with open(path, "rb") as f:
+            project = tomllib.load(f)["project"]
+    except OSError:
+        raise ClusterError(f"--pip needs {path}; run from the repository root") from None
+    optional = project.get("optional-dependencies", {})
+    return [*project["dependencies"], *(r for e in extras for r in optional.get(e, []))]
+
+
+def build_runtime_env(
+    working_dir: str = ".", runtime_env: dict[str, Any] | None = None, pip: bool = False
+) -> dict[str, Any]:
     # pipeline.init_ray passes its own runtime_env to ray.init inside the job; Ray refuses
     # to merge it with the job's (any key in both) unless told to let the driver's win.
     env: dict[str, Any] = {
@@ -239,6 +257,8 @@ def build_runtime_env(working_dir: str = ".", runtime_env: dict[str, Any] | None
         "excludes": list(EXCLUDES),
         "env_vars": {"RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"},
     }
+    if pip:
+        env["pip"] = pip_requirements(working_dir)
     for key, value in (runtime_env or {}).items():
         if key == "env_vars":
             env["env_vars"] = {**env["env_vars"], **value}
@@ -320,12 +340,14 @@ def submit(
     job: str = "run",
     out=None,
     on_submitted: Callable[[str], None] | None = None,
+    pip: bool = False,
     lost_after: float | None = None,
     poll_s: float | None = None,
 ) -> str:
     """Submit ``python jobs/<job>.py <entrypoint_args>``; return the job's final status.
 
-    ``on_submitted`` is called with the job id as soon as the job exists. With ``follow``
+    ``on_submitted`` is called with the job id as soon as the job exists. ``pip``: the
+    job installs pyproject.toml's dependencies and GPU extra (:func:`pip_requirements`). With ``follow``
     the job's logs are written to ``out`` as they come and the call returns once the
     job ends: ``SUCCEEDED``, ``FAILED`` or ``STOPPED``; or :data:`LOST` when the cluster
     stopped answering for ``lost_after`` seconds (the job may run on). A job still
@@ -347,7 +369,7 @@ def submit(
         raise ClusterError(f"working_dir {working_dir!r} has no {JOBS[job]}; run from the repository root")
     client = connect(address)
     deadline = None if timeout is None else time.monotonic() + timeout
-    job_id = client.submit_job(entrypoint=command, runtime_env=build_runtime_env(working_dir, runtime_env))
+    job_id = client.submit_job(entrypoint=command, runtime_env=build_runtime_env(working_dir, runtime_env, pip))
     if on_submitted is not None:
         on_submitted(job_id)
     print(f"[submit] {job_id}: {command}", file=sys.stderr)
