@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
         "(clusters that keep their own image instead of cluster/Dockerfile's)",
     )
     p.add_argument(
+        "--cluster-file",
+        default=None,
+        help="the cluster's definition (cluster/aws-gpu.yaml, a RayCluster or RayJob manifest): the "
+        "resource check also counts the nodes its autoscaler can add",
+    )
+    p.add_argument(
         "--skip-resource-check",
         action="store_true",
         help="do not compare the run's GPU needs with the cluster's nodes before submitting",
@@ -46,9 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _precheck_run(address: str, job_args: list[str]) -> None:
+def _precheck_run(address: str, job_args: list[str], cluster_file: str | None = None) -> None:
     """For ``--job run``: load the config here (bad keys fail before submitting) and
-    check its GPU needs against the cluster's nodes."""
+    check its GPU needs against the cluster's nodes, and the node types of
+    ``cluster_file`` (which the autoscaler can add). Only what the config asks for is
+    checked here: paths such as a model folder on the cluster's volume are the job's to
+    check, on the cluster."""
     from synth_empathy.config import load_config
 
     preset, overrides, it = "default", [], iter(job_args)
@@ -60,6 +69,7 @@ def _precheck_run(address: str, job_args: list[str]) -> None:
         elif not a.startswith("-"):
             overrides.append(a)
     cfg = load_config(preset, overrides)
+    node_types = cs.cluster_file_node_types(cluster_file) if cluster_file else None
     try:
         nodes = cs.node_resources(address)
     except Exception as e:  # the job checks again inside the cluster (pipeline.run)
@@ -72,7 +82,16 @@ def _precheck_run(address: str, job_args: list[str]) -> None:
     for n in nodes:
         for k, v in n.items():
             totals[k] = totals.get(k, 0.0) + float(v)
-    cs.check_resources(cfg, totals, nodes)
+    try:
+        cs.check_resources(cfg, totals, nodes, node_types=node_types)
+    except cs.ClusterError as e:
+        if node_types is not None:
+            raise
+        # Only the nodes that are up were seen; the autoscaler may add what is missing.
+        raise cs.ClusterError(
+            f"{e}; if the cluster's autoscaler can add such nodes, pass --cluster-file with its definition "
+            "(or --skip-resource-check: the job checks the autoscaler's node types itself)"
+        ) from None
 
 
 @exits_on_bad_input
@@ -96,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     cs.connect(args.address)  # fail fast, in one line, on an unreachable address or a missing token
     if args.job == "run" and not args.skip_resource_check:
-        _precheck_run(args.address, job_args)
+        _precheck_run(args.address, job_args, args.cluster_file)
     status = cs.submit(
         args.address,
         job_args,

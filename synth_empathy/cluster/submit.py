@@ -30,6 +30,7 @@ instead of waiting forever for GPUs.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import sys
@@ -99,45 +100,131 @@ def check_resources(
     cluster_resources: Mapping[str, float],
     nodes: Sequence[Mapping[str, float]] | None = None,
     sections: Sequence[str] | None = None,
+    node_types: Sequence[Mapping[str, Any]] | None = None,
 ) -> None:
-    """Raise :class:`ClusterError` if the cluster cannot hold one replica of some stage.
+    """Raise :class:`ClusterError` if the cluster cannot hold one replica of some stage,
+    neither on a node it has nor on one its autoscaler can add.
 
     ``cluster_resources`` is ``ray.cluster_resources()`` (totals over the nodes);
     ``nodes``, when given, is each alive node's resource dict, and then one replica's
-    GPUs (``gpus_per_replica``, which covers tensor x pipeline parallelism) must fit
-    on a single node, as vLLM's tensor parallel workers are packed on one machine.
-    Only one replica has to fit: the stages run one after another and further
-    replicas wait for (or make an autoscaler add) nodes. A cluster that scales its
-    GPU group from zero shows no GPUs until a job asks for them; keep one GPU node up
-    (``minReplicas: 1``, as in ``cluster/``) so that this check sees the GPU shape.
+    GPUs (``gpus_per_replica``, which covers tensor x pipeline parallelism) and its
+    ``accelerator_type`` must be on a single node, as vLLM's tensor parallel workers
+    are packed on one machine. ``node_types`` are the autoscaler's node types (Ray's
+    cluster config: ``{"name", "resources", "max_count"}``, :func:`autoscaler_node_types`):
+    a type that may start at least one node counts as a node the cluster can have, so a
+    GPU group that scales from zero passes. Only one replica has to fit: the stages run
+    one after another and further replicas wait for (or make an autoscaler add) nodes.
     """
-    total_gpus = float(cluster_resources.get("GPU", 0) or 0)
-    largest = max((float(n.get("GPU", 0) or 0) for n in nodes), default=0.0) if nodes else total_gpus
+    scalable = [dict(t["resources"]) for t in node_types or [] if t.get("max_count", 0) != 0]
+    candidates = [dict(n) for n in nodes] + scalable if nodes is not None else None
+    total_gpus = float(cluster_resources.get("GPU", 0) or 0) + sum(float(t.get("GPU", 0) or 0) for t in scalable)
+    up = max((float(n.get("GPU", 0) or 0) for n in nodes), default=0.0) if nodes else total_gpus
+    addable = max((float(t.get("GPU", 0) or 0) for t in scalable), default=0.0)
+    largest = max(up, addable) if candidates is not None else total_gpus
     for stage, need, accel in _gpu_needs(cfg, sections):
         if total_gpus == 0:
+            tail = " and its autoscaler adds none" if node_types else ""
             raise ClusterError(
-                f"{stage}.gpus_per_replica={need:g} but the cluster has no GPUs; use a GPU "
+                f"{stage}.gpus_per_replica={need:g} but the cluster has no GPUs{tail}; use a GPU "
                 f"cluster or a CPU config (gpus_per_replica=0)"
             )
         if need > largest:
-            where = "its largest node has" if nodes else "it has"
+            if candidates is None:
+                where = f"it has {largest:g} GPUs"
+            else:
+                where = f"its largest node has {up:g} GPUs"
+                if node_types:
+                    where += f" and the largest its autoscaler can add {addable:g}"
             raise ClusterError(
-                f"{stage}.gpus_per_replica={need:g} does not fit the cluster: {where} "
-                f"{largest:g} GPUs; lower tensor_parallel_size or add bigger GPU nodes"
+                f"{stage}.gpus_per_replica={need:g} does not fit the cluster: {where}; "
+                f"lower tensor_parallel_size or add bigger GPU nodes"
             )
-        if accel and f"accelerator_type:{accel}" not in cluster_resources:
-            have = sorted(k.split(":", 1)[1] for k in cluster_resources if k.startswith("accelerator_type:"))
+        if not accel:
+            continue
+        key = f"accelerator_type:{accel}"
+        pool = candidates if candidates is not None else [cluster_resources]
+        if not any(key in n and float(n.get("GPU", 0) or 0) >= need for n in pool):
+            have = sorted({k.split(":", 1)[1] for n in pool for k in n if k.startswith("accelerator_type:")})
             raise ClusterError(
                 f"{stage}.accelerator_type={accel!r} is not on the cluster (it has: {', '.join(have) or 'none'})"
+                + (" on a node with enough GPUs" if any(key in n for n in pool) else "")
             )
+
+
+def autoscaler_node_types() -> list[dict[str, Any]] | None:
+    """The autoscaler's node types as the job's driver can read them, or None: Ray's
+    cluster config in the GCS (what KubeRay's and Ray's autoscaler v2 publish, and what
+    Ray Data's own autoscaling reads), else the launcher's ``~/ray_bootstrap_config.yaml``
+    on the head node, where the driver of a job runs."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # a private API: its absence is "unknown", never an error
+        config = None
+    if config is not None and config.node_group_configs:
+        return [
+            {"name": g.name, "resources": dict(g.resources), "max_count": int(g.max_count)}
+            for g in config.node_group_configs
+        ]
+    path = os.path.expanduser("~/ray_bootstrap_config.yaml")
+    if os.path.isfile(path):
+        import yaml
+
+        with open(path) as f:
+            return launcher_node_types(yaml.safe_load(f) or {})
+    return None
+
+
+def launcher_node_types(launcher: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``available_node_types`` of a Ray cluster launcher config, as node types."""
+    head = launcher.get("head_node_type")
+    return [
+        {"name": name, "resources": dict(t.get("resources") or {}), "max_count": int(t.get("max_workers", 0))}
+        for name, t in (launcher.get("available_node_types") or {}).items()
+        if name != head
+    ]
+
+
+def kuberay_node_types(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A RayCluster's (or a RayJob's cluster's) worker groups as its autoscaler sees them:
+    GPUs from ``num-gpus``, the resources ``rayStartParams`` declares, ``maxReplicas``."""
+    spec = doc["spec"] if doc.get("kind") == "RayCluster" else doc["spec"]["rayClusterSpec"]
+    types = []
+    for g in spec.get("workerGroupSpecs") or []:
+        params = g.get("rayStartParams") or {}
+        res: dict[str, float] = {"GPU": float(params.get("num-gpus", 0))}
+        raw = params.get("resources")
+        if raw:  # KubeRay passes it to ray start --resources as written, quotes included
+            res.update(json.loads(json.loads(raw) if raw.startswith('"') else raw))
+        types.append({"name": g["groupName"], "resources": res, "max_count": int(g.get("maxReplicas", 0))})
+    return types
+
+
+def cluster_file_node_types(path: str) -> list[dict[str, Any]]:
+    """Node types from a cluster definition: a launcher YAML or a KubeRay manifest."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            docs = [d for d in yaml.safe_load_all(f) if d]
+    except (OSError, yaml.YAMLError) as e:
+        raise ClusterError(f"cannot read --cluster-file {path}: {type(e).__name__}") from None
+    for doc in docs:
+        if "available_node_types" in doc:
+            return launcher_node_types(doc)
+        if doc.get("kind") in ("RayCluster", "RayJob"):
+            return kuberay_node_types(doc)
+    raise ClusterError(f"--cluster-file {path} is neither a cluster launcher config nor a RayCluster/RayJob")
 
 
 def check_cluster(cfg: Any, sections: Sequence[str] | None = None) -> None:
-    """:func:`check_resources` against the Ray cluster this process is connected to."""
+    """:func:`check_resources` against the Ray cluster this process is connected to and
+    the node types its autoscaler can add."""
     import ray
 
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    check_resources(cfg, ray.cluster_resources(), nodes, sections)
+    check_resources(cfg, ray.cluster_resources(), nodes, sections, autoscaler_node_types())
 
 
 # --------------------------------------------------------------------------- client
