@@ -68,3 +68,7 @@ class DuplicateRowsError(SynthEmpathyError, RuntimeError):
 
     Not bad input: it means a write went wrong, and the run stops rather than mark it done.
     """
+
+
+class JudgeValidationError(BadInputError):
+    """The judge's reference set cannot give a validation (too few dialogues)."""

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from synth_empathy.config import redacted_yaml
+from synth_empathy.stages.judge_validation import markdown
 
 # (config name, data files, what it is); the first is the default
 TABLES = [
@@ -29,7 +30,11 @@ TABLES = [
     ("samples", "samples/*.parquet", "every parsed generation: history, target, or a drop reason"),
     ("generations", "generations/*.parquet", "the generator's raw answers"),
     ("seeds", "seeds/*.parquet", "the seed pairs the run started from"),
-    ("judged", "judged/*.parquet", "the selection with the judge's ratings (1-3)"),
+    (
+        "judged",
+        "judged/*.parquet",
+        "the selection with the judge's ratings (expected values in [1, 3]; the Judge section says whether they measure anything)",
+    ),
 ]
 # The exports are named in the card's text, not as configs: `datasets` picks one builder
 # (Parquet here) for every config of a folder, and then fails on the JSONL files.
@@ -176,10 +181,16 @@ def card_text(report: dict[str, Any], cfg: Any, present: set[str], seeds_layout:
     for stage, reasons in report.get("dropped", {}).items():
         text = ", ".join(f"{r}: {n}" for r, n in reasons.items()) or "none"
         lines.append(f"- **{stage}**: {text}")
+    lines += judge_section(report)
     lines += ["", *licenses_section(corpus, run_models(cfg)), "## Plots", ""]
     lines += [f"![{p}]({p})" for p in report.get("plots", [])]
     lines += ["", "## Configuration", "", "```yaml", redacted_yaml(cfg).strip(), "```", ""]
     return "\n".join(lines)
+
+
+def judge_section(report: dict[str, Any]) -> list[str]:
+    """The judge's validation and ratings, as report.md shows them."""
+    return markdown(report.get("judge_validation"), report.get("judge"))
 
 
 def write_dataset_card(store, cfg: Any, report: dict[str, Any]) -> None:

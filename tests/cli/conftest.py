@@ -38,6 +38,9 @@ def guarded(tmp_path, monkeypatch):
     fake_run.counts_line = str
     monkeypatch.setitem(sys.modules, "synth_empathy.training.run", fake_run)
     (tmp_path / "in.jsonl").write_text(json.dumps({"instruction": "Speaker: hi\nListener:", "output": "hello"}) + "\n")
+    # five seed pairs: a reference set far under the judge validation's minimum
+    pairs = [{"context": f"I lost thing number {i}.", "response": f"Oh no, sorry about {i}."} for i in range(5)]
+    (tmp_path / "few.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     table = pa.table({"sample_id": ["a", "b"], "embedding": pa.array([[0.0, 1.0], [1.0, 0.0]], pa.list_(pa.float32()))})
     pq.write_table(table, tmp_path / "in.parquet")
     return tmp_path
