@@ -248,6 +248,7 @@ def test_exports_and_report(run):
         "discriminated",
         "scored",
         "selected",
+        "judge_validation",
         "judged",
     }
     assert report["judge"]["rows"] == n_selected
