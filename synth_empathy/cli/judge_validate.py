@@ -22,6 +22,7 @@ import logging
 import sys
 
 from synth_empathy.cli.common import Parser, add_config_arguments, exits_on_bad_input, load_with_aliases
+from synth_empathy.core.judge_scores import CRITERIA
 from synth_empathy.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ def run_validation(output: str, cfg) -> dict:
 def summary_lines(result: dict) -> list[str]:
     """One line per criterion: its AUCs with intervals and the verdict."""
     lines = []
-    for c, v in result["criteria"].items():
+    for c in CRITERIA:
+        v = result["criteria"][c]
         aucs = ", ".join(
             f"{d} {a['auc']:.2f} [{a['low']:.2f}, {a['high']:.2f}]" for d, a in v["auc"].items() if a["auc"] is not None
         )

@@ -140,9 +140,9 @@ def verdict(
         values = [r.get(c) for r in ratings if r.get(c) is not None]
         varies = len(set(values)) > 1
         failing = [d for d in EXPECTED[c] if not aucs[d]["discriminative"]]
-        reasons = ([] if varies else ["its ratings do not vary"]) + [
-            f"its AUC interval against {d.replace('_', ' ')} includes or falls below 0.5" for d in failing
-        ]
+        reasons = ([] if varies else ["its ratings do not vary"]) + (
+            [f"AUC interval not above 0.5 against {', '.join(d.replace('_', ' ') for d in failing)}"] if failing else []
+        )
         out[c] = {
             "auc": aucs,
             "expected": list(EXPECTED[c]),

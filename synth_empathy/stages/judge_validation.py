@@ -62,9 +62,10 @@ CONTRACT = StageContract(
 )
 
 RULE = (
-    "discriminative = its ratings vary and, against every degradation it should notice "
+    "a criterion is discriminative when its ratings vary and its AUC interval lies above 0.5 against each "
+    "degradation it should notice ("
     + "; ".join(f"{c}: {', '.join(d.replace('_', ' ') for d in ds)}" for c, ds in EXPECTED.items())
-    + ", the AUC's 95 % interval lies above 0.5"
+    + ")"
 )
 
 
@@ -198,13 +199,14 @@ def markdown(result: dict[str, Any] | None, summary: dict[str, Any] | None, head
         lines += [
             f"Validated on {result['references']} human reference dialogues ({result['data']}): the judge rated each "
             "true listener reply and degraded ones. AUC = P(the true reply is rated above the degraded one), "
-            "ties 1/2, with a bootstrap 95 % interval over the dialogues; 0.5 is a coin. In bold, the "
-            f"degradations the rule reads ({result['rule']}).",
+            "ties 1/2, with a bootstrap 95 % interval over the dialogues; 0.5 is a coin. The rule: "
+            f"{result['rule']}; those cells are in bold.",
             "",
             "| criterion | " + " | ".join(d.replace("_", " ") for d in result["degradations"]) + " | discriminative |",
             "| --- |" + " ---: |" * len(result["degradations"]) + " --- |",
         ]
-        for c, v in result["criteria"].items():
+        for c in judge.CRITERIA:  # the file's keys are sorted; the report keeps the criteria's order
+            v = result["criteria"][c]
             cells = [_cell(v["auc"][d], d in v["expected"]) for d in result["degradations"]]
             verdict = "yes" if v["discriminative"] else f"**no**: {v['why_not']}"
             lines.append(f"| {c} | " + " | ".join(cells) + f" | {verdict} |")
