@@ -177,7 +177,7 @@ def _stages(
             lambda ds, carry: judge.judge_stage(ds, j, carry, **llm("judge", j)),
             source=(lambda salvage: None) if no_rows else None,
             part_rows=part_rows,
-            engine_progress=engines.progress("judge"),
+            engine_progress=judge.row_progress(engines.progress("judge")),
         )
 
     result = report.write_report(store, cfg, runner.timings)

@@ -248,19 +248,38 @@ def judge_summary(table: pa.Table) -> dict[str, Any]:
     }
 
 
-def judge_stage(ds, cfg: Any, carry: Sequence[str], model_path: str | None = None, served=None):
+def row_progress(progress: Any) -> Any:
+    """A shared engine's progress reader (``SharedEngines.progress``) counting judged rows,
+    not requests: each row is one request per criterion."""
+    if progress is None:
+        return None
+
+    def read():
+        snap = progress()
+        if not isinstance(snap, dict):
+            return snap
+        n = len(CRITERIA)
+        return {**snap, "answered": snap["answered"] // n, "failed": -(-snap["failed"] // n)}
+
+    return read
+
+
+def judge_stage(ds, cfg: Any, carry: Sequence[str], model_path: str | None = None, served=None, name: str = "judge"):
     """Step 6 on a Ray Dataset of rows to judge: the rows' ``carry`` columns plus the judge's.
 
     The (row, criterion) requests go through the engine and their ratings are collected
     before the rows are written: a row's three answers come back from the engine in any
     order, and folding them in the driver (a few scalars per row) avoids a shuffle. The
     cost: the stage's output parts are written after its last request, so a crash during
-    the judging loses that stage's requests (nothing finished, nothing doubled).
+    the judging loses that stage's requests (nothing finished, nothing doubled). ``name``
+    tags the requests on a shared engine (its progress counts are per name).
     """
     import ray
 
     requests = ds.flat_map(expand_criteria, num_cpus=cfg.engine.helper_cpus)
-    rated = Judge(cfg.engine, cfg.sampling)(requests, model_path=model_path, served=served)
+    stage = Judge(cfg.engine, cfg.sampling)
+    stage.name = name
+    rated = stage(requests, model_path=model_path, served=served)
     keep = ["sample_id", "criterion", "rating", "judge_reason", "judge_model", "judge_num_tokens", "judge_error"]
     blocks = [t for t in ray.get(rated.select_columns(keep).to_arrow_refs()) if t.num_rows]
     table = pa.concat_tables(blocks, promote_options="permissive") if blocks else pa.table({k: [] for k in keep})

@@ -104,7 +104,12 @@ def judge_references(table: pa.Table, cfg: Any, model_path: str | None = None, s
 
     todo = table.drop_columns([n for n, _ in schemas.JUDGED_COLUMNS])
     out = judge.judge_stage(
-        ray.data.from_arrow(todo), cfg.judge, carry=todo.column_names, model_path=model_path, served=served
+        ray.data.from_arrow(todo),
+        cfg.judge,
+        carry=todo.column_names,
+        model_path=model_path,
+        served=served,
+        name="judge_validation",  # its own counts on a shared engine, apart from the judge stage's
     )
     blocks = [t for t in ray.get(out.to_arrow_refs()) if t.num_rows]
     rated = pa.concat_tables([t.select(SCHEMA.names).cast(SCHEMA) for t in blocks]) if blocks else SCHEMA.empty_table()

@@ -141,3 +141,11 @@ def test_summary_counts_means_spread_and_distributions():
 def test_summary_of_an_empty_table():
     s = judge_summary(pa.schema(JUDGED_COLUMNS).empty_table())
     assert s["rows"] == 0 and s["criteria"]["empathy"]["mean"] is None and s["mean_of_means"] is None
+
+
+def test_a_shared_engines_progress_counts_judged_rows_not_requests():
+    from synth_empathy.stages.judge import row_progress
+
+    snap = {"answered": 7, "failed": 1, "tokens": 8}
+    assert row_progress(lambda: snap)() == {"answered": 2, "failed": 1, "tokens": 8}
+    assert row_progress(lambda: "starting")() == "starting" and row_progress(None) is None
