@@ -281,15 +281,18 @@ class JudgeConfig:
     engine: EngineConfig = sub(EngineConfig, "the judge engine (paper: a strong LLM)")
     sampling: SamplingConfig = sub(
         SamplingConfig,
-        "judge sampling: greedy, a few tokens for three short lines",
+        "judge sampling: one token per criterion, whose top-20 log-probabilities give the rating "
+        "(the expected value over the tokens 1, 2, 3; max_tokens is always 1)",
         temperature=0.0,
         top_p=1.0,
-        max_tokens=24,
+        max_tokens=1,
     )
-    constrained: bool = opt(
+    validate: bool = opt(
         True,
-        "constrain the answer to the three rating lines (vLLM structured outputs); small "
-        "models otherwise drift into prose, strong ones lose nothing",
+        "in a run, first judge human replies against degraded ones (another dialogue's reply, the reply "
+        "cut mid-sentence, the speaker's last line repeated) on the calibration.* reference dialogues: "
+        "per-criterion AUC with a bootstrap interval, cached in judge_calibration.json. A criterion "
+        "whose interval includes 0.5 is reported as not discriminative and its mean not as quality",
     )
 
 

@@ -72,3 +72,7 @@ class DuplicateRowsError(SynthEmpathyError, RuntimeError):
 
 class CalibrationInputError(BadInputError):
     """The reference dialogues of a calibration cannot give a measurement (too few of them)."""
+
+
+class JudgeValidationError(BadInputError):
+    """The judge's reference set cannot give a validation (too few dialogues)."""

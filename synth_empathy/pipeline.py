@@ -41,6 +41,7 @@ from synth_empathy.stages import (
     export,
     generation,
     judge,
+    judge_validation,
     quality,
     seeds,
     selection,
@@ -74,11 +75,21 @@ def preflight(cfg: DictConfig) -> tuple[RunStore, pa.Table | None]:
         models = [cfg.generation.engine.model, cfg.discriminator.engine.model, cfg.quality.embedder]
         for spec in models + ([cfg.judge.engine.model] if cfg.judge.enabled else []):
             check_model(spec)
+        if validates_judge(cfg):  # too few reference dialogues: one line now, not after the run
+            judge_validation.load_references(cfg, _reference_options(cfg))
     except BadInputError:
         if made_here:
             store.fs.rm(store.root, recursive=True)
         raise
     return store, references
+
+
+def validates_judge(cfg: DictConfig) -> bool:
+    return bool(cfg.judge.enabled and cfg.judge.validate)
+
+
+def _reference_options(cfg: DictConfig) -> dict[str, Any]:
+    return storage_options(judge_validation.reference_source(cfg), cfg.storage)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -213,6 +224,11 @@ def _stages(
 
     # 6. A judge LLM rates every selected row on naturalness, coherence and empathy.
     j = cfg.judge
+    if validates_judge(cfg):
+        # 6a. First the judge itself is measured: human replies against degraded ones, through
+        # the engine the judge stage uses (a criterion that fails is a warning; the run goes on).
+        judge_references = judge_validation.load_references(cfg, _reference_options(cfg))
+        judge_validation.run_validation(runner, store, cfg, judge_references, lambda: llm("judge", j))
     if j.enabled:
         no_rows = store.count_rows("selected") == 0  # no engine start for nothing to judge
         runner.keyed(
@@ -220,7 +236,7 @@ def _stages(
             lambda ds, carry: judge.judge_stage(ds, j, carry, **llm("judge", j)),
             source=(lambda salvage: None) if no_rows else None,
             part_rows=part_rows,
-            engine_progress=engines.progress("judge"),
+            engine_progress=judge.row_progress(engines.progress("judge")),
         )
 
     result = report.write_report(store, cfg, runner.timings)

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from synth_empathy.core.diversity_metrics import bounded_sample, diversity_report
+from synth_empathy.stages import judge_validation
 from synth_empathy.stages.calibration import markdown_lines as calibration_markdown
 from synth_empathy.stages.judge import CRITERIA, judge_summary
 
@@ -136,6 +137,7 @@ def build_report(store, cfg, timings: dict[str, float]) -> dict[str, Any]:
         "judge": judge_summary(store.read_table("judged", columns=[*CRITERIA, "judge_reason"]))
         if store.is_done("judged")
         else None,
+        "judge_validation": judge_validation.read_result(store),
         "models": {
             "generator": cfg.generation.engine.model,
             "discriminator": cfg.discriminator.engine.model,
@@ -338,21 +340,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     if cal:
         lines += ["", "## Calibration against human replies", "", *calibration_markdown(cal, q, shares=True)]
         lines += ["", "![generated against human](plots/quality_vs_human.png)"]
-    jd = report.get("judge")
-    if jd:
-        lines += [
-            "",
-            "## Judge (1-3)",
-            "",
-            f"{jd['parsed']} of {jd['rows']} rows rated; unparsable: {jd['reasons'] or 0}",
-            "",
-            "| criterion | mean | 1 | 2 | 3 |",
-            "| --- | ---: | ---: | ---: | ---: |",
-        ]
-        for name, c in jd["criteria"].items():
-            d = c["distribution"]
-            mean = "n/a" if c["mean"] is None else f"{c['mean']:.2f}"
-            lines.append(f"| {name} | {mean} | {d['1']} | {d['2']} | {d['3']} |")
+    # The judge's section (validation first, then the means, labelled by what it found).
+    lines += judge_validation.markdown(report.get("judge_validation"), report.get("judge"))
     lines += [
         "",
         "![quality scores](plots/quality_scores.png)",

@@ -83,11 +83,12 @@ SELECTED = pa.schema(
     + [("pick_order", _int), ("distance_at_pick", _float)]
 )
 
-# Step 6: the judge's ratings of each selected row (null when not parsed, see judge.py).
+# Step 6: the judge's ratings of each selected row, expected values in [1, 3] (null when
+# not rated, see judge.py).
 JUDGED_COLUMNS = [
-    ("naturalness", _int),
-    ("coherence", _int),
-    ("empathy", _int),
+    ("naturalness", _float),
+    ("coherence", _float),
+    ("empathy", _float),
     ("judge_model", _str),
     ("judge_num_tokens", _int),
     ("judge_error", _str),

@@ -409,6 +409,15 @@ def to_markdown(report: dict[str, Any]) -> str:
     if any("judge" in r for r in models.values()):
         cells = [str((r.get("judge") or {}).get("parsed", "")) for r in models.values()]
         lines.append("| judge parsed | " + " | ".join(cells) + " |")
+    if any("judge" in r for r in models.values()):
+        # The judge_* rows are ratings, not a verdict: whether this judge tells good replies
+        # from bad ones is measured apart (issue 25: the packaged 135M judge does not).
+        lines += [
+            "",
+            "The judge_* rows are mean expected ratings in [1, 3]. They compare answers only as far as the "
+            "judge is discriminative: check it with `synth-empathy judge-validate` (the packaged 135M judge "
+            "is not; benchmarks/README.md, 'The judge, validated').",
+        ]
     width = ci.get("rouge_l")
     if width:
         lines += [

@@ -28,8 +28,9 @@ judge's, as in :data:`synth_empathy.schemas.JUDGE_OUTPUT`), ``judged.done.json``
 ``judge_report.json`` (means, distributions, reasons, rows/s and tokens/s). The judging is keyed by the row id
 like the pipeline's LLM stages: run the same command again after a crash and only the
 rows the finished Parquet parts do not hold are judged; a finished output is read back.
-The judge's engine, sampling and constraint come from the ``judge`` section of the
-config (preset and ``key=value`` overrides, as for ``synth-empathy run``).
+The judge's engine and sampling come from the ``judge`` section of the config (preset and
+``key=value`` overrides, as for ``synth-empathy run``). Whether its ratings tell good
+replies from bad ones is a separate measurement: ``synth-empathy judge-validate``.
 """
 
 from __future__ import annotations
@@ -244,7 +245,7 @@ def run_judging(
         "rows_judged": table.num_rows,
         "judge": judge_summary(table),
         "model": j.engine.model,
-        "constrained": bool(j.constrained),
+        "scoring": "one criterion per request; expected rating over the tokens 1, 2, 3 (top-20 logprobs)",
         # Wall time of this command, engine start-up included; the rates count only the
         # rows it judged itself (not those a finished or salvaged output already held).
         "this_call": {
@@ -282,9 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_with_aliases(a, {})
     report = run_judging(a.input, a.output, cfg, id_column=a.id_column, sample=a.sample)
     s = report["judge"]
+    # Means only: whether they measure quality is judge-validate's question, not this command's.
     means = ", ".join(f"{c} {v['mean']}" for c, v in s["criteria"].items())
     print(
-        f"judged {s['parsed']} of {report['rows_judged']} rows ({means}; dropped before judging: "
+        f"judged {s['parsed']} of {report['rows_judged']} rows (mean ratings {means}; dropped before judging: "
         f"{report['dropped'] or 'none'}) -> {report['output']}"
     )
     return 0 if s["parsed"] > 0 else 1

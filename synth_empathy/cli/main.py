@@ -5,6 +5,7 @@
     synth-empathy config --docs                           every option, default, meaning
     synth-empathy select ...                              k-center selection on its own
     synth-empathy judge INPUT OUTPUT [...]                rate any dataset with the judge
+    synth-empathy judge-validate OUTPUT [...]             the judge on human vs degraded replies
     synth-empathy train [--preset NAME] [key=value ...]   fine-tune the discriminator (step 0)
     synth-empathy evaluate OUTPUT [--model M ...]         models answer held-out dialogues, scored
     synth-empathy calibrate OUTPUT [--data F] [...]       the quality score checked on human replies
@@ -30,6 +31,10 @@ from synth_empathy.logs import setup_logging
 COMMANDS = {
     "select": ("synth_empathy.cli.select", "greedy k-center selection over a Parquet dataset"),
     "judge": ("synth_empathy.cli.judge", "rate a Parquet or JSONL dataset with the judge LLM"),
+    "judge-validate": (
+        "synth_empathy.cli.judge_validate",
+        "measure the judge on human replies against degraded ones (per-criterion AUC)",
+    ),
     "train": ("synth_empathy.cli.train", "fine-tune the discriminator on ED and/or selected data"),
     "evaluate": ("synth_empathy.cli.evaluate", "models answer held-out dialogues, scored against the references"),
     "calibrate": ("synth_empathy.cli.calibrate", "check the quality score against human replies; T for auto"),

@@ -1,5 +1,6 @@
 """Every private name of Ray Serve LLM and vLLM that :mod:`synth_empathy.engines` uses
-(and the few of Ray core that :mod:`synth_empathy.logs` uses).
+(and the few of Ray core that :mod:`synth_empathy.logs` uses, and of Ray Train that
+:mod:`synth_empathy.training.ray_train` uses).
 
 Private names move between releases without notice. Each one used here is listed with
 the module that uses it and why, and :func:`missing` says whether the installed Ray and
@@ -126,6 +127,17 @@ SURFACES: tuple[Surface, ...] = (
         "its logger's name and its warning, let through once instead of once a second",
         source_has="Failed to query Ray Train Controller actor state",
         as_written="placement_group_cleaner",
+    ),
+    # Ray Train's, for a training run that survives a slow state API
+    Surface(
+        "ray.train.v2.api.data_parallel_trainer:DataParallelTrainer._create_default_callbacks",
+        "training.ray_train",
+        "the trainer's default callbacks, less the placement-group cleaner that kills live runs on a state-API miss",
+    ),
+    Surface(
+        "ray.train.v2._internal.callbacks.placement_group_callback:PlacementGroupCleanerCallback",
+        "training.ray_train",
+        "the callback left out, named by its class",
     ),
 )
 

@@ -79,9 +79,9 @@ def reference_path(cfg: Any) -> tuple[str, str]:
     return (c.data, c.layout) if c.data else (seed_path(cfg.seeds), cfg.seeds.layout)
 
 
-def reference_table(cfg: Any, storage_options: dict | None = None) -> pa.Table:
-    """The reference dialogues (one pair each) with their foils; raises
-    :class:`CalibrationInputError` when there are fewer than ``MIN_REFERENCES``."""
+def reference_pairs(cfg: Any, storage_options: dict | None = None) -> list[dict[str, Any]]:
+    """One seed pair per reference dialogue (``seed_id, context, response, emotion, dialogue``),
+    at most ``calibration.limit``: the references of this calibration and of the judge's validation."""
     c = cfg.calibration
     path, layout = reference_path(cfg)
     fraction = cfg.train.heldout_fraction if c.heldout_only else None
@@ -91,14 +91,28 @@ def reference_table(cfg: Any, storage_options: dict | None = None) -> pa.Table:
     pairs = read_seeds(path, layout=layout, limit=scan, storage_options=storage_options).to_arrow().to_pylist()
     if fraction is not None:
         pairs = [p for p in pairs if is_heldout(p["context"], fraction, cfg.train.heldout_salt)]
-    refs = cal.reference_rows(pairs, c.limit, cfg.seed)
+    return cal.reference_rows(pairs, c.limit, cfg.seed)
+
+
+def too_few(cfg: Any, n: int) -> str:
+    """The one line saying that ``n`` reference dialogues cannot give an interval, and where they came from."""
+    c = cfg.calibration
+    path, _ = reference_path(cfg)
+    where = "calibration.data" if c.data else "the seed file (seeds.path; or give calibration.data)"
+    if c.heldout_only:
+        where += f", held out at train.heldout_fraction={cfg.train.heldout_fraction}"
+    return f"{where} {path}: {n} reference dialogues, at least {cal.MIN_REFERENCES} are needed for an interval"
+
+
+def reference_table(cfg: Any, storage_options: dict | None = None) -> pa.Table:
+    """The reference dialogues (one pair each) with their foils; raises
+    :class:`CalibrationInputError` when there are fewer than ``MIN_REFERENCES``."""
+    c = cfg.calibration
+    refs = reference_pairs(cfg, storage_options)
     if len(refs) < cal.MIN_REFERENCES:
-        where = "calibration.data" if c.data else "the seed file (seeds.path; or give calibration.data)"
-        if fraction is not None:
-            where += f", held out at train.heldout_fraction={fraction}"
         raise CalibrationInputError(
-            f"{where} {path}: {len(refs)} reference dialogues, at least {cal.MIN_REFERENCES} are needed for an "
-            f"interval; give more dialogues, or a numeric quality.threshold with calibration.enabled=false"
+            f"{too_few(cfg, len(refs))}; give more dialogues, or a numeric quality.threshold with "
+            "calibration.enabled=false"
         )
     foils = cal.foil_replies([r["response"] for r in refs], [r["emotion"] for r in refs], cfg.seed, c.generic_replies)
     rows = [

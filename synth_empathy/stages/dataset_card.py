@@ -22,6 +22,7 @@ import yaml
 
 from synth_empathy.config import redacted_yaml
 from synth_empathy.stages import calibration
+from synth_empathy.stages.judge_validation import markdown
 
 # (config name, data files, what it is); the first is the default
 TABLES = [
@@ -30,7 +31,11 @@ TABLES = [
     ("samples", "samples/*.parquet", "every parsed generation: history, target, or a drop reason"),
     ("generations", "generations/*.parquet", "the generator's raw answers"),
     ("seeds", "seeds/*.parquet", "the seed pairs the run started from"),
-    ("judged", "judged/*.parquet", "the selection with the judge's ratings (1-3)"),
+    (
+        "judged",
+        "judged/*.parquet",
+        "the selection with the judge's ratings (expected values in [1, 3]; the Judge section says whether they measure anything)",
+    ),
 ]
 # The exports are named in the card's text, not as configs: `datasets` picks one builder
 # (Parquet here) for every config of a folder, and then fails on the JSONL files.
@@ -180,11 +185,17 @@ def card_text(report: dict[str, Any], cfg: Any, present: set[str], seeds_layout:
     if report.get("calibration"):
         lines += ["", "## The quality threshold, checked on human replies", ""]
         lines += calibration.markdown_lines(report["calibration"], report.get("quality"))
+    lines += judge_section(report)
     lines += ["", *licenses_section(corpus, run_models(cfg)), "## Plots", ""]
     lines += [f"![{p}]({p})" for p in report.get("plots", [])]
     config = calibration.resolved_config_yaml(cfg, report["calibration"]) if report.get("calibration") else None
     lines += ["", "## Configuration", "", "```yaml", (config or redacted_yaml(cfg)).strip(), "```", ""]
     return "\n".join(lines)
+
+
+def judge_section(report: dict[str, Any]) -> list[str]:
+    """The judge's validation and ratings, as report.md shows them."""
+    return markdown(report.get("judge_validation"), report.get("judge"))
 
 
 def write_dataset_card(store, cfg: Any, report: dict[str, Any]) -> None:

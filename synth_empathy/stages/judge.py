@@ -1,4 +1,4 @@
-"""Method step 6 - judging the data: an LLM rates every selected row 1-3.
+"""Method step 6 - judging the data: an LLM rates every selected row on three criteria.
 
 Three criteria, as in the paper; the rubrics below are written for this project:
 
@@ -6,31 +6,35 @@ Three criteria, as in the paper; the rubrics below are written for this project:
 * **coherence** - it follows from the dialogue history and stays on its topic;
 * **empathy** - it recognises the speaker's feelings and answers them with care.
 
-The judge reads the sample's history (``history`` turns, or the ``instruction`` text
-when a row has no turns) and the target ``output``, and is asked for three lines
-``Naturalness: N`` / ``Coherence: N`` / ``Empathy: N``. (A placeholder such as
-``Naturalness: <1, 2 or 3>`` in the prompt was copied verbatim by SmolLM2-135M, so the
-prompt describes the lines in words instead.) As in
-:mod:`synth_empathy.stages.generation`, the answer is started for the model with
-:data:`ANSWER_PREFIX` (``Naturalness:``), an assistant message that the chat template
-continues: a small model then writes a digit far more often than a paragraph.
+Each row is judged with **one request per criterion** (the rows are expanded to
+(row, criterion) before the engine and folded back after it). The judge reads the
+sample's history (``history`` turns, or the ``instruction`` text when a row has no turns),
+the target ``output`` and one rubric, and answers with a single token after
+:data:`~synth_empathy.core.judge_scores.ANSWER_PREFIX` (``Rating: ``, an assistant message
+that the chat template continues). The engine returns that token's top alternatives with
+their log-probabilities; the rating is the expected value over the tokens ``1``, ``2``,
+``3`` (:func:`~synth_empathy.core.judge_scores.expected_rating`), a float in [1, 3]. Asked
+for three lines at once, SmolLM2-135M wrote ``1, 2, 3`` for every row (the order of the
+scale); one digit per request, read as probabilities, leaves no order to copy.
 
-:func:`~synth_empathy.core.judge_scores.parse_scores` reads the answer and never raises. A row gets all three scores
-or none; when it gets none, ``judge_reason`` says why:
+Whether the ratings mean anything is measured, not assumed:
+:mod:`synth_empathy.stages.judge_validation` judges human replies against degraded ones.
 
-* ``judge_error`` - the engine failed on the request (``judge_error`` holds the message);
-* ``judge_empty`` - the model wrote nothing;
-* ``judge_out_of_range`` - a criterion was rated, but not with a whole number 1-3
-  (``0``, ``4``, ``2.5``, ``4/5`` ...);
-* ``judge_unparsable`` - one or more criteria have no rating at all.
+A criterion without a rating is null, and ``judge_reason`` says why (the first reason in
+criterion order; ``judge_error`` wins):
+
+* ``judge_error`` - the engine failed on a request (``judge_error`` holds the message);
+* ``judge_no_rating_token`` - none of ``1``, ``2``, ``3`` was among the token's alternatives;
+* ``judge_no_logprobs`` - the engine returned no alternatives.
 
 in:  selected rows  ``sample_id, instruction, output, history, ...``
-out: ``+ naturalness, coherence, empathy`` (int64, null when not parsed),
+out: ``+ naturalness, coherence, empathy`` (float64 in [1, 3], null when not rated),
      ``judge_model, judge_num_tokens, judge_error, judge_reason``
 """
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -38,9 +42,16 @@ from typing import Any
 import pyarrow as pa
 
 from synth_empathy import schemas
-from synth_empathy.core.judge_scores import ANSWER_PATTERN, ANSWER_PREFIX, CRITERIA, parse_scores  # noqa: F401
+from synth_empathy.core.judge_scores import (
+    ANSWER_PREFIX,
+    CRITERIA,
+    ENGINE_ERROR,
+    TOP_LOGPROBS,
+    expected_rating,
+    first_token_alternatives,
+)
 from synth_empathy.stages.contract import StageContract
-from synth_empathy.stages.llm import LLMStage
+from synth_empathy.stages.llm import ALTERNATIVES, LLMStage
 
 CONTRACT = StageContract(
     name="judged",
@@ -71,11 +82,11 @@ RUBRICS: dict[str, str] = {
     ),
 }
 
-SYSTEM_PROMPT = "You are a careful rater of empathetic conversations. You answer only with the ratings asked for."
+SYSTEM_PROMPT = "You are a careful rater of empathetic conversations. You answer with one digit."
 
-USER_TEMPLATE = """Rate the listener's last response in the conversation below on three criteria. Give each criterion a whole number from 1 (poor) to 3 (good).
+USER_TEMPLATE = """Rate the listener's last response in the conversation below on one criterion, with a whole number from 1 (poor) to 3 (good).
 
-{rubrics}
+{rubric}
 
 Conversation:
 {dialogue}
@@ -83,7 +94,7 @@ Conversation:
 Listener's response to rate:
 {response}
 
-Answer with three lines and nothing else: each criterion's name, a colon and its rating as one digit (1, 2 or 3)."""
+Answer with one digit: 1, 2 or 3."""
 
 
 # --------------------------------------------------------------------------- prompt
@@ -101,12 +112,10 @@ def dialogue_text(row: dict[str, Any]) -> str:
     return str(row.get("instruction") or "").strip()
 
 
-def judge_messages(row: dict[str, Any]) -> list[dict[str, str]]:
-    """Chat messages asking for the three ratings, the answer started with ANSWER_PREFIX."""
+def judge_messages(row: dict[str, Any], criterion: str) -> list[dict[str, str]]:
+    """Chat messages asking for one criterion's rating, the answer started with ANSWER_PREFIX."""
     user = USER_TEMPLATE.format(
-        rubrics="\n".join(RUBRICS[c] for c in CRITERIA),
-        dialogue=dialogue_text(row),
-        response=str(row.get("output") or "").strip(),
+        rubric=RUBRICS[criterion], dialogue=dialogue_text(row), response=str(row.get("output") or "").strip()
     )
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
@@ -115,40 +124,84 @@ def judge_messages(row: dict[str, Any]) -> list[dict[str, str]]:
     ]
 
 
+# The columns a (row, criterion) request carries through the engine.
+_REQUEST_CARRY = ("sample_id", "criterion")
+
+
+def expand_criteria(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """One request row per criterion: the id, the criterion and what the prompt reads."""
+    base = {k: row.get(k) for k in ("sample_id", "instruction", "output", "history")}
+    return [{**base, "criterion": c} for c in CRITERIA]
+
+
 class Judge(LLMStage):
-    """The judge as a ``ray.data.llm`` processor over selected rows."""
+    """The judge as a ``ray.data.llm`` processor over (row, criterion) request rows."""
 
     name = "judge"
     model_column = "judge_model"
     tokens_column = "judge_num_tokens"
     error_column = "judge_error"
-
-    def __init__(
-        self, engine, sampling, passthrough: Sequence[str] = ("seed_id", "sample_id"), constrained: bool = True
-    ) -> None:
-        super().__init__(engine, sampling)
-        self.passthrough = tuple(passthrough)
-        self.constrained = constrained
+    passthrough = _REQUEST_CARRY
 
     def sampling_params(self) -> dict[str, Any]:
         params = super().sampling_params()
-        if self.constrained:
-            # The answer continues ANSWER_PREFIX, so the pattern starts after "Naturalness:".
-            params["structured_outputs"] = {"regex": ANSWER_PATTERN}
+        # One token is the answer; its alternatives give the rating (not the sampled digit).
+        params["max_tokens"] = 1
+        params["logprobs"] = TOP_LOGPROBS
         return params
 
     def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
-        return judge_messages(row)
+        return judge_messages(row, row["criterion"])
 
     def output_columns(self, row: dict[str, Any], text: str) -> dict[str, Any]:
         if row.get("__inference_error__"):
-            scores, reason = None, "judge_error"
-        else:
-            # The prefix was written for the model, so it belongs to the answer.
-            scores, reason = parse_scores(ANSWER_PREFIX + text)
-        out: dict[str, Any] = {c: (scores[c] if scores else None) for c in CRITERIA}
-        out["judge_reason"] = reason
-        return out
+            return {"rating": None, "judge_reason": ENGINE_ERROR}
+        # The served path hands the alternatives over already read; vLLM's processor its logprobs.
+        alts = row[ALTERNATIVES] if ALTERNATIVES in row else first_token_alternatives(row.get("logprobs"))
+        rating, reason = expected_rating(alts)
+        return {"rating": rating, "judge_reason": reason}
+
+
+def fold_ratings(requests: pa.Table) -> dict[str, dict[str, Any]]:
+    """Per ``sample_id``, the judge's columns from its criterion requests (one row each)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in requests.to_pylist():
+        row = out.setdefault(
+            r["sample_id"],
+            {**dict.fromkeys(CRITERIA), "judge_model": r.get("judge_model"), "judge_num_tokens": 0}
+            | {"judge_error": None, "_reasons": {}},
+        )
+        row[r["criterion"]] = r.get("rating")
+        row["judge_num_tokens"] += int(r.get("judge_num_tokens") or 0)
+        if r.get("judge_error") and row["judge_error"] is None:
+            row["judge_error"] = r["judge_error"]
+        if r.get("judge_reason"):
+            row["_reasons"][r["criterion"]] = r["judge_reason"]
+    for row in out.values():
+        reasons = row.pop("_reasons")
+        ordered = [reasons[c] for c in CRITERIA if c in reasons]
+        row["judge_reason"] = ENGINE_ERROR if ENGINE_ERROR in ordered else (ordered[0] if ordered else None)
+    return out
+
+
+_JUDGE_NAMES = [name for name, _ in schemas.JUDGED_COLUMNS]
+
+
+def join_ratings(batch: pa.Table, folded: list, carry: Sequence[str]) -> pa.Table:
+    """The batch's carried columns plus the judge's, looked up by ``sample_id``
+    (``folded`` = [ObjectRef of :func:`fold_ratings`'s dict]). A row with no request
+    back (none should be) gets nulls and the reason ``judge_error``."""
+    import ray
+
+    ratings = ray.get(folded[0])
+    ids = batch.column("sample_id").to_pylist()
+    missing = {**dict.fromkeys(_JUDGE_NAMES), "judge_num_tokens": 0, "judge_reason": ENGINE_ERROR}
+    rows = [ratings.get(i, missing) for i in ids]
+    columns = {c: batch.column(c) for c in carry if c in batch.column_names}
+    fields = dict(schemas.JUDGED_COLUMNS)
+    for name in _JUDGE_NAMES:
+        columns[name] = pa.array([r.get(name) for r in rows], type=fields[name])
+    return pa.table(columns)
 
 
 # --------------------------------------------------------------------------- report
@@ -158,8 +211,11 @@ def judge_summary(table: pa.Table) -> dict[str, Any]:
     """What the report shows about the judged rows.
 
     ``{"rows", "parsed", "unparsable", "reasons": {reason: count},
-    "criteria": {criterion: {"mean": float|None, "distribution": {"1": n, "2": n, "3": n}}},
-    "mean_of_means": float|None}``; unparsable rows count under ``reasons`` only.
+    "criteria": {criterion: {"mean", "sd", "min", "max", "varies",
+    "distribution": {"1": n, "2": n, "3": n}}}, "mean_of_means"}`` over the rows rated on
+    all three criteria (``parsed``); ``distribution`` counts ratings rounded to the nearest
+    whole number; ``varies`` is false when every rating is the same. Rows without all
+    three ratings count under ``reasons`` only.
     """
     n = table.num_rows
     columns = {c: table.column(c).to_pylist() for c in CRITERIA}
@@ -171,10 +227,14 @@ def judge_summary(table: pa.Table) -> dict[str, Any]:
     )
     criteria: dict[str, Any] = {}
     for c in CRITERIA:
-        values = [columns[c][i] for i in parsed_rows]
-        counts = Counter(values)
+        values = [float(columns[c][i]) for i in parsed_rows]
+        counts = Counter(min(3, max(1, int(v + 0.5))) for v in values)
         criteria[c] = {
-            "mean": round(sum(values) / len(values), 4) if values else None,
+            "mean": round(statistics.fmean(values), 4) if values else None,
+            "sd": round(statistics.pstdev(values), 4) if values else None,
+            "min": round(min(values), 4) if values else None,
+            "max": round(max(values), 4) if values else None,
+            "varies": len(set(values)) > 1,
             "distribution": {str(k): int(counts.get(k, 0)) for k in (1, 2, 3)},
         }
     means = [v["mean"] for v in criteria.values() if v["mean"] is not None]
@@ -188,6 +248,46 @@ def judge_summary(table: pa.Table) -> dict[str, Any]:
     }
 
 
-def judge_stage(ds, cfg: Any, carry: Sequence[str], model_path: str | None = None, served=None):
-    """Step 6 on a Ray Dataset of selected rows."""
-    return Judge(cfg.engine, cfg.sampling, carry, cfg.constrained)(ds, model_path=model_path, served=served)
+def row_progress(progress: Any) -> Any:
+    """A shared engine's progress reader (``SharedEngines.progress``) counting judged rows,
+    not requests: each row is one request per criterion."""
+    if progress is None:
+        return None
+
+    def read():
+        snap = progress()
+        if not isinstance(snap, dict):
+            return snap
+        n = len(CRITERIA)
+        return {**snap, "answered": snap["answered"] // n, "failed": -(-snap["failed"] // n)}
+
+    return read
+
+
+def judge_stage(ds, cfg: Any, carry: Sequence[str], model_path: str | None = None, served=None, name: str = "judge"):
+    """Step 6 on a Ray Dataset of rows to judge: the rows' ``carry`` columns plus the judge's.
+
+    The (row, criterion) requests go through the engine and their ratings are collected
+    before the rows are written: a row's three answers come back from the engine in any
+    order, and folding them in the driver (a few scalars per row) avoids a shuffle. The
+    cost: the stage's output parts are written after its last request, so a crash during
+    the judging loses that stage's requests (nothing finished, nothing doubled). ``name``
+    tags the requests on a shared engine (its progress counts are per name).
+    """
+    import ray
+
+    requests = ds.flat_map(expand_criteria, num_cpus=cfg.engine.helper_cpus)
+    stage = Judge(cfg.engine, cfg.sampling)
+    stage.name = name
+    rated = stage(requests, model_path=model_path, served=served)
+    keep = ["sample_id", "criterion", "rating", "judge_reason", "judge_model", "judge_num_tokens", "judge_error"]
+    blocks = [t for t in ray.get(rated.select_columns(keep).to_arrow_refs()) if t.num_rows]
+    table = pa.concat_tables(blocks, promote_options="permissive") if blocks else pa.table({k: [] for k in keep})
+    folded = ray.put(fold_ratings(table))
+    return ds.map_batches(
+        join_ratings,
+        fn_args=([folded],),
+        fn_kwargs={"carry": tuple(carry)},
+        batch_format="pyarrow",
+        num_cpus=cfg.engine.helper_cpus,
+    )

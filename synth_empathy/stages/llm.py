@@ -22,6 +22,7 @@ import re
 from typing import Any
 
 from synth_empathy.core import hardware
+from synth_empathy.core.judge_scores import openai_alternatives
 from synth_empathy.engines.counters import STAGE_TAG
 from synth_empathy.engines.options import engine_env, engine_kwargs, placement, resolved
 from synth_empathy.models.weights import resolve_model
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 # The response's own columns (id, model, usage, ...) land in the same row as the input's,
 # so the columns a stage carries through travel under this prefix on the served path.
 _CARRY = "carry__"
+
+# Where the served path hands a stage the answer's first-token alternatives, already read
+# from the OpenAI-style response (``[(token text, logprob), ...]``); vLLM's processor
+# gives its own ``logprobs`` column instead.
+ALTERNATIVES = "first_token_alternatives"
 
 
 class LLMStage:
@@ -163,6 +169,10 @@ class LLMStage:
         # As ray.data.llm's chat template stage does: an assistant message last is
         # continued (the generator's and judge's answer prefixes), else a turn is opened.
         cont = messages[-1]["role"] == "assistant"
+        params = self.sampling_params()
+        if params.get("logprobs"):
+            # vLLM's SamplingParams takes a count; the chat API a flag and the count apart.
+            params["top_logprobs"], params["logprobs"] = params["logprobs"], True
         out: dict[str, Any] = {_CARRY + k: row[k] for k in self.passthrough}
         out["messages"] = messages
         out["method"] = SERVED_METHOD
@@ -172,7 +182,7 @@ class LLMStage:
             "stream": False,
             "add_generation_prompt": not cont,
             "continue_final_message": cont,
-            **self.sampling_params(),
+            **params,
             STAGE_TAG: self.name,  # the engine counts the stage's requests (progress lines)
         }
         return out
@@ -183,6 +193,8 @@ class LLMStage:
         text = ((choices[0].get("message") or {}).get("content") or "") if choices else ""
         usage = row.get("usage") or {}
         flat = {k: row[_CARRY + k] for k in self.passthrough}
+        if choices and choices[0].get("logprobs"):
+            flat[ALTERNATIVES] = openai_alternatives(choices[0])
         flat.update(
             messages=row["messages"],
             generated_text=text,

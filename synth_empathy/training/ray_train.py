@@ -36,6 +36,28 @@ def _worker(config: dict[str, Any]) -> None:
     train_loop(config["settings"], config["examples"], config["output_dir"], config.get("extra_report"))
 
 
+def _trainer_class():
+    """``TorchTrainer`` without Ray Train's placement-group cleaner.
+
+    The cleaner, a detached actor, polls the state API for the controller and removes the run's
+    placement group once it reads the controller as dead - and in Ray 2.60 it reads a state-API
+    miss (a slow GCS on a loaded node) as death: the placement group of a live run is removed
+    and its workers killed mid-step (seen twice on a 2-core machine under load; the same flaw is
+    noted in the review of ray-project/ray#65447). Without it the placement group is released as
+    before the cleaner existed: when the controller ends, or with the job's driver.
+    """
+    from ray.train.torch import TorchTrainer
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks() if type(c).__name__ != CLEANER]
+
+    return Trainer
+
+
+CLEANER = "PlacementGroupCleanerCallback"
+
+
 def check_gpus(use_gpu: bool, num_workers: int) -> None:
     """A GPU run on a cluster with too few GPUs fails here, not after waiting forever."""
     if not use_gpu:
@@ -67,11 +89,10 @@ def fit(
     group set up) go to its log files in the Ray session (``logs/train``), not to the
     console, unless ``verbose`` (``ray.verbose_progress``); its warnings still do."""
     from ray.train import LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     check_gpus(use_gpu, num_workers)
     output_dir = os.path.abspath(output_dir)
-    trainer = TorchTrainer(
+    trainer = _trainer_class()(
         _worker,
         train_loop_config={
             "settings": settings,

@@ -24,6 +24,13 @@ BAD = {
     "submit text timeout": ("submit --timeout soon", "argument --timeout: expected a number > 0, got 'soon'"),
     "submit unknown job": ("submit --job nosuch", "argument --job: invalid choice: 'nosuch'"),
     "submit missing working dir": ("submit --working-dir missing", "--working-dir 'missing' is not a folder"),
+    # judge-validate: too few reference dialogues for an interval, before Ray
+    "judge-validate small limit": ("judge-validate out --limit 10", "--limit: calibration.limit must be >= 50"),
+    "judge-validate few dialogues": (
+        "judge-validate out --data few.jsonl",
+        "10 reference dialogues, at least 50 are needed for an interval: raise calibration.limit",
+    ),
+    "judge-validate no output": ("judge-validate", "the following arguments are required: output"),
     # evaluate
     "evaluate negative limit": ("evaluate out --limit -3", "--limit: evaluate.limit must be >= 1 or null, got -3"),
     "evaluate zero limit": ("evaluate out --limit 0", "--limit: evaluate.limit must be >= 1 or null, got 0"),

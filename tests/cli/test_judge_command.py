@@ -109,7 +109,7 @@ def test_a_chat_export_gives_the_judge_the_same_prompt_as_the_run():
     run_row = {"instruction": "Speaker: x\nListener:", "output": ANSWER, "history": HISTORY}
     row, reason = record_row({"messages": [*HISTORY, {"role": "assistant", "content": ANSWER}]}, 1)
     assert reason is None
-    assert judge_messages(row) == judge_messages(run_row)
+    assert judge_messages(row, "empathy") == judge_messages(run_row, "empathy")
 
 
 def test_alpaca_input_field_joins_the_dialogue():

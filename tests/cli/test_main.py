@@ -28,6 +28,8 @@ def bad_inputs(tmp_path):
     empty.write_text("")
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
+    few = tmp_path / "few.jsonl"  # 5 reference dialogues: the judge validation needs 50
+    few.write_text("".join(f'{{"context": "I lost {i}.", "response": "Sorry about {i}."}}\n' for i in range(5)))
     return {
         "missing seed file": (["run", f"seeds.path={tmp_path}/missing.jsonl"], "seed file not found"),
         "empty seed file": (["run", f"seeds.path={empty}"], str(empty)),
@@ -35,6 +37,7 @@ def bad_inputs(tmp_path):
         "unknown key": (["run", "generation.samples_per_sed=2"], "did you mean generation.samples_per_seed"),
         "unwritable output": (["run", f"output={a_file}/runs"], "is not writable"),
         "missing model folder": (["run", "discriminator.engine.model=/nonexistent/model"], "/nonexistent/model"),
+        "too few judge references": (["run", f"calibration.data={few}"], "at least 50 are needed for an interval"),
     }
 
 
@@ -47,6 +50,7 @@ def bad_inputs(tmp_path):
         "unknown key",
         "unwritable output",
         "missing model folder",
+        "too few judge references",
     ],
 )
 def test_bad_input_is_one_line_and_exit_2_before_models(case, tmp_path):

@@ -1,99 +1,74 @@
-"""The judge's answer parser: every format small and large models write, and never a crash."""
+"""The judge's rating: the expected value over the tokens 1, 2, 3, from any engine's logprobs."""
+
+import math
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from synth_empathy.core.judge_scores import CRITERIA, parse_scores
+from synth_empathy.core.judge_scores import (
+    NO_LOGPROBS,
+    NO_RATING_TOKEN,
+    expected_rating,
+    first_token_alternatives,
+    openai_alternatives,
+)
 
-ALL3 = {"naturalness": 3, "coherence": 3, "empathy": 3}
+
+def lp(p):
+    return math.log(p)
+
+
+def test_expected_value_over_the_three_rating_tokens_renormalised():
+    # 1: 0.1, 2: 0.2, 3: 0.2 and other tokens 0.5: (0.1 + 0.4 + 0.6) / 0.5 = 2.2
+    alts = [("1", lp(0.1)), ("2", lp(0.2)), ("3", lp(0.2)), ("Good", lp(0.5))]
+    rating, reason = expected_rating(alts)
+    assert rating == pytest.approx(2.2) and reason is None
+
+
+def test_spaced_tokens_count_as_their_digit_and_add_up():
+    # " 3" and "3" are different tokens of one rating.
+    alts = [(" 3", lp(0.3)), ("3", lp(0.3)), ("\n1", lp(0.2)), (" 4", lp(0.2))]
+    assert expected_rating(alts)[0] == pytest.approx((3 * 0.6 + 1 * 0.2) / 0.8)
+
+
+def test_one_token_alone_gives_its_value_and_the_range_is_1_to_3():
+    assert expected_rating([(" 1", lp(0.9))]) == (1.0, None)
+    assert expected_rating([("3", 0.0)]) == (3.0, None)
 
 
 @pytest.mark.parametrize(
-    "text, scores",
+    "alts, reason",
     [
-        ("Naturalness: 3\nCoherence: 2\nEmpathy: 1", {"naturalness": 3, "coherence": 2, "empathy": 1}),
-        ("Naturalness: 3 Coherence: 3 Empathy: 3", ALL3),
-        ("Naturalness:3\ncoherence:3\nEMPATHY:3", ALL3),
-        ("**Naturalness:** 2\n**Coherence:** 3\n**Empathy:** 3", {"naturalness": 2, "coherence": 3, "empathy": 3}),
-        ("Naturalness: three\nCoherence: two\nEmpathy: One", {"naturalness": 3, "coherence": 2, "empathy": 1}),
-        ("Naturalness: 3/3\nCoherence: 2 / 3\nEmpathy: 3 out of 3", {"naturalness": 3, "coherence": 2, "empathy": 3}),
-        ("Naturalness - 2\nCoherence = 2\nEmpathy: [3]", {"naturalness": 2, "coherence": 2, "empathy": 3}),
-        (
-            "Naturalness: 3 (sounds human)\nCoherence: 2 (a bit vague)\nEmpathy: 3.",
-            {"naturalness": 3, "coherence": 2, "empathy": 3},
-        ),
-        ("Naturalness: 3.0\nCoherence: 2\nEmpathy: 1", {"naturalness": 3, "coherence": 2, "empathy": 1}),
-        # A repeated block: the first rating of each criterion counts.
-        (
-            "Naturalness: 1\nCoherence: 1\nEmpathy: 1\nNaturalness: 3\nCoherence: 3\nEmpathy: 3",
-            {"naturalness": 1, "coherence": 1, "empathy": 1},
-        ),
-        # An echoed scale is not a rating; the rating after it is.
-        (
-            "Naturalness (1-3): 2\nCoherence: 1, 2 or 3\nCoherence: 3\nEmpathy (one to three): 1",
-            {"naturalness": 2, "coherence": 3, "empathy": 1},
-        ),
-        (
-            "  Naturalness: 2\n\nCoherence: 3\nEmpathy: 2\nThe response is kind.",
-            {"naturalness": 2, "coherence": 3, "empathy": 2},
-        ),
+        (None, NO_LOGPROBS),
+        ([], NO_RATING_TOKEN),
+        ([("4", lp(0.5)), ("0", lp(0.5)), ("12", lp(0.1)), ("2.5", lp(0.1))], NO_RATING_TOKEN),
+        ([("2", float("nan"))], NO_RATING_TOKEN),
     ],
 )
-def test_parses_the_formats_models_write(text, scores):
-    assert parse_scores(text) == (scores, None)
+def test_no_rating_when_none_of_the_three_tokens_is_there(alts, reason):
+    assert expected_rating(alts) == (None, reason)
 
 
-@pytest.mark.parametrize(
-    "text, reason",
-    [
-        ("", "judge_empty"),
-        ("   ", "judge_empty"),
-        ("Naturalness:", "judge_empty"),
-        ("Naturalness: 3\nCoherence: 2", "judge_unparsable"),
-        ("Naturalness: <1, 2 or 3>\nCoherence: <1, 2 or 3>\nEmpathy: <1, 2 or 3>", "judge_unparsable"),
-        ("Naturalness: 1, 2 or 3\nCoherence: 1-3\nEmpathy: 1 to 3", "judge_unparsable"),
-        ("Naturalness: good\nCoherence: good\nEmpathy: good", "judge_unparsable"),
-        ("I think the response is fine.", "judge_unparsable"),
-        ("Naturalness: 4\nCoherence: 2\nEmpathy: 1", "judge_out_of_range"),
-        ("Naturalness: 0\nCoherence: 2\nEmpathy: 1", "judge_out_of_range"),
-        ("Naturalness: 2.5\nCoherence: 2\nEmpathy: 1", "judge_out_of_range"),
-        ("Naturalness: 3/5\nCoherence: 2/5\nEmpathy: 1/5", "judge_out_of_range"),
-        ("Naturalness: 10\nCoherence: 2\nEmpathy: 1", "judge_out_of_range"),
-        (None, "judge_unparsable"),
-        (42, "judge_unparsable"),
-    ],
-)
-def test_failures_have_a_reason(text, reason):
-    assert parse_scores(text) == (None, reason)
+def test_vllm_logprobs_as_ray_data_llm_returns_them():
+    logprobs = [
+        {
+            17: {"logprob": lp(0.5), "rank": 1, "decoded_token": " 2"},
+            18: {"logprob": lp(0.5), "rank": 2, "decoded_token": " 3"},
+            99: {"logprob": lp(0.01), "rank": 3, "decoded_token": None},  # no text: skipped
+        },
+        {5: {"logprob": 0.0, "rank": 1, "decoded_token": "1"}},  # a second token is not the answer
+    ]
+    alts = first_token_alternatives(logprobs)
+    assert alts == [(" 2", lp(0.5)), (" 3", lp(0.5))]
+    assert expected_rating(alts)[0] == pytest.approx(2.5)
+    for nothing in (None, [], "x", 3, [None]):
+        assert first_token_alternatives(nothing) is None
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    st.one_of(
-        st.text(),
-        st.text(alphabet=st.sampled_from(list("NaturlescohEmpy:0123 456789/.,-*\n")), max_size=80),
-        st.builds(
-            lambda a, b, c, junk: f"Naturalness: {a}\nCoherence: {b}\nEmpathy: {c}{junk}",
-            st.text(max_size=6),
-            st.text(max_size=6),
-            st.text(max_size=6),
-            st.text(max_size=20),
-        ),
-    )
-)
-def test_parser_never_raises_and_returns_valid_scores(text):
-    scores, reason = parse_scores(text)
-    if scores is None:
-        assert reason in ("judge_empty", "judge_unparsable", "judge_out_of_range")
-    else:
-        assert reason is None and set(scores) == set(CRITERIA)
-        assert all(type(v) is int and 1 <= v <= 3 for v in scores.values())
-
-
-@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3))
-def test_any_valid_triple_round_trips(a, b, c):
-    assert parse_scores(f"Naturalness: {a}\nCoherence: {b}\nEmpathy: {c}") == (
-        {"naturalness": a, "coherence": b, "empathy": c},
-        None,
-    )
+def test_openai_style_choice_from_the_shared_engine():
+    choice = {
+        "message": {"content": "3"},
+        "logprobs": {"content": [{"token": "3", "logprob": lp(0.8), "top_logprobs": [
+            {"token": "3", "logprob": lp(0.8)}, {"token": "1", "logprob": lp(0.2)}]}]},
+    }  # fmt: skip
+    assert expected_rating(openai_alternatives(choice))[0] == pytest.approx(2.6)
+    assert openai_alternatives({"message": {}}) is None and openai_alternatives(None) is None

@@ -20,6 +20,7 @@ import pytest
 
 from helpers import MODEL_TEXT_DROPS
 from synth_empathy import schemas
+from synth_empathy.stages import judge_validation
 
 pytestmark = pytest.mark.e2e
 
@@ -33,6 +34,10 @@ OVERRIDES = [
     "quality.threshold=0",
     "diversity.keep_ratio=0.5",
     "ray.progress_interval_s=5",  # progress lines while the short stages run
+    # The judge is validated in the run (50 human reference dialogues of the seed file, the
+    # minimum for an interval: 600 one-token requests through the shared engine).
+    "calibration.limit=50",
+    "calibration.bootstrap=200",
 ]
 
 
@@ -186,6 +191,7 @@ def test_every_stage_writes_its_declared_schema(run):
         ("scored", schemas.SCORED),
         ("selected", schemas.SELECTED),
         ("judged", schemas.JUDGED),
+        ("judge_validation", judge_validation.SCHEMA),
     ]:
         assert (run_dir / f"{stage}.done.json").exists(), stage
         assert read(run_dir, stage).schema.equals(schema, check_metadata=False), stage
@@ -245,22 +251,21 @@ def test_exports_and_report(run):
         "discriminated",
         "scored",
         "selected",
+        "judge_validation",
         "judged",
     }
-    # The judge's answer is constrained to the three rating lines, so every row parses.
-    assert report["judge"]["rows"] == report["judge"]["parsed"] == n_selected
+    assert report["judge"]["rows"] == n_selected
     judged = read(run_dir, "judged")
     assert sorted(judged.column("sample_id").to_pylist()) == sorted(
         read(run_dir, "selected").column("sample_id").to_pylist()
     )
-    for criterion in ("naturalness", "coherence", "empathy"):
-        assert set(judged.column(criterion).to_pylist()) <= {1, 2, 3}
+    assert_ratings(judged)
     div = report["diversity"]
     assert div["selected"]["n"] == div["random"]["n"] == n_selected
     assert 0 < div["selected"]["distinct_1"] <= 1
     assert report["tokens"]["generated"] > 0
-    # Three constrained rating lines a row: the judge's tokens are counted and rated per second.
-    assert report["tokens"]["judge"] == sum(judged.column("judge_num_tokens").to_pylist()) >= 3 * n_selected
+    # One token per criterion and row: the judge's tokens are counted and rated per second.
+    assert report["tokens"]["judge"] == sum(judged.column("judge_num_tokens").to_pylist()) <= 3 * n_selected
     assert report["throughput"]["judged"]["tokens_per_s"] > 0
     for plot in report["plots"]:
         assert (run_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -271,14 +276,14 @@ def test_exports_and_report(run):
 
 
 def test_calibration_answers_the_seed_dialogues_and_reports_at_the_set_threshold(run):
-    """Step 3a' on the run's own seed file: the shipped dialogues and the one too long for the
-    engine, whose request fails and is counted; T stays the number given (0)."""
+    """Step 3a' on the run's own seed file (calibration.limit dialogues of it; the one too long
+    for the engine, where drawn, fails and is counted); T stays the number given (0)."""
     run_dir, _, _ = run
     result = json.loads((run_dir / "calibration.json").read_text())
     answers = read(run_dir, "calibration_answers")
-    assert answers.num_rows == result["dialogues"] == 77  # 76 shipped dialogues + the too-long one
-    assert result["dropped"].get("discriminator_error") == 1
-    assert result["scored"] == 77 - sum(result["dropped"].values())
+    assert answers.num_rows == result["dialogues"] == 50  # calibration.limit
+    assert set(result["dropped"]) <= {"discriminator_error", "empty_discriminator_answer"}
+    assert result["scored"] == 50 - sum(result["dropped"].values())
     assert result["threshold"] == 0 and result["threshold_source"].startswith("set")
     for kind in ("other_dialogue", "same_emotion", "generic"):
         f = result["foils"][kind]
@@ -292,10 +297,42 @@ def test_calibration_answers_the_seed_dialogues_and_reports_at_the_set_threshold
     assert "Calibration against human replies" in (run_dir / "README.md").read_text()
 
 
+def assert_ratings(table):
+    """Every rating an expected value in [1, 3], or null with the row's reason."""
+    for row in table.to_pylist():
+        for criterion in ("naturalness", "coherence", "empathy"):
+            v = row[criterion]
+            assert (v is not None and 1.0 <= v <= 3.0) or row["judge_reason"], row
+
+
+def test_the_judge_is_validated_in_the_run_and_reported(run):
+    """Plumbing only: what the 135M judge finds is the benchmark's business, not the test's."""
+    run_dir, first, again = run
+    result = json.loads((run_dir / judge_validation.RESULT_FILE).read_text())
+    assert result["references"] == 50 and result["kinds"]["true"] == 50
+    assert set(result["criteria"]) == {"naturalness", "coherence", "empathy"}
+    for c, v in result["criteria"].items():
+        assert set(v["auc"]) == {"other_dialogue", "cut_mid_sentence", "repeated_line"}
+        for a in v["auc"].values():
+            assert a["auc"] is None or 0.0 <= a["low"] <= a["auc"] <= a["high"] <= 1.0
+        assert v["discriminative"] == (c not in result["not_discriminative"])
+    rows = read(run_dir, "judge_validation")
+    assert rows.num_rows == result["judged_rows"] and len(set(rows.column("sample_id").to_pylist())) == rows.num_rows
+    assert_ratings(rows)
+    report_md = (run_dir / "report.md").read_text()
+    assert "## Judge" in report_md and "| criterion | other dialogue | cut mid sentence | repeated line |" in report_md
+    if result["not_discriminative"]:
+        assert "not discriminative" in first.stderr and "**Warning:**" in report_md
+        assert "NOT a measure of quality" in report_md and "**Warning:**" in (run_dir / "README.md").read_text()
+    # The second run reads the validation back: same verdict, no engine.
+    assert "[judge_validation] finished in an earlier attempt" in again.stderr
+    assert json.loads((run_dir / judge_validation.RESULT_FILE).read_text()) == result
+
+
 def test_a_second_run_with_the_same_id_recomputes_nothing(run):
     _, first, again = run
     assert again.returncode == first.returncode, again.stderr[-3000:]
-    stages = ["seeds", "generations", "samples", "discriminated", "scored", "selected", "judged"]
+    stages = ["seeds", "generations", "samples", "discriminated", "scored", "selected", "judge_validation", "judged"]
     for stage in stages + ["calibration_references", "calibration_answers", "calibration_scores"]:
         assert f"[{stage}] finished in an earlier attempt" in again.stderr
     assert "vLLMEngineStageUDF" not in again.stderr
@@ -319,7 +356,7 @@ def test_judge_command_rates_a_runs_export_and_resumes_by_id(run, tmp_path):
     )
     assert first.returncode == 0, first.stderr[-4000:]
     one = json.loads((out / "judge_report.json").read_text())
-    assert one["rows_judged"] == 1 and one["judge"]["parsed"] == 1 and one["format"] == "jsonl"
+    assert one["rows_judged"] == 1 and one["format"] == "jsonl"
     assert one["this_call"]["rows"] == 1 and one["this_call"]["tokens_per_s"] > 0
     kept_id = pq.read_table(out / "judged").column("sample_id").to_pylist()
     (out / "judged.done.json").unlink()  # as if the job died before its marker
@@ -331,11 +368,10 @@ def test_judge_command_rates_a_runs_export_and_resumes_by_id(run, tmp_path):
     judged = pq.read_table(out / "judged")
     ids = judged.column("sample_id").to_pylist()
     assert sorted(ids) == [f"line-{i}" for i in range(1, n + 1)] and set(kept_id) <= set(ids)
-    assert report["rows_judged"] == report["judge"]["parsed"] == n  # constrained: every row parses
-    for criterion in ("naturalness", "coherence", "empathy"):
-        assert set(judged.column(criterion).to_pylist()) <= {1, 2, 3}
+    assert report["rows_judged"] == n
+    assert_ratings(judged)
     assert judged.schema.names[:4] == ["sample_id", "instruction", "output", "history"]
-    assert f"judged {n} of {n} rows" in again.stdout
+    assert f"judged {report['judge']['parsed']} of {n} rows (mean ratings" in again.stdout
 
 
 def test_the_run_folder_loads_as_a_hugging_face_dataset(run, tmp_path):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from synth_empathy.config import load_config
@@ -97,18 +99,24 @@ def test_a_served_request_continues_the_answer_prefix_and_carries_the_sampling()
 def test_a_served_failure_becomes_the_stages_error_column():
     cfg = load_config()
     j = cfg.judge
-    stage = Judge(j.engine, j.sampling, ("seed_id", "sample_id"), constrained=True)
+    stage = Judge(j.engine, j.sampling)
     row = {
-        "seed_id": "s",
         "sample_id": "s-0",
+        "criterion": "empathy",
         "history": [{"role": "user", "content": "I failed."}],
         "output": "Sorry.",
     }
     req = stage.served_request(row, "engine-x")
-    assert req["request_kwargs"]["structured_outputs"] == {
-        "regex": stage.sampling_params()["structured_outputs"]["regex"]
-    }
-    assert served_request_object(req["request_kwargs"]).structured_outputs.regex
+    # vLLM's logprobs count becomes the chat API's flag and top_logprobs.
+    kw = req["request_kwargs"]
+    assert (kw["logprobs"], kw["top_logprobs"], kw["max_tokens"]) == (True, 20, 1)
+    request = served_request_object(kw)
+    assert (request.logprobs, request.top_logprobs, request.max_tokens) == (True, 20, 1)
+    answered = dict(req, __inference_error__="", usage={"completion_tokens": 1})
+    answered["choices"] = [{"message": {"content": "2"}, "logprobs": {"content": [{"token": "2", "logprob": -0.1,
+        "top_logprobs": [{"token": "2", "logprob": math.log(0.5)}, {"token": " 3", "logprob": math.log(0.5)}]}]}}]  # fmt: skip
+    out = stage.served_postprocess(answered)
+    assert (out["sample_id"], out["criterion"], out["rating"], out["judge_reason"]) == ("s-0", "empathy", 2.5, None)
     failed = dict(req, __inference_error__="RayTaskError: engine died")
     out = stage.served_postprocess(failed)
     assert out["judge_reason"] == "judge_error" and out["judge_error"].startswith("RayTaskError")
