@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from synth_empathy import schemas
 from synth_empathy.core.repetition import max_similarity, repetition_reason
+from synth_empathy.core.standin import is_standin
 from synth_empathy.models.embedder import encode
 from synth_empathy.stages.contract import StageContract
 
@@ -214,5 +215,6 @@ def score_stage(ds, cfg: Any, threshold: float):
         # a fixed pool of scorers (``concurrency=n`` said the same, deprecated since Ray 2.51)
         compute=ActorPoolStrategy(size=cfg.replicas),
         num_cpus=cfg.cpus_per_replica,
-        num_gpus=cfg.gpus_per_replica or None,
+        # A stand-in embedder computes on no GPU: a GPU preset rehearses on a CPU machine.
+        num_gpus=None if is_standin(cfg.embedder) else cfg.gpus_per_replica or None,
     )
