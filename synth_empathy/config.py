@@ -41,7 +41,7 @@ class EngineConfig:
 
     model: str = opt(
         "packaged:smollm2",
-        "model: a local folder, a hub id, or packaged:<name>; standin: or standin:tokens_per_s=N is a "
+        "model: a local folder, a hub id, or packaged:<name>; standin or standin:tokens_per_s=N is a "
         "stand-in that answers without a model, a benchmark and test instrument for rehearsing a "
         "preset at scale, never a default (its run folders say so)",
     )

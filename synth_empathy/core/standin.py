@@ -5,13 +5,14 @@ parts, resume, selection - at a scale no CPU can run real models at. The stand-i
 replace only the model math, and every run folder that used one says so (manifest,
 report, dataset card: :data:`NOTICE`). They are chosen by name, with any preset:
 
-* ``engine.model=standin:`` (or ``standin:tokens_per_s=200``): each request gets text
+* ``engine.model=standin`` (or ``standin:tokens_per_s=200``; a bare ``standin:`` would
+  read as a YAML mapping on the command line): each request gets text
   shaped like the real stage's answer - rounds in the generator's layout, one listener
   line for the discriminator, ratings 1-3 for the judge - drawn from a hash of the
   request, so equal requests get equal answers on any worker and any attempt.
   ``tokens_per_s`` paces each replica (a whitespace-separated word counts as a token),
   so that a slow engine's back-pressure reaches the stages around it.
-* ``quality.embedder=standin:`` (or ``standin:dim=384,near_duplicates=0.05,groups=16``):
+* ``quality.embedder=standin`` (or ``standin:dim=384,near_duplicates=0.05,groups=16``):
   deterministic unit vectors, see :class:`StandinEmbedder`.
 
 This module holds the pure parts (spec parsing, the answers, the vectors); the engine's
@@ -133,9 +134,10 @@ def _words(text: str) -> int:
 
 def _cut(text: str, max_tokens: int | None) -> tuple[str, int]:
     """The text cut to ``max_tokens`` words, as an engine stops at its token limit."""
-    words = text.split(" ")
-    if max_tokens is not None and len(words) > max_tokens:
-        text = " ".join(words[:max_tokens])
+    if max_tokens is not None:
+        ends = [m.end() for m in re.finditer(r"\S+", text)]
+        if len(ends) > max_tokens:
+            text = text[: ends[max_tokens - 1]]
     return text, _words(text)
 
 
@@ -183,12 +185,16 @@ _CRITERIA_NAMES = ("Naturalness", "Coherence", "Empathy")
 
 
 def ratings_answer(messages: Sequence[dict[str, Any]], request: Any, max_tokens: int | None = None) -> tuple[str, int]:
-    """The judge's answer, shaped by the request: a digit 1-3 after the answer prefix,
-    then ``Name: digit`` for every other criterion the prompt has a rubric line for
-    (``Name - ...``); a prompt about one criterion gets one digit."""
+    """The judge's answer, shaped by the request: a digit 1-3 after the answer prefix for
+    the criterion the prefix names (else the first the prompt has a rubric line
+    ``Name - ...`` for), then ``Name: digit`` for each other criterion with a rubric line;
+    a prompt about one criterion gets one digit. No logprobs: a stage that reads them
+    must take their absence as it takes an engine's."""
     rng = request_rng(request)
     prefix, user = _prefix(messages), _user_text(messages)
-    asked = [c for c in _CRITERIA_NAMES if re.search(rf"^{c} -", user, re.MULTILINE) and c not in prefix]
+    asked = [c for c in _CRITERIA_NAMES if re.search(rf"^{c} -", user, re.MULTILINE)]
+    first = next((c for c in asked if c in prefix), asked[0] if asked else None)
+    asked = [c for c in asked if c != first]
     text = f"{' ' if prefix.endswith(':') else ''}{rng.randint(1, 3)}"
     text += "".join(f"\n{c}: {rng.randint(1, 3)}" for c in asked)
     return _cut(text, max_tokens)
