@@ -13,7 +13,12 @@ from synth_empathy.core.rounds import parse_rounds
 from synth_empathy.engines.shared import sharing_plan
 from synth_empathy.stages import generation, judge
 
-SEED = {"seed_id": "s1", "context": "I lost my keys today.", "response": "Oh no, that is annoying.", "emotion": "annoyed"}
+SEED = {
+    "seed_id": "s1",
+    "context": "I lost my keys today.",
+    "response": "Oh no, that is annoying.",
+    "emotion": "annoyed",
+}
 HISTORY = [{"role": "user", "content": "My dog is sick."}, {"role": "assistant", "content": "Oh no."}]
 SAMPLE = {"sample_id": "s1#g0", "instruction": "Speaker: My dog is sick.\nListener:", "history": HISTORY[:1]}
 
