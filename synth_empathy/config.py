@@ -39,7 +39,12 @@ def sub(cls: type, doc: str, **overrides: Any) -> Any:
 class EngineConfig:
     """A vLLM engine run by ``ray.data.llm`` in a pool of actors (one engine each)."""
 
-    model: str = opt("packaged:smollm2", "model: a local folder, a hub id, or packaged:<name>")
+    model: str = opt(
+        "packaged:smollm2",
+        "model: a local folder, a hub id, or packaged:<name>; standin or standin:tokens_per_s=N is a "
+        "stand-in that answers without a model, a benchmark and test instrument for rehearsing a "
+        "preset at scale, never a default (its run folders say so)",
+    )
     replicas: int = opt(1, "engine replicas (Ray actors) working in parallel")
     gpus_per_replica: int = opt(0, "GPUs per replica; 0 runs vLLM's CPU backend")
     cpus_per_replica: float = opt(
@@ -170,7 +175,11 @@ class DiscriminatorConfig:
 class QualityConfig:
     """Method step 3b: quality score = 100 x cosine(target, discriminator answer)."""
 
-    embedder: str = opt("packaged:all-minilm-l6-v2", "sentence-transformers model for scores")
+    embedder: str = opt(
+        "packaged:all-minilm-l6-v2",
+        "sentence-transformers model for scores; standin:dim=384,near_duplicates=0.05,groups=16 gives "
+        "deterministic vectors with that share of near-duplicates, a rehearsal instrument (see engine.model)",
+    )
     threshold: Union[float, int, str] = opt(
         "auto",
         "keep rows whose quality score is >= this: a number in [0, 100] (the paper: 50 or 60, "
@@ -753,6 +762,17 @@ def check_accelerator_type(value: str, key: str) -> None:
     )
 
 
+def validate_standins(cfg: DictConfig) -> None:
+    """A stand-in spec's options, checked at load (:mod:`synth_empathy.core.standin`)."""
+    from synth_empathy.core.standin import is_standin, parse_spec
+
+    for name in ENGINES:
+        if is_standin(cfg[name].engine.model):
+            parse_spec(cfg[name].engine.model, "engine", f"{name}.engine.model")
+    if is_standin(cfg.quality.embedder):
+        parse_spec(cfg.quality.embedder, "embedder", "quality.embedder")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks across fields that the types alone cannot express."""
     d = cfg.diversity
@@ -792,6 +812,7 @@ def validate(cfg: DictConfig) -> None:
     from synth_empathy.core.hardware import canonical_dtype, check_threads_bind
 
     canonical_dtype(cfg.quality.dtype, "quality.dtype")
+    validate_standins(cfg)
     for name in ENGINES:
         e = cfg[name].engine
         canonical_dtype(e.dtype, f"{name}.engine.dtype")

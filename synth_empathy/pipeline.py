@@ -45,6 +45,7 @@ from synth_empathy.stages import (
     quality,
     seeds,
     selection,
+    standin_resume,
     turns,
 )
 from synth_empathy.stages.seed_sources import validate_seed_source
@@ -77,6 +78,7 @@ def preflight(cfg: DictConfig) -> tuple[RunStore, pa.Table | None]:
             check_model(spec)
         if validates_judge(cfg):  # too few reference dialogues: one line now, not after the run
             judge_validation.load_references(cfg, _reference_options(cfg))
+        standin_resume.check(store, cfg)
     except BadInputError:
         if made_here:
             store.fs.rm(store.root, recursive=True)

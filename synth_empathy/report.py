@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from synth_empathy.core import standin
 from synth_empathy.core.diversity_metrics import bounded_sample, diversity_report
 from synth_empathy.stages import judge_validation
 from synth_empathy.stages.calibration import markdown_lines as calibration_markdown
@@ -276,6 +277,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"Output: `{report['output']}`",
         "",
+        *standin_lines(report),
         "## Counts",
         "",
         "| stage | rows |",
@@ -352,8 +354,14 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def standin_lines(report: dict[str, Any]) -> list[str]:
+    """The report's line saying that stand-ins made its rows (none for a real run)."""
+    return [f"**{standin.NOTICE}**: {', '.join(report['standin'])}", ""] if report.get("standin") else []
+
+
 def write_report(store, cfg, timings: dict[str, float]) -> dict[str, Any]:
     report = build_report(store, cfg, timings)
+    report["standin"] = standin.used(cfg)
     report["plots"] = _plots(store, report)
     store.write_json("report.json", report)
     store.write_bytes("report.md", to_markdown(report).encode())

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from synth_empathy.core.standin import is_standin
 from synth_empathy.errors import ClusterError  # noqa: F401 (re-exported)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_LOST = 0, 1, 2, 3
@@ -78,7 +79,8 @@ def _gpu_needs(cfg: Any, sections: Sequence[str] | None = None) -> list[tuple]:
     """(stage, GPUs one replica needs on one node, accelerator type or None).
 
     ``sections`` limits the check to the config sections a job uses (``synth-empathy
-    judge`` runs only the judge); None means the whole pipeline.
+    judge`` runs only the judge); None means the whole pipeline. A stand-in (a rehearsal's,
+    :mod:`synth_empathy.core.standin`) needs no GPU whatever its section asks for.
     """
     needs = []
     for name in cfg:  # every section with an engine: generation, discriminator, judge, ...
@@ -86,11 +88,15 @@ def _gpu_needs(cfg: Any, sections: Sequence[str] | None = None) -> list[tuple]:
             continue
         section = cfg[name]
         e = section.get("engine") if hasattr(section, "get") else None
-        if e is not None and e.get("gpus_per_replica"):
+        if e is not None and e.get("gpus_per_replica") and not is_standin(e.get("model")):
             if name == "judge" and not section.get("enabled", True):
                 continue
             needs.append((f"{name}.engine", float(e.gpus_per_replica), e.get("accelerator_type")))
-    if cfg.quality.gpus_per_replica and (sections is None or "quality" in sections):
+    if (
+        cfg.quality.gpus_per_replica
+        and not is_standin(cfg.quality.embedder)
+        and (sections is None or "quality" in sections)
+    ):
         needs.append(("quality", float(cfg.quality.gpus_per_replica), None))
     return needs
 

@@ -13,7 +13,8 @@ it serves.
 ``ray.engines`` decides: ``per-stage`` never shares; ``shared`` shares wherever two or
 more enabled stages have equal engine sections; ``auto`` does so only for CPU engines. On GPUs
 the start is seconds of an hours-long run and the processor path feeds the engine
-straight from Ray Data, so ``auto`` leaves it there.
+straight from Ray Data, so ``auto`` leaves it there. A stand-in engine (a rehearsal's,
+:mod:`synth_empathy.stages.standin_engine`) is never shared: it has no start to save.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from synth_empathy.core import hardware
+from synth_empathy.core.standin import is_standin
 from synth_empathy.errors import ConfigError, EngineStartError
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ def sharing_plan(cfg: DictConfig) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     engines: dict[str, Any] = {}
     for stage, engine in llm_sections(cfg).items():
+        if is_standin(engine.model):
+            continue
         key = engine_key(engine)
         groups.setdefault(key, []).append(stage)
         engines[key] = engine

@@ -1,7 +1,8 @@
 """Sentence embeddings: the one place that turns texts into unit vectors.
 
 Used by the quality score (target vs. discriminator answer) and by diversity selection
-(instruction + output). Vectors are float32 and L2-normalised, so a dot product is the
+(instruction + output). ``standin:...`` gives a rehearsal's deterministic vectors
+(:class:`synth_empathy.core.standin.StandinEmbedder`) through the same calls. Vectors are float32 and L2-normalised, so a dot product is the
 cosine similarity and squared L2 distance is 2 - 2 cos.
 """
 
@@ -12,6 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from synth_empathy.core.standin import StandinEmbedder, is_standin
 from synth_empathy.models.weights import resolve_model
 
 
@@ -38,6 +40,8 @@ def embedder_dtype(requested: str = "float32", device: str | None = None, hw=Non
 def load_embedder(model: str, device: str | None = None, dtype: str = "float32"):
     """A sentence-transformers model, loaded once per process (per Ray actor), in
     ``dtype`` (see :func:`embedder_dtype`); vectors come out float32 either way."""
+    if is_standin(model):
+        return StandinEmbedder.from_spec(model)
     from sentence_transformers import SentenceTransformer
 
     dtype = embedder_dtype(dtype, device)

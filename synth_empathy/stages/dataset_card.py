@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from synth_empathy.config import redacted_yaml
+from synth_empathy.core import standin
 from synth_empathy.stages import calibration
 from synth_empathy.stages.judge_validation import markdown
 
@@ -143,6 +144,12 @@ def front_matter(report: dict[str, Any], present: set[str], license_id: str = "u
     }
 
 
+def standin_lines(cfg: Any) -> list[str]:
+    """The card's line saying that stand-ins made its rows (none for a real run)."""
+    line = standin.notice(cfg)
+    return [f"**{line}**", ""] if line else []
+
+
 def card_text(report: dict[str, Any], cfg: Any, present: set[str], seeds_layout: str | None = None) -> str:
     """The card; ``seeds_layout`` is the layout the seed stage read (else ``seeds.layout``)."""
     counts = report.get("counts", {})
@@ -154,6 +161,7 @@ def card_text(report: dict[str, Any], cfg: Any, present: set[str], seeds_layout:
         "",
         "# Synthetic empathetic dialogues (synth-empathy run)",
         "",
+        *standin_lines(cfg),
         "Made with synth-empathy following Synth-Empathy (Liang, Sun et al., 2024): "
         "an LLM wrote new multi-round dialogues from seed dialogues, a discriminator LLM answered each "
         "sampled history itself, samples whose target agreed with it (quality score = 100 x cosine) were "

@@ -9,6 +9,10 @@ stages share one engine (:mod:`synth_empathy.engines.shared`), the stage sends t
 same messages and sampling settings as OpenAI-style chat requests to that engine's Ray
 Serve deployment instead, and reads back the same columns.
 
+A stand-in engine (``engine.model=standin:...``, a rehearsal instrument) takes the
+processor's place with the same preprocess, postprocess, pool and batches
+(:mod:`synth_empathy.stages.standin_engine`).
+
 Rows whose request fails inside the engine are not lost: they come out with an
 error message (``should_continue_on_error``; ``ray.data.llm`` passes them past the
 postprocess, so a map after the processor gives them the stage's columns) and later
@@ -23,6 +27,7 @@ from typing import Any
 
 from synth_empathy.core import hardware
 from synth_empathy.core.judge_scores import openai_alternatives
+from synth_empathy.core.standin import is_standin
 from synth_empathy.engines.counters import STAGE_TAG
 from synth_empathy.engines.options import engine_env, engine_kwargs, placement, resolved
 from synth_empathy.models.weights import resolve_model
@@ -121,6 +126,10 @@ class LLMStage:
         """Apply the stage to a Ray Dataset (lazily, like any Ray Data transform): through
         its own vLLM processor, or through ``served`` (a
         :class:`~synth_empathy.engines.shared.ServedEngine`) when it shares one."""
+        if is_standin(self.engine.model):
+            from synth_empathy.stages.standin_engine import standin_processor
+
+            return standin_processor(self, ds)  # it fails no request: no error rows to finish
         from ray.data.llm import build_processor
 
         if served is not None:

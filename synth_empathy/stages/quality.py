@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from synth_empathy import schemas
 from synth_empathy.core.repetition import max_similarity, repetition_reason
+from synth_empathy.core.standin import is_standin
 from synth_empathy.models.embedder import encode
 from synth_empathy.stages.contract import StageContract
 
@@ -194,6 +195,9 @@ class QualityScorer:
         )
 
 
+STANDIN_CPUS = 0.5
+
+
 def score_stage(ds, cfg: Any, threshold: float):
     """Apply step 3b to a Ray Dataset of discriminated samples; ``threshold`` is T as a number
     (``cfg.threshold`` may say ``auto``: the calibration gives the number)."""
@@ -213,6 +217,9 @@ def score_stage(ds, cfg: Any, threshold: float):
         batch_format="pyarrow",
         # a fixed pool of scorers (``concurrency=n`` said the same, deprecated since Ray 2.51)
         compute=ActorPoolStrategy(size=cfg.replicas),
-        num_cpus=cfg.cpus_per_replica,
-        num_gpus=cfg.gpus_per_replica or None,
+        # A stand-in embedder computes in one thread: a preset's reservation, sized for a model
+        # (the paper's 2 x 2 CPUs), would keep its pool from starting on a small rehearsal machine.
+        num_cpus=STANDIN_CPUS if is_standin(cfg.embedder) else cfg.cpus_per_replica,
+        # A stand-in embedder computes on no GPU: a GPU preset rehearses on a CPU machine.
+        num_gpus=None if is_standin(cfg.embedder) else cfg.gpus_per_replica or None,
     )

@@ -3,7 +3,8 @@
 ``<run>/manifest.json`` holds the resolved configuration with secrets redacted (each
 engine's ``resolved``: the dtype, memory share and environment ``auto`` chose, and why),
 the machine's CPU model and native-bf16 flag, package versions, the code revision when the package runs from a git checkout, the number of
-attempts of this run id, and per-stage counts and timings as stages finish.
+attempts of this run id, the models that were stand-ins (``standin``: config key -> spec,
+empty for a real run; :mod:`synth_empathy.core.standin`), and per-stage counts and timings as stages finish.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from typing import Any
 
 from synth_empathy.config import ENGINES, redact
-from synth_empathy.core import hardware
+from synth_empathy.core import hardware, standin
 
 
 def code_revision() -> str | None:
@@ -74,6 +75,7 @@ def new_manifest(store: Any, cfg: Any) -> dict[str, Any]:
         "hardware": hardware.detect(with_cuda=_has_gpu_engine(cfg)).describe(),
         "versions": package_versions(),
         "code_revision": code_revision(),
+        "standin": standin.used(cfg),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "finished": None,
         "stages": {},
