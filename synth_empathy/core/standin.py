@@ -8,7 +8,7 @@ report, dataset card: :data:`NOTICE`). They are chosen by name, with any preset:
 * ``engine.model=standin`` (or ``standin:tokens_per_s=200``; a bare ``standin:`` would
   read as a YAML mapping on the command line): each request gets text
   shaped like the real stage's answer - rounds in the generator's layout, one listener
-  line for the discriminator, ratings 1-3 for the judge - drawn from a hash of the
+  line for the discriminator, a digit 1-3 with first-token logprobs for the judge - drawn from a hash of the
   request, so equal requests get equal answers on any worker and any attempt.
   ``tokens_per_s`` paces each replica (a whitespace-separated word counts as a token),
   so that a slow engine's back-pressure reaches the stages around it.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 from collections.abc import Sequence
@@ -181,23 +182,36 @@ def listener_answer(messages: Sequence[dict[str, Any]], request: Any, max_tokens
     return _cut(_reply(request_rng(request)), max_tokens)
 
 
-_CRITERIA_NAMES = ("Naturalness", "Coherence", "Empathy")
-
-
 def ratings_answer(messages: Sequence[dict[str, Any]], request: Any, max_tokens: int | None = None) -> tuple[str, int]:
-    """The judge's answer, shaped by the request: a digit 1-3 after the answer prefix for
-    the criterion the prefix names (else the first the prompt has a rubric line
-    ``Name - ...`` for), then ``Name: digit`` for each other criterion with a rubric line;
-    a prompt about one criterion gets one digit. No logprobs: a stage that reads them
-    must take their absence as it takes an engine's."""
+    """The judge's answer: one digit 1-3 (the judge asks one criterion per request and reads
+    the rating from the first token's logprobs, :func:`rating_logprobs`; the digit is the
+    likeliest of them)."""
+    weights = _rating_weights(request)
+    return str(1 + max(range(3), key=weights.__getitem__)), 1
+
+
+def _rating_weights(request: Any) -> list[float]:
     rng = request_rng(request)
-    prefix, user = _prefix(messages), _user_text(messages)
-    asked = [c for c in _CRITERIA_NAMES if re.search(rf"^{c} -", user, re.MULTILINE)]
-    first = next((c for c in asked if c in prefix), asked[0] if asked else None)
-    asked = [c for c in asked if c != first]
-    text = f"{' ' if prefix.endswith(':') else ''}{rng.randint(1, 3)}"
-    text += "".join(f"\n{c}: {rng.randint(1, 3)}" for c in asked)
-    return _cut(text, max_tokens)
+    return [rng.random() + 0.05 for _ in range(3)]
+
+
+def rating_logprobs(request: Any) -> list[dict[str, dict[str, Any]]]:
+    """The first token's alternatives for the judge's answer, shaped as Ray Data LLM returns
+    vLLM's ``logprobs`` (a list per generated token of ``{token: {logprob, rank, decoded_token}}``):
+    the three digits with deterministic probabilities, so the expected rating varies by request."""
+    weights = _rating_weights(request)
+    total = sum(weights)
+    order = sorted(range(3), key=lambda i: -weights[i])
+    return [
+        {
+            str(i + 1): {
+                "logprob": math.log(weights[i] / total),
+                "rank": order.index(i) + 1,
+                "decoded_token": str(i + 1),
+            }
+            for i in range(3)
+        }
+    ]
 
 
 #: LLM stage name -> its answer; any other stage (the discriminator, the calibration's

@@ -57,6 +57,8 @@ class StandinEngine:
             if left > 0:
                 time.sleep(left)
         batch = batch.append_column("generated_text", pa.array(texts, pa.string()))
+        if self.stage == "judge":  # the judge reads its rating from the first token's logprobs
+            batch = batch.append_column("logprobs", pa.array([standin.rating_logprobs(r) for r in batch.to_pylist()]))
         return batch.append_column("num_generated_tokens", pa.array(tokens, pa.int64()))
 
 

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from synth_empathy.config import ConfigError, load_config
 from synth_empathy.core import standin
 from synth_empathy.core.discriminator_input import discriminator_messages
-from synth_empathy.core.judge_scores import CRITERIA, parse_scores
+from synth_empathy.core.judge_scores import CRITERIA, expected_rating, first_token_alternatives
 from synth_empathy.core.rounds import parse_rounds
 from synth_empathy.engines.shared import sharing_plan
 from synth_empathy.stages import generation, judge
@@ -60,26 +60,19 @@ def test_discriminator_reply_is_one_listener_line():
     assert standin.answer("calibration", messages, {"x": 1}) == standin.listener_answer(messages, {"x": 1})
 
 
-def test_judge_answer_parses_into_three_ratings():
+def test_judge_answer_is_a_digit_with_logprobs_that_give_a_varying_expected_rating():
     row = {"output": "That sounds hard.", "history": HISTORY[:1]}
-    messages = judge.judge_messages(row)
-    seen = set()
+    messages = judge.judge_messages(row, CRITERIA[0])
+    ratings = set()
     for i in range(30):
-        text, _ = standin.answer("judge", messages, {"messages": messages, "i": i})
-        scores, reason = parse_scores(judge.ANSWER_PREFIX + text)
-        assert reason is None and set(scores) == set(CRITERIA)
-        seen.update(scores.values())
-    assert seen == {1, 2, 3}
-
-
-def test_judge_answer_for_one_criterion_is_one_digit():
-    # A prompt with one rubric line and an answer prefix of its own: one digit, nothing else.
-    messages = [
-        {"role": "user", "content": "Rate it.\nEmpathy - does it care? 1 = no; 3 = yes."},
-        {"role": "assistant", "content": "Rating:"},
-    ]
-    text, tokens = standin.ratings_answer(messages, {"m": messages})
-    assert text.strip() in {"1", "2", "3"} and tokens == 1
+        request = {"messages": messages, "i": i}
+        text, tokens = standin.answer("judge", messages, request)
+        assert text in {"1", "2", "3"} and tokens == 1
+        rating, reason = expected_rating(first_token_alternatives(standin.rating_logprobs(request)))
+        assert reason is None and 1.0 <= rating <= 3.0
+        assert standin.rating_logprobs(request) == standin.rating_logprobs(dict(request))  # deterministic
+        ratings.add(round(rating, 3))
+    assert len(ratings) > 20
 
 
 def test_specs_parse_with_defaults():
