@@ -178,7 +178,8 @@ def main(argv: list[str]) -> int:
         "seconds": timings,
     }
     (out / "paper_loop.json").write_text(json.dumps(result, indent=2, default=str))
-    text = "\n".join(markdown(evaluation, ["base", *ARMS])) + "\n"
+    order = ["base", *(arm.replace("+", "-") for arm in ARMS)]  # evaluate's labels ("+" is not kept)
+    text = "\n".join(markdown(evaluation, [m for m in order if m in evaluation["models"]])) + "\n"
     (out / "paper_loop.md").write_text(text)
     print(json.dumps({k: result[k] for k in ("run", "arm_sizes", "seconds")}, indent=2, default=str))
     print(text)
