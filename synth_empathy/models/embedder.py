@@ -43,7 +43,11 @@ def load_embedder(model: str, device: str | None = None, dtype: str = "float32")
     if is_standin(model):
         return StandinEmbedder.from_spec(model)
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
+    # transformers draws a "Loading weights" bar on stderr: in the driver (the calibration
+    # scores there) it would land among the job's own console lines
+    hf_logging.disable_progress_bar()
     dtype = embedder_dtype(dtype, device)
     if dtype == "float32":
         return SentenceTransformer(resolve_model(model), device=device)

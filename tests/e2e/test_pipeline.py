@@ -294,7 +294,7 @@ def test_calibration_answers_the_seed_dialogues_and_reports_at_the_set_threshold
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["calibration"]["threshold"] == 0
     assert (run_dir / "config.yaml").read_text().startswith("# quality.threshold = 0: set")
-    assert "Calibration against human replies" in (run_dir / "README.md").read_text()
+    assert "## The quality threshold, checked on human replies" in (run_dir / "README.md").read_text()
 
 
 def assert_ratings(table):

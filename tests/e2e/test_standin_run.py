@@ -74,7 +74,8 @@ def test_every_stage_runs_through_the_stand_ins_and_the_counts_fit(run):
     assert 0 < kept <= len(discriminated) and selected == pytest.approx(kept * 0.5, abs=1)
     judged = pq.read_table(run_dir / "judged").to_pylist()
     assert len(judged) == selected
-    assert all(r["judge_reason"] is None and r["empathy"] in (1, 2, 3) for r in judged)
+    # expected ratings from the stand-in's first-token logprobs, as the judge reads a real engine's
+    assert all(r["judge_reason"] is None and 1.0 <= r["empathy"] <= 3.0 for r in judged)
 
 
 def test_the_run_folder_says_it_was_a_stand_in(run):
