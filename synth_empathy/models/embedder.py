@@ -8,6 +8,7 @@ cosine similarity and squared L2 distance is 2 - 2 cos.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -45,9 +46,11 @@ def load_embedder(model: str, device: str | None = None, dtype: str = "float32")
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
-    # transformers draws a "Loading weights" bar on stderr: in the driver (the calibration
-    # scores there) it would land among the job's own console lines
+    # transformers draws a "Loading weights" bar on stderr, and sentence-transformers logs its
+    # device and folder: in the driver (the calibration scores there) both would land among
+    # the job's own console lines
     hf_logging.disable_progress_bar()
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
     dtype = embedder_dtype(dtype, device)
     if dtype == "float32":
         return SentenceTransformer(resolve_model(model), device=device)

@@ -81,17 +81,25 @@ def reference_path(cfg: Any) -> tuple[str, str]:
 
 def reference_pairs(cfg: Any, storage_options: dict | None = None) -> list[dict[str, Any]]:
     """One seed pair per reference dialogue (``seed_id, context, response, emotion, dialogue``),
-    at most ``calibration.limit``: the references of this calibration and of the judge's validation."""
+    at most ``calibration.limit``: the references of this calibration and of the judge's validation
+    (read once per process for the same settings: the run asks before Ray starts and again at each step)."""
     c = cfg.calibration
     path, layout = reference_path(cfg)
     fraction = cfg.train.heldout_fraction if c.heldout_only else None
-    scan = c.limit * SCAN_PAIRS_PER_DIALOGUE if c.limit else None
-    if scan and fraction:
-        scan = math.ceil(scan / fraction)  # only that share of what is read is held out
-    pairs = read_seeds(path, layout=layout, limit=scan, storage_options=storage_options).to_arrow().to_pylist()
-    if fraction is not None:
-        pairs = [p for p in pairs if is_heldout(p["context"], fraction, cfg.train.heldout_salt)]
-    return cal.reference_rows(pairs, c.limit, cfg.seed)
+    key = (path, layout, c.limit, cfg.seed, fraction, cfg.train.heldout_salt, repr(storage_options))
+    if key not in _READ:
+        scan = c.limit * SCAN_PAIRS_PER_DIALOGUE if c.limit else None
+        if scan and fraction:
+            scan = math.ceil(scan / fraction)  # only that share of what is read is held out
+        pairs = read_seeds(path, layout=layout, limit=scan, storage_options=storage_options).to_arrow().to_pylist()
+        if fraction is not None:
+            pairs = [p for p in pairs if is_heldout(p["context"], fraction, cfg.train.heldout_salt)]
+        _READ.clear()  # one set at a time: a process calibrates one run
+        _READ[key] = cal.reference_rows(pairs, c.limit, cfg.seed)
+    return [dict(r) for r in _READ[key]]
+
+
+_READ: dict[tuple, list[dict[str, Any]]] = {}
 
 
 def too_few(cfg: Any, n: int) -> str:
