@@ -177,7 +177,7 @@ def score_references(answers: pa.Table, cfg: Any) -> pa.Table:
     return pa.table(out, schema=schemas.CALIBRATION_SCORES)
 
 
-def summarize(scores: pa.Table, cfg: Any, answers_info: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarize(scores: pa.Table, cfg: Any) -> dict[str, Any]:
     """``calibration.json``: T and where it came from, AUCs per foil, the human percentiles."""
     c, q = cfg.calibration, cfg.quality
     human = [v for v in scores.column("human_score").to_pylist() if v is not None]
