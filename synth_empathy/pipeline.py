@@ -66,8 +66,7 @@ def preflight(cfg: DictConfig) -> tuple[RunStore, pa.Table | None]:
     validate_seed_source(seeds_path, cfg.seeds.layout, storage_options(seeds_path, cfg.storage))
     references = None
     if cfg.calibration.enabled:  # too few reference dialogues fails here, not after generation
-        path, _ = calibration.reference_path(cfg)
-        references = calibration.reference_table(cfg, storage_options(path, cfg.storage))
+        references = calibration.reference_table(cfg)
     store = RunStore(cfg.output, cfg.run_id or new_run_id(), storage_options(cfg.output, cfg.storage))
     made_here = store.local and not store.fs.exists(store.root)  # object stores get only the probe
     shared_engine.check(cfg)
@@ -77,7 +76,7 @@ def preflight(cfg: DictConfig) -> tuple[RunStore, pa.Table | None]:
         for spec in models + ([cfg.judge.engine.model] if cfg.judge.enabled else []):
             check_model(spec)
         if validates_judge(cfg):  # too few reference dialogues: one line now, not after the run
-            judge_validation.load_references(cfg, _reference_options(cfg))
+            judge_validation.load_references(cfg)
         standin_resume.check(store, cfg)
     except BadInputError:
         if made_here:
@@ -88,10 +87,6 @@ def preflight(cfg: DictConfig) -> tuple[RunStore, pa.Table | None]:
 
 def validates_judge(cfg: DictConfig) -> bool:
     return bool(cfg.judge.enabled and cfg.judge.validate)
-
-
-def _reference_options(cfg: DictConfig) -> dict[str, Any]:
-    return storage_options(judge_validation.reference_source(cfg), cfg.storage)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -229,7 +224,7 @@ def _stages(
     if validates_judge(cfg):
         # 6a. First the judge itself is measured: human replies against degraded ones, through
         # the engine the judge stage uses (a criterion that fails is a warning; the run goes on).
-        judge_references = judge_validation.load_references(cfg, _reference_options(cfg))
+        judge_references = judge_validation.load_references(cfg)
         judge_validation.run_validation(runner, store, cfg, judge_references, lambda: llm("judge", j))
     if j.enabled:
         no_rows = store.count_rows("selected") == 0  # no engine start for nothing to judge

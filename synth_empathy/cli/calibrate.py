@@ -49,11 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     from synth_empathy.executor.runner import StageRunner
     from synth_empathy.models.weights import check_model, resolve_model
     from synth_empathy.pipeline import calibrate
-    from synth_empathy.stages.calibration import reference_path, reference_table
+    from synth_empathy.stages.calibration import reference_table
     from synth_empathy.storage.run_store import storage_options
 
-    path, _ = reference_path(cfg)
-    references = reference_table(cfg, storage_options(path, cfg.storage))  # before any model is looked at
+    references = reference_table(cfg)  # before any model is looked at
     spec = cfg.discriminator.engine.model
     check_model(spec)
     check_model(cfg.quality.embedder)

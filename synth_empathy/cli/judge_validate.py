@@ -38,7 +38,7 @@ def run_validation(output: str, cfg) -> dict:
     from synth_empathy.storage.run_store import storage_options
 
     source = judge_validation.reference_source(cfg)
-    references = judge_validation.load_references(cfg, storage_options(source, cfg.storage))
+    references = judge_validation.load_references(cfg)
     check_model(cfg.judge.engine.model)
     store = output_store(output, storage_options(output, cfg.storage))
     store.check_writable()

@@ -49,6 +49,7 @@ from synth_empathy.stages.discriminator import discriminator_stage
 from synth_empathy.stages.quality import drop_reason, quality_scores
 from synth_empathy.stages.seed_sources import read_seeds
 from synth_empathy.stages.seeds import seed_path
+from synth_empathy.storage.run_store import storage_options
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +80,20 @@ def reference_path(cfg: Any) -> tuple[str, str]:
     return (c.data, c.layout) if c.data else (seed_path(cfg.seeds), cfg.seeds.layout)
 
 
-def reference_pairs(cfg: Any, storage_options: dict | None = None) -> list[dict[str, Any]]:
+def reference_pairs(cfg: Any) -> list[dict[str, Any]]:
     """One seed pair per reference dialogue (``seed_id, context, response, emotion, dialogue``),
     at most ``calibration.limit``: the references of this calibration and of the judge's validation
     (read once per process for the same settings: the run asks before Ray starts and again at each step)."""
     c = cfg.calibration
     path, layout = reference_path(cfg)
     fraction = cfg.train.heldout_fraction if c.heldout_only else None
-    key = (path, layout, c.limit, cfg.seed, fraction, cfg.train.heldout_salt, repr(storage_options))
+    options = storage_options(path, cfg.storage)
+    key = (path, layout, c.limit, cfg.seed, fraction, cfg.train.heldout_salt, repr(options))
     if key not in _READ:
         scan = c.limit * SCAN_PAIRS_PER_DIALOGUE if c.limit else None
         if scan and fraction:
             scan = math.ceil(scan / fraction)  # only that share of what is read is held out
-        pairs = read_seeds(path, layout=layout, limit=scan, storage_options=storage_options).to_arrow().to_pylist()
+        pairs = read_seeds(path, layout=layout, limit=scan, storage_options=options).to_arrow().to_pylist()
         if fraction is not None:
             pairs = [p for p in pairs if is_heldout(p["context"], fraction, cfg.train.heldout_salt)]
         _READ.clear()  # one set at a time: a process calibrates one run
@@ -112,11 +114,11 @@ def too_few(cfg: Any, n: int) -> str:
     return f"{where} {path}: {n} reference dialogues, at least {cal.MIN_REFERENCES} are needed for an interval"
 
 
-def reference_table(cfg: Any, storage_options: dict | None = None) -> pa.Table:
+def reference_table(cfg: Any) -> pa.Table:
     """The reference dialogues (one pair each) with their foils; raises
     :class:`CalibrationInputError` when there are fewer than ``MIN_REFERENCES``."""
     c = cfg.calibration
-    refs = reference_pairs(cfg, storage_options)
+    refs = reference_pairs(cfg)
     if len(refs) < cal.MIN_REFERENCES:
         raise CalibrationInputError(
             f"{too_few(cfg, len(refs))}; give more dialogues, or a numeric quality.threshold with "

@@ -16,7 +16,6 @@ out: ``judge_validation/`` (the judged validation rows: :data:`SCHEMA`) and
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -72,13 +71,13 @@ def reference_source(cfg: Any) -> str:
     return reference_path(cfg)[0]
 
 
-def load_references(cfg: Any, storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def load_references(cfg: Any) -> list[dict[str, Any]]:
     """The reference dialogues as judge rows (``history, instruction, output`` + the pair's
     ``seed_id, emotion``): the quality calibration's own references
     (:func:`synth_empathy.stages.calibration.reference_pairs`); a one-line
     :class:`JudgeValidationError` when there are fewer than the minimum. Reads the seed
     source only: call it before Ray starts."""
-    refs = reference_pairs(cfg, storage_options)
+    refs = reference_pairs(cfg)
     if len(refs) < MIN_REFERENCES:
         raise JudgeValidationError(
             f"judge validation: {too_few(cfg, len(refs))}: raise calibration.limit (now {cfg.calibration.limit}) "
@@ -159,10 +158,8 @@ def run_validation(
         )
 
     marker = runner.run(CONTRACT.name, build, key=CONTRACT.key)
-    result = None
-    if marker.get("done_earlier") and store.fs.exists(store.path(RESULT_FILE)):
-        with store.fs.open(store.path(RESULT_FILE), "r") as f:
-            result = json.load(f)
+    result = read_result(store) if marker.get("done_earlier") else None
+    if result is not None:
         log.info("[judge] validation read back from %s", RESULT_FILE)
     if result is None:
         result = validation_result(store.read_table(CONTRACT.name), len(references), cfg, source)
@@ -173,10 +170,7 @@ def run_validation(
 
 def read_result(store: Any) -> dict[str, Any] | None:
     """:data:`RESULT_FILE` of a run folder, or None."""
-    if not store.fs.exists(store.path(RESULT_FILE)):
-        return None
-    with store.fs.open(store.path(RESULT_FILE), "r") as f:
-        return json.load(f)
+    return store.read_json(RESULT_FILE, missing=None)
 
 
 # --------------------------------------------------------------------------- report and card
