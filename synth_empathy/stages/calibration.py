@@ -179,6 +179,12 @@ def score_references(answers: pa.Table, cfg: Any) -> pa.Table:
     return pa.table(out, schema=schemas.CALIBRATION_SCORES)
 
 
+def auto_threshold(human: list[float], share: float) -> float:
+    """T for ``share``, as written: rounded down to 4 decimals, so that the share of human
+    replies at or above the written T still holds."""
+    return math.floor(cal.threshold_for_share(human, share) * 1e4) / 1e4
+
+
 def summarize(scores: pa.Table, cfg: Any) -> dict[str, Any]:
     """``calibration.json``: T and where it came from, AUCs per foil, the human percentiles."""
     c, q = cfg.calibration, cfg.quality
@@ -191,8 +197,7 @@ def summarize(scores: pa.Table, cfg: Any) -> dict[str, Any]:
             f"(dropped: {dict(dropped) or 'none'}); at least {cal.MIN_REFERENCES} are needed"
         )
     auto = q.threshold == "auto"
-    # rounded down, so that the share of human replies at or above the written T still holds
-    threshold = math.floor(cal.threshold_for_share(human, c.share) * 1e4) / 1e4 if auto else float(q.threshold)
+    threshold = auto_threshold(human, c.share) if auto else float(q.threshold)
     true_all = scores.column("human_score").to_pylist()
     foils: dict[str, Any] = {}
     warnings = []
@@ -296,7 +301,7 @@ def by_share(scores: pa.Table) -> list[dict[str, Any]]:
     human = [v for v in scores.column("human_score").to_pylist() if v is not None]
     rows = []
     for share in SHARES:
-        t = math.floor(cal.threshold_for_share(human, share) * 1e4) / 1e4
+        t = auto_threshold(human, share)
         rows.append(
             {
                 "share": share,
