@@ -148,6 +148,11 @@ class AUC:
         }
 
 
+def _with_nan(scores: Sequence[float | None]) -> np.ndarray:
+    """Scores as float64, a missing one (None) as NaN."""
+    return np.array([np.nan if v is None else float(v) for v in scores], dtype=np.float64)
+
+
 def auc_interval(
     positive: Sequence[float | None],
     negative: Sequence[float | None],
@@ -160,8 +165,7 @@ def auc_interval(
     score out (a dialogue without a foil still brings its true reply)."""
     if len(positive) != len(negative):
         raise ValueError(f"{len(positive)} true scores against {len(negative)} foil scores")
-    p = np.array([np.nan if v is None else float(v) for v in positive], dtype=np.float64)
-    q = np.array([np.nan if v is None else float(v) for v in negative], dtype=np.float64)
+    p, q = _with_nan(positive), _with_nan(negative)
     has_p, has_q = ~np.isnan(p), ~np.isnan(q)
     point = auc(p[has_p], q[has_q])
     n = len(p)
@@ -193,9 +197,7 @@ def auc_difference(
     for true, foil in (a[0], a[1]), (b[0], b[1]):
         if len(true) != len(a[0]) or len(foil) != len(a[0]):
             raise ValueError("both instruments must score the same dialogues")
-        p = np.array([np.nan if v is None else float(v) for v in true], dtype=np.float64)
-        q = np.array([np.nan if v is None else float(v) for v in foil], dtype=np.float64)
-        arrays.append((p, q))
+        arrays.append((_with_nan(true), _with_nan(foil)))
 
     def diff(idx: np.ndarray) -> float:
         (pa_, qa), (pb, qb) = arrays
