@@ -11,7 +11,9 @@ report, dataset card: :data:`NOTICE`). They are chosen by name, with any preset:
   line for the discriminator, a digit 1-3 with first-token logprobs for the judge - drawn from a hash of the
   request, so equal requests get equal answers on any worker and any attempt.
   ``tokens_per_s`` paces each replica (a whitespace-separated word counts as a token),
-  so that a slow engine's back-pressure reaches the stages around it.
+  so that a slow engine's back-pressure reaches the stages around it. ``count_dir``
+  (an absolute folder) makes each replica append the size of every batch it answered
+  to ``<count_dir>/<stage>/<pid>.txt``: how a rehearsal counts the work a kill cost.
 * ``quality.embedder=standin`` (or ``standin:dim=384,near_duplicates=0.05,groups=16``):
   deterministic unit vectors, see :class:`StandinEmbedder`.
 
@@ -40,13 +42,17 @@ NOTICE = "stand-in engine: a benchmark instrument, not model output"
 
 # key -> (parse, test, wording) per kind of spec
 _INT = int
-_ENGINE_KEYS = {"tokens_per_s": (float, lambda v: v > 0, "> 0")}
+_ENGINE_KEYS = {
+    "tokens_per_s": (float, lambda v: v > 0, "> 0"),
+    # a rehearsal's count of answered rows (benchmarks/million_run.py: work a kill cost)
+    "count_dir": (str, lambda v: v.startswith("/"), "an absolute folder"),
+}
 _EMBEDDER_KEYS = {
     "dim": (_INT, lambda v: v >= 8, ">= 8"),
     "near_duplicates": (float, lambda v: 0 <= v <= 1, "in [0, 1]"),
     "groups": (_INT, lambda v: v >= 1, ">= 1"),
 }
-ENGINE_DEFAULTS: dict[str, Any] = {"tokens_per_s": None}
+ENGINE_DEFAULTS: dict[str, Any] = {"tokens_per_s": None, "count_dir": None}
 EMBEDDER_DEFAULTS: dict[str, Any] = {"dim": 384, "near_duplicates": 0.05, "groups": 16}
 
 
@@ -66,7 +72,8 @@ def parse_spec(spec: str, kind: str = "engine", where: str = "engine.model") -> 
         key = key.strip()
         if not eq or key not in keys:
             raise ConfigError(
-                f"{where}: bad stand-in option {item!r} in {spec!r}; known: " + ", ".join(f"{k}=<number>" for k in keys)
+                f"{where}: bad stand-in option {item!r} in {spec!r}; known: "
+                + ", ".join(f"{k}=<{'folder' if keys[k][0] is str else 'number'}>" for k in keys)
             )
         parse, test, wording = keys[key]
         try:

@@ -24,6 +24,7 @@ its own pool, the path GPU engines take by default.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -40,7 +41,13 @@ class StandinEngine:
 
     def __init__(self, stage: str, spec: str) -> None:
         self.stage = stage
-        self.tokens_per_s = standin.parse_spec(spec, "engine", f"{stage} engine.model")["tokens_per_s"]
+        options = standin.parse_spec(spec, "engine", f"{stage} engine.model")
+        self.tokens_per_s = options["tokens_per_s"]
+        self.counts = None
+        if options["count_dir"]:
+            folder = os.path.join(options["count_dir"], stage)
+            os.makedirs(folder, exist_ok=True)
+            self.counts = os.path.join(folder, f"{os.getpid()}.txt")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.perf_counter()
@@ -56,6 +63,9 @@ class StandinEngine:
             left = sum(tokens) / self.tokens_per_s - (time.perf_counter() - start)
             if left > 0:
                 time.sleep(left)
+        if self.counts:  # after the answers, before Ray Data has them: what a kill can lose
+            with open(self.counts, "a") as f:
+                f.write(f"{len(texts)}\n")
         batch = batch.append_column("generated_text", pa.array(texts, pa.string()))
         if self.stage == "judge":  # the judge reads its rating from the first token's logprobs
             batch = batch.append_column("logprobs", pa.array([standin.rating_logprobs(r) for r in batch.to_pylist()]))

@@ -76,8 +76,11 @@ def test_judge_answer_is_a_digit_with_logprobs_that_give_a_varying_expected_rati
 
 
 def test_specs_parse_with_defaults():
-    assert standin.parse_spec("standin:") == {"tokens_per_s": None}
-    assert standin.parse_spec("standin") == {"tokens_per_s": None}
+    assert standin.parse_spec("standin:") == {"tokens_per_s": None, "count_dir": None}
+    assert standin.parse_spec("standin") == {"tokens_per_s": None, "count_dir": None}
+    assert standin.parse_spec("standin:count_dir=/tmp/c")["count_dir"] == "/tmp/c"
+    with pytest.raises(ConfigError, match="count_dir must be an absolute folder"):
+        standin.parse_spec("standin:count_dir=relative")
     assert standin.parse_spec("standin:tokens_per_s=250")["tokens_per_s"] == 250.0
     assert standin.parse_spec("standin:near_duplicates=0.2, dim=32", "embedder") == {
         "dim": 32,
