@@ -399,10 +399,22 @@ class StorageConfig:
     key: Optional[str] = opt(None, "access key id; null = the standard AWS chain (never printed)")
     secret: Optional[str] = opt(None, "secret access key; null = the standard AWS chain (never printed)")
     anon: bool = opt(False, "unsigned requests (public buckets)")
-    part_rows: int = opt(
-        64,
-        "rows per Parquet part of the LLM stages (at least engine.batch_size): an interrupted "
-        "stage keeps every finished part, so smaller parts save progress more often",
+    part_rows: Union[int, str] = opt(
+        "auto",
+        "rows per Parquet part of the LLM stages: a number, or auto = about parts_per_stage parts "
+        "per stage, at least one engine batch, at most part_bytes (synth_empathy.storage.parts). "
+        "An interrupted stage keeps every finished part: smaller parts save progress more often, "
+        "larger ones make fewer objects for a resume to read",
+    )
+    parts_per_stage: int = opt(
+        1000,
+        "part_rows=auto: parts an LLM stage is cut into, so that a crash loses about (parts in "
+        "flight) / parts_per_stage of the stage and a 5M-row stage stays at ~1,000 objects",
+    )
+    part_bytes: int = opt(
+        128 * 2**20,
+        "part_rows=auto: most estimated bytes per part (2 KiB of input + 4 bytes per token of "
+        "the stage's max_tokens per row)",
     )
 
 
@@ -665,7 +677,8 @@ RANGES: Dict[str, str] = {
     "ray.num_cpus": "count?",
     "ray.progress_interval_s": "positive",
     "ray.footer_readers": "count?",
-    "storage.part_rows": "count",
+    "storage.parts_per_stage": "count",
+    "storage.part_bytes": "count",
     "calibration.bootstrap": "resamples",
     "train.heldout_fraction": "fraction",
     "train.limit": "count?",
@@ -803,6 +816,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("set both storage.key and storage.secret, or neither (to use the AWS chain)")
     if cfg.storage.anon and (cfg.storage.key or cfg.storage.profile):
         raise ConfigError("storage.anon cannot be combined with storage.key or storage.profile")
+    p = cfg.storage.part_rows
+    if isinstance(p, str) and p != "auto" or not isinstance(p, str) and (isinstance(p, bool) or p < 1):
+        raise ConfigError(f"storage.part_rows must be auto or a positive integer, got {p!r}")
     lic = cfg.seeds.license
     if lic and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", lic.strip().lower()):
         raise ConfigError(f"seeds.license must be a Hugging Face license id like cc-by-4.0 or other, got {lic!r}")

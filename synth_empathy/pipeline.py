@@ -49,6 +49,7 @@ from synth_empathy.stages import (
     turns,
 )
 from synth_empathy.stages.seed_sources import validate_seed_source
+from synth_empathy.storage import parts
 from synth_empathy.storage.manifest import new_manifest
 from synth_empathy.storage.run_store import RunStore, new_run_id, storage_options
 
@@ -120,7 +121,7 @@ def calibrate(
     runner.keyed(
         calibration.ANSWERS,
         lambda ds, carry: calibration.answers_stage(ds, cfg, carry, **llm()),
-        part_rows=cfg.storage.part_rows,
+        part_rows=parts.part_rows(cfg.storage, cfg.discriminator),
     )
 
     def scores():
@@ -145,7 +146,6 @@ def _stages(
     references: pa.Table | None,
 ) -> dict[str, Any]:
     """The method's steps in order (each a checkpointed stage)."""
-    part_rows = cfg.storage.part_rows  # rows per Parquet part of an LLM stage: the progress a crash keeps
 
     def llm(stage: str, section) -> dict[str, Any]:
         """The engine arguments of an LLM stage: its model, and its shared engine if any."""
@@ -162,12 +162,12 @@ def _stages(
     engines.start_early(pending, lambda engine: resolve_model(engine.model))
 
     # 0. Seeds: the dialogues the method starts from.
-    def seed_table():
-        table, info = seeds.seed_table(cfg.seeds, storage_options(seeds.seed_path(cfg.seeds), cfg.storage))
-        store.write_json("seeds.json", info)
-        return table
+    def seed_parts():  # read and written a part at a time: a million seeds never sit in the driver
+        batches = seeds.seed_batches(cfg.seeds, storage_options(seeds.seed_path(cfg.seeds), cfg.storage))
+        yield from batches
+        store.write_json("seeds.json", seeds.seeds_info(batches))
 
-    runner.table(seeds.CONTRACT, seed_table)
+    runner.parts(seeds.CONTRACT, seed_parts)
 
     # 1. Generation: n new multi-round dialogues per seed.
     g = cfg.generation
@@ -175,7 +175,7 @@ def _stages(
         generation.CONTRACT,
         lambda ds, carry: generation.generation_stage(ds, g, carry, **llm("generation", g)),
         prepare=lambda ds: generation.expand_stage(ds, g),  # one row per seed and sample, with its id
-        part_rows=part_rows,
+        part_rows=parts.part_rows(cfg.storage, g),  # rows per Parquet part: the progress a crash keeps
         engine_progress=engines.progress("generation"),
     )
 
@@ -191,7 +191,7 @@ def _stages(
         discriminator.CONTRACT,
         lambda ds, carry: discriminator.discriminator_stage(ds, d, carry, **llm("discriminator", d)),
         where=col("drop_reason").is_null(),
-        part_rows=part_rows,
+        part_rows=parts.part_rows(cfg.storage, d),
         engine_progress=engines.progress("discriminator"),
     )
 
@@ -232,7 +232,7 @@ def _stages(
             judge.CONTRACT,
             lambda ds, carry: judge.judge_stage(ds, j, carry, **llm("judge", j)),
             source=(lambda salvage: None) if no_rows else None,
-            part_rows=part_rows,
+            part_rows=parts.part_rows(cfg.storage, j),
             engine_progress=judge.row_progress(engines.progress("judge")),
         )
 

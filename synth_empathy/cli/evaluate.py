@@ -210,6 +210,7 @@ def run_evaluation(output: str, cfg: Any) -> dict[str, Any]:
     from synth_empathy.models.weights import check_model, resolve_model
     from synth_empathy.stages.contract import StageContract
     from synth_empathy.stages.discriminator import discriminator_stage
+    from synth_empathy.storage import parts
     from synth_empathy.storage.run_store import storage_options
 
     e = cfg.evaluate
@@ -262,7 +263,7 @@ def run_evaluation(output: str, cfg: Any) -> dict[str, Any]:
             ),
             source=todo,
             columns=rows.column_names,
-            part_rows=cfg.storage.part_rows,
+            part_rows=parts.part_rows(cfg.storage, section),
         )
         table = store.read_table(contract.name).sort_by("sample_id")
         answers = [str(a or "") for a in table.column("disc_response").to_pylist()]
@@ -318,6 +319,7 @@ def _judge_answers(cfg: Any, runner: Any, store: Any, label: str, answers: pa.Ta
     """The judge's ratings of one model's answers (``output`` = the answer for the judge), by sample_id."""
     from synth_empathy.stages.contract import StageContract
     from synth_empathy.stages.judge import judge_stage
+    from synth_empathy.storage import parts
 
     rows = answers.select(["sample_id", "instruction", "history"]).append_column(
         "output", answers.column("disc_response")
@@ -339,7 +341,7 @@ def _judge_answers(cfg: Any, runner: Any, store: Any, label: str, answers: pa.Ta
         lambda ds, carry: judge_stage(ds, cfg.judge, carry, model_path=resolve_model(cfg.judge.engine.model)),
         source=todo,
         columns=rows.column_names,
-        part_rows=cfg.storage.part_rows,
+        part_rows=parts.part_rows(cfg.storage, cfg.judge),
     )
     return store.read_table(contract.name).sort_by("sample_id")
 

@@ -53,6 +53,7 @@ from synth_empathy.core.export_records import read_records, text
 from synth_empathy.errors import JudgeInputError  # noqa: F401 (re-exported)
 from synth_empathy.logs import setup_logging
 from synth_empathy.stages.contract import StageContract
+from synth_empathy.storage import parts
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ def run_judging(
         lambda ds, carry: judge_stage(ds, j, carry, model_path=resolve_model(j.engine.model)),
         source=remaining,
         columns=rows.column_names,
-        part_rows=cfg.storage.part_rows,
+        part_rows=parts.part_rows(cfg.storage, j),
     )
     seconds = time.perf_counter() - t0
     table = store.read_table(STAGE, columns=["sample_id"] + [c for c, _ in schemas.JUDGED_COLUMNS])

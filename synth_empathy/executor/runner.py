@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from typing import Any
 
@@ -67,9 +67,14 @@ class StageRunner:
         return info
 
     def table(self, contract: StageContract, make: Callable[[], pa.Table]) -> dict:
-        """A stage computed in memory in one piece (seeds, selection): written whole or not at all."""
+        """A stage computed in memory in one piece: written whole or not at all."""
+        return self.parts(contract, lambda: [make()])
+
+    def parts(self, contract: StageContract, make: Callable[[], Iterable[pa.Table]]) -> dict:
+        """A stage made in the driver a table at a time (the seeds), each table one part; an
+        interrupted attempt is cleared and made again (no marker, no salvage)."""
         return self.run(
-            contract.name, lambda: self.store.write_table(contract.name, make(), contract.produces), key=contract.key
+            contract.name, lambda: self.store.write_parts(contract.name, make(), contract.produces), key=contract.key
         )
 
     # -- keyed Ray stages ----------------------------------------------------------------
@@ -82,7 +87,7 @@ class StageRunner:
         columns: list[str] | None = None,
         where: Any = None,
         prepare: Callable[[Any], Any] | None = None,
-        part_rows: int | None = None,
+        part_rows: int | Callable[[int], int] | None = None,
         engine_progress: Callable[[], Any] | None = None,
     ) -> dict:
         """A Ray Data stage keyed by ``contract.key``, resumable row by row.
@@ -93,7 +98,8 @@ class StageRunner:
         from outside the run, ``source(salvage)`` with its ``columns``: a Ray Dataset of
         the rows still to do, or None when none is left (then no engine starts).
         ``part_rows`` cuts the input into blocks of at most that many rows, each of which
-        becomes one part: the progress a crash keeps (LLM stages). ``engine_progress``
+        becomes one part: the progress a crash keeps (LLM stages); a function of the rows
+        to do gives it for this attempt (:func:`synth_empathy.storage.parts.part_rows`). ``engine_progress``
         reads a shared engine's counts for the progress line
         (:meth:`synth_empathy.engines.shared.SharedEngines.progress`).
         """
@@ -129,11 +135,13 @@ class StageRunner:
                 if salvage.rows_kept:
                     ds = ds.map_batches(exclude_ids, fn_args=([ray.put(salvage.ids)],), batch_format="pyarrow")
             if ds is not None:
-                if part_rows:
-                    ds = ds.repartition(target_num_rows_per_block=part_rows, strict=True)
                 # ids made by `prepare` are not in the input table: count the prepared rows then
                 counted = source is not None or (contract.key or "sample_id") not in columns
                 total = self._rows_to_do(contract, salvage, ds if counted else None, where)
+                rows = part_rows(total) if callable(part_rows) else part_rows
+                if rows:
+                    log.info("[%s] %d rows to do, in parts of %d rows", contract.name, total, rows)
+                    ds = ds.repartition(target_num_rows_per_block=rows, strict=True)
                 with (
                     StageProgress(store, contract.name, total, contract.tokens, self.progress_interval, engine_progress)
                     if (contract.tokens)

@@ -59,6 +59,7 @@ at all, or gives no usable seed, raises :class:`SeedError` with one line naming 
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.resources
 import io
 import json
@@ -782,25 +783,36 @@ def _seeds(f: IO[bytes], path: str, layout: str, container: str, drops: Counter[
     return _ed_parquet_seeds(f, path, drops)
 
 
-def _collect(seeds: Iterable[_Seed], drops: Counter[str], limit: int | None) -> list[_Seed]:
-    """Drop exact repeats and reused ids, keep file order, stop at ``limit``."""
-    seen_pairs: set[tuple[str, str]] = set()
-    seen_ids: set[str] = set()
-    kept: list[_Seed] = []
+def _digest(*parts: str) -> bytes:
+    """16 bytes standing for the strings (a set of them is ~10x smaller than of the strings)."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(p.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.digest()
+
+
+def _unique(seeds: Iterable[_Seed], drops: Counter[str], limit: int | None) -> Iterator[_Seed]:
+    """Drop exact repeats and reused ids, keep file order, stop at ``limit``. Remembers a
+    digest per seed, not its text: a million seeds cost ~150 MB here, not their size."""
+    seen_pairs: set[bytes] = set()
+    seen_ids: set[bytes] = set()
+    kept = 0
     for seed in seeds:
-        pair = (seed.context, seed.response)
+        pair = _digest(seed.context, seed.response)
         if pair in seen_pairs:
             drops["duplicate_pair"] += 1
             continue
-        if seed.seed_id in seen_ids:
+        sid = _digest(seed.seed_id)
+        if sid in seen_ids:
             drops["duplicate_seed_id"] += 1
             continue
         seen_pairs.add(pair)
-        seen_ids.add(seed.seed_id)
-        kept.append(seed)
-        if limit is not None and len(kept) >= limit:
-            break
-    return kept
+        seen_ids.add(sid)
+        yield seed
+        kept += 1
+        if limit is not None and kept >= limit:
+            return
 
 
 # ---------------------------------------------------------------------------
@@ -824,6 +836,75 @@ def validate_seed_source(path: str, layout: str = "auto", storage_options: dict[
     return layout
 
 
+def _check_limit(path: str, limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise SeedError(f"seed limit must be a positive integer or None, got {limit!r} (for {path})")
+
+
+class SeedBatches:
+    """A seed source read in Arrow batches of at most ``batch_rows`` seeds (the seed stage's
+    parts), so a million seeds never sit in memory at once. Iterate it once; afterwards
+    :attr:`dropped`, :attr:`kept` and :attr:`layout` say what the read found. Raises as
+    :func:`read_seeds` does, the ``no usable seeds`` error after the last batch."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        layout: str = "auto",
+        limit: int | None = None,
+        storage_options: dict[str, Any] | None = None,
+        batch_rows: int = 100_000,
+    ) -> None:
+        self.path = os.fspath(path)
+        _check_limit(self.path, limit)
+        self.layout, self._container = _resolve(self.path, layout, storage_options)
+        self.limit, self.storage_options, self.batch_rows = limit, storage_options, batch_rows
+        self.drops: Counter[str] = Counter()
+        self.kept = 0
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        return {k: v for k, v in self.drops.items() if v}
+
+    def summary(self) -> str:
+        """One line for logs and reports."""
+        head = f"{self.kept:,} seeds from {self.path} (layout {self.layout})"
+        if not self.dropped:
+            return head + "; nothing dropped"
+        return f"{head}; dropped {sum(self.dropped.values()):,}: {_format_counts(self.dropped)}"
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        name = _file_name(self.path)
+        with _open_binary(self.path, self.storage_options) as f:
+            seeds = _unique(_seeds(f, self.path, self.layout, self._container, self.drops), self.drops, self.limit)
+            batch: list[_Seed] = []
+            try:
+                for seed in seeds:
+                    batch.append(seed)
+                    if len(batch) >= self.batch_rows:
+                        yield _arrow(batch, name)
+                        self.kept += len(batch)
+                        batch = []
+            except UnicodeError as exc:  # defensive: decoding already uses errors="replace"
+                raise SeedError(f"cannot decode seed file {self.path}: {_one_line(exc)}") from exc
+            if batch:
+                yield _arrow(batch, name)
+                self.kept += len(batch)
+        if not self.kept:
+            why = _format_counts(self.dropped) if self.dropped else "no records found"
+            raise SeedError(
+                f"no usable seeds in {self.path} (layout {self.layout}): dropped {sum(self.dropped.values()):,} ({why})"
+            )
+        log.info("%s", self.summary())
+
+
+def _arrow(seeds: list[_Seed], source: str) -> pa.Table:
+    columns = {c: [getattr(s, c) for s in seeds] for c in ("seed_id", "context", "response", "emotion")}
+    columns["source"] = [source] * len(seeds)
+    return pa.table({c: pa.array(columns[c], type=pa.string()) for c in COLUMNS})
+
+
 def read_seeds(
     path: str,
     *,
@@ -837,35 +918,13 @@ def read_seeds(
     ``fsspec.open(path, **storage_options)`` (compression inferred from the name unless
     ``storage_options`` sets it). ``layout`` is ``"auto"`` or one of :data:`LAYOUTS`.
     ``limit`` keeps the first ``limit`` seeds after de-duplication, in file order, so
-    the same file and limit always give the same seeds.
+    the same file and limit always give the same seeds. (:class:`SeedBatches` reads the
+    same seeds a batch at a time.)
 
     Raises :class:`SeedError` (one line, naming the path) for a missing, empty,
     unreadable or unrecognised file, and when no usable seed is left.
     """
-    path = os.fspath(path)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise SeedError(f"seed limit must be a positive integer or None, got {limit!r} (for {path})")
-    resolved, container = _resolve(path, layout, storage_options)
-    drops: Counter[str] = Counter()
-    with _open_binary(path, storage_options) as f:
-        try:
-            kept = _collect(_seeds(f, path, resolved, container, drops), drops, limit)
-        except UnicodeError as exc:  # defensive: decoding already uses errors="replace"
-            raise SeedError(f"cannot decode seed file {path}: {_one_line(exc)}") from exc
-    dropped = {k: v for k, v in drops.items() if v}
-    if not kept:
-        why = _format_counts(dropped) if dropped else "no records found"
-        raise SeedError(f"no usable seeds in {path} (layout {resolved}): dropped {sum(dropped.values()):,} ({why})")
-    frame = pd.DataFrame(
-        {
-            "seed_id": [s.seed_id for s in kept],
-            "context": [s.context for s in kept],
-            "response": [s.response for s in kept],
-            "emotion": [s.emotion for s in kept],
-            "source": [_file_name(path)] * len(kept),
-        },
-        columns=list(COLUMNS),
-    )
-    table = SeedTable(frame=frame, dropped=dropped, path=path, layout=resolved)
-    log.info("%s", table.summary())
-    return table
+    batches = SeedBatches(path, layout=layout, limit=limit, storage_options=storage_options)
+    table = pa.concat_tables(list(batches))
+    frame = table.to_pandas()[list(COLUMNS)]
+    return SeedTable(frame=frame, dropped=batches.dropped, path=batches.path, layout=batches.layout)

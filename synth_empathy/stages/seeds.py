@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
-
 from synth_empathy import schemas
 from synth_empathy.stages.contract import StageContract
-from synth_empathy.stages.seed_sources import default_seed_path, read_seeds
+from synth_empathy.stages.seed_sources import SeedBatches, default_seed_path
 
 CONTRACT = StageContract(name="seeds", input=None, requires=(), produces=schemas.SEEDS, key=None)
 
@@ -23,8 +21,13 @@ def seed_path(seeds_cfg: Any) -> str:
     return seeds_cfg.path or default_seed_path()
 
 
-def seed_table(seeds_cfg: Any, storage_options: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
-    """The seed pairs of the ``seeds`` section and what reading them dropped (for ``seeds.json``)."""
+def seed_batches(seeds_cfg: Any, storage_options: dict[str, Any]) -> SeedBatches:
+    """The seed pairs of the ``seeds`` section, a part at a time (iterate once); afterwards
+    :func:`seeds_info` says what reading them dropped."""
     path = seed_path(seeds_cfg)
-    table = read_seeds(path, layout=seeds_cfg.layout, limit=seeds_cfg.limit, storage_options=storage_options)
-    return table.to_arrow(), {"path": table.path, "layout": table.layout, "dropped": table.dropped}
+    return SeedBatches(path, layout=seeds_cfg.layout, limit=seeds_cfg.limit, storage_options=storage_options)
+
+
+def seeds_info(batches: SeedBatches) -> dict[str, Any]:
+    """What ``seeds.json`` records: where the seeds came from and what was dropped, by reason."""
+    return {"path": batches.path, "layout": batches.layout, "dropped": batches.dropped}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,8 +226,13 @@ class RunStore:
         )
 
     def write_table(self, stage: str, table: pa.Table, schema: pa.Schema) -> None:
+        self.write_parts(stage, [table], schema)
+
+    def write_parts(self, stage: str, tables: Iterable[pa.Table], schema: pa.Schema) -> None:
+        """Each table one part, as they come (a stage made in the driver a batch at a time)."""
         folder = self.begin(stage)
-        pq.write_table(conform(table, schema), f"{folder}/part-0.parquet", filesystem=self.arrow_fs)
+        for i, table in enumerate(tables):
+            pq.write_table(conform(table, schema), f"{folder}/part-{i}.parquet", filesystem=self.arrow_fs)
 
     def verify(self, stage: str, key: str | None = "sample_id") -> dict[str, Any]:
         """Check that every part of a stage reads back and that ``key`` is unique.

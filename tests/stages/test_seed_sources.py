@@ -546,3 +546,20 @@ def test_jsonl_reader_only_raises_seed_error(lines: list[str], layout: str) -> N
             assert path in str(exc) and "\n" not in str(exc)
         else:
             check_table(table)
+
+
+def test_seed_batches_give_the_seeds_of_read_seeds_a_part_at_a_time(tmp_path):
+    from synth_empathy.stages.seed_sources import SeedBatches
+
+    path = tmp_path / "pairs.jsonl"
+    records = [{"context": f"Speaker: c{i % 7}", "response": f"r{i}"} for i in range(23)]
+    records += [records[3], {"context": "", "response": "x"}]  # a repeat, an empty context
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    batches = SeedBatches(str(path), batch_rows=5)
+    parts = list(batches)
+    assert [p.num_rows for p in parts] == [5, 5, 5, 5, 3]
+    whole = read_seeds(str(path))
+    assert pa.concat_tables(parts).to_pylist() == pa.Table.from_pandas(whole.frame, preserve_index=False).to_pylist()
+    assert batches.kept == 23 and batches.dropped == whole.dropped and batches.dropped["duplicate_pair"] == 1
+    limited = SeedBatches(str(path), batch_rows=5, limit=7)
+    assert [p.num_rows for p in limited] == [5, 2]
