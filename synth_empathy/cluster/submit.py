@@ -359,6 +359,17 @@ def connect(address: str, connect_timeout: float = 5.0):
         raise ClusterError(f"cannot use the Jobs API at {url}: {first}") from None
 
 
+def cluster_ray_version(address: str) -> str | None:
+    """The Ray version the cluster's dashboard reports, or None if it does not say."""
+    import requests
+
+    try:
+        r = requests.get(dashboard_url(address) + "/api/version", headers=auth_headers(), timeout=10)
+        return r.json().get("ray_version") if r.ok else None
+    except (requests.exceptions.RequestException, ValueError, AttributeError):
+        return None
+
+
 def node_resources(address: str) -> list[dict[str, float]]:
     """Each alive node's total resources, read through the dashboard's state API."""
     from ray.util.state import StateApiClient
