@@ -175,6 +175,11 @@ def autoscaler_node_types() -> list[dict[str, Any]] | None:
        --autoscaling-config=...`` was given. Readable where the driver runs on the head
        node, as a job's driver does.
     3. ``~/ray_bootstrap_config.yaml`` on this machine (a launcher cluster's head).
+    4. On KubeRay (``RAY_CLUSTER_NAME``, which the operator sets in every Ray container,
+       and the pod's service account): the RayCluster read from the Kubernetes API and
+       turned into node types by Ray's own ``AutoscalingConfigProducer``, as the
+       autoscaler sidecar does, with the head pod's service account (the one KubeRay
+       grants the autoscaler's RBAC to).
     """
     try:
         from ray._private.state import state
@@ -193,7 +198,27 @@ def autoscaler_node_types() -> list[dict[str, Any]] | None:
 
             with open(path) as f:  # YAML, or the JSON that ray start's callers also write
                 return launcher_node_types(yaml.safe_load(f) or {})
-    return None
+    return kuberay_autoscaler_node_types()
+
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def kuberay_autoscaler_node_types() -> list[dict[str, Any]] | None:
+    """The node types KubeRay's autoscaler sees, read as it reads them; None outside a
+    KubeRay pod or where the RayCluster cannot be read (no RBAC, no token mounted)."""
+    name = os.environ.get("RAY_CLUSTER_NAME")
+    if not name or not os.path.isfile(SERVICE_ACCOUNT_NAMESPACE):
+        return None
+    try:
+        from ray.autoscaler._private.kuberay.autoscaling_config import AutoscalingConfigProducer
+
+        with open(SERVICE_ACCOUNT_NAMESPACE) as f:
+            config = AutoscalingConfigProducer(name, f.read().strip())()
+    except Exception as e:  # a private API, an API server that refuses us: "unknown"
+        print(f"[synth-empathy] cannot read RayCluster {name} ({type(e).__name__}); checking the nodes that are up")
+        return None
+    return launcher_node_types(config)
 
 
 def running_autoscaler_config() -> str | None:
