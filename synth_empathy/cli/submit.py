@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from synth_empathy.cli.common import Parser, exits_on_bad_input, positive
 from synth_empathy.cluster import submit as cs
+from synth_empathy.cluster.image import check_cluster_file, check_cluster_ray
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,8 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cluster-file",
         default=None,
-        help="the cluster's definition (cluster/aws-gpu.yaml, a RayCluster or RayJob manifest): the "
-        "resource check also counts the nodes its autoscaler can add",
+        help="the cluster's definition (cluster/aws-gpu.yaml, a RayCluster or RayJob manifest): its "
+        "images and versions must be the package's, and the resource check also counts the nodes its "
+        "autoscaler can add",
     )
     p.add_argument(
         "--skip-resource-check",
@@ -113,7 +116,14 @@ def main(argv: list[str] | None = None) -> int:
             f"no {cs.JOBS[args.job]} under {args.working_dir!r}"
             + ("" if args.job != "judge" else " (this version has no judge job)")
         )
+    # The versions the job's code pins (its pyproject.toml travels with it) against the
+    # cluster's definition and the Ray it runs: one line before any job exists.
+    pyproject = Path(args.working_dir) / "pyproject.toml"
+    pyproject = pyproject if pyproject.is_file() else None
+    if args.cluster_file:
+        check_cluster_file(args.cluster_file, pyproject)
     cs.connect(args.address)  # fail fast, in one line, on an unreachable address or a missing token
+    check_cluster_ray(cs.cluster_ray_version(args.address), pyproject)
     if args.job == "run" and not args.skip_resource_check:
         _precheck_run(args.address, job_args, args.cluster_file)
     status = cs.submit(

@@ -86,3 +86,94 @@ def check_image(pyproject: Path | None = None, installed: Callable[[str], str | 
             f"{found[0]}{more}: rebuild the cluster's image from cluster/Dockerfile, or submit with --pip "
             "on a cluster that keeps its own image"
         )
+
+
+# --------------------------------------------------------------------------- before submitting
+
+# Images whose tag says which Ray they run (rayproject/ray:2.60.0-py311-gpu), and the
+# image cluster/Dockerfile builds, tagged with the package version it was built from.
+_RAY_IMAGES = ("rayproject/ray:", "rayproject/ray-ml:", "rayproject/ray-llm:")
+_OWN_IMAGE = "/synth-empathy:"
+
+
+def _walk(node, key_path=()):
+    """Every (key path, value) in a parsed YAML document."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _walk(v, (*key_path, str(k)))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, (*key_path, str(i)))
+    else:
+        yield key_path, node
+
+
+def cluster_file_mismatches(docs: Iterable, pyproject: Path | None = None) -> list[str]:
+    """Where a cluster definition (a KubeRay RayCluster or RayJob, a cluster launcher
+    YAML; ``docs`` its parsed documents) names versions other than the package's: an
+    image of the package tagged with another version (built from another pyproject.toml),
+    a stock Ray image or ``rayVersion`` of another Ray, a RayJob ``runtimeEnvYAML`` pip
+    pin that differs from pyproject.toml's."""
+    import tomllib
+    import yaml
+
+    path = pyproject or PYPROJECT
+    pins = project_pins(path)
+    version = tomllib.loads(path.read_text())["project"]["version"] if path.is_file() else None
+    ray_pin = pins.get("ray")
+    out = []
+    for doc in docs:
+        for keys, value in _walk(doc):
+            if not isinstance(value, str) or not keys:
+                continue
+            key, where = keys[-1], ".".join(keys)
+            if key in ("image", "head_image", "worker_image"):
+                image = value.strip()
+                if _OWN_IMAGE in image and version and image.rsplit(":", 1)[1] != version:
+                    out.append(
+                        f"{where}: {image} is the image of synth-empathy {image.rsplit(':', 1)[1]} but "
+                        f"pyproject.toml is version {version} (its pins may differ)"
+                    )
+                for prefix in _RAY_IMAGES:
+                    if image.startswith(prefix) and ray_pin:
+                        tag = image[len(prefix) :].split("-", 1)[0]
+                        if tag != ray_pin:
+                            out.append(f"{where}: {image} runs ray {tag} but pyproject.toml pins ray=={ray_pin}")
+            elif key == "rayVersion" and ray_pin and value.strip() != ray_pin:
+                out.append(f"{where}: rayVersion {value.strip()} but pyproject.toml pins ray=={ray_pin}")
+            elif key == "runtimeEnvYAML":
+                pip = (yaml.safe_load(value) or {}).get("pip") or []
+                pip = pip.get("packages", []) if isinstance(pip, dict) else pip
+                for name, have in sorted(exact_pins(r for r in pip if isinstance(r, str)).items()):
+                    if name in pins and pins[name] != have:
+                        out.append(f"{where}: pip pins {name}=={have} but pyproject.toml pins {name}=={pins[name]}")
+    return out
+
+
+def check_cluster_file(path: str, pyproject: Path | None = None) -> None:
+    """Raise :class:`ImageMismatchError` naming ``path``, the first differing pin (and
+    how many more) of :func:`cluster_file_mismatches`."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            docs = [d for d in yaml.safe_load_all(f) if d]
+    except (OSError, yaml.YAMLError) as e:
+        raise ClusterError(f"cannot read --cluster-file {path}: {type(e).__name__}") from None
+    found = cluster_file_mismatches(docs, pyproject)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise ImageMismatchError(
+            f"{path}: {found[0]}{more}; rebuild the image from cluster/Dockerfile at this version and name it "
+            "there, or submit from the checkout the cluster was built from"
+        )
+
+
+def check_cluster_ray(ray_version: str | None, pyproject: Path | None = None) -> None:
+    """The Ray a running cluster reports (the dashboard's ``/api/version``) against the pin."""
+    pin = project_pins(pyproject).get("ray")
+    if ray_version and pin and ray_version != pin:
+        raise ImageMismatchError(
+            f"the cluster runs ray {ray_version} but pyproject.toml pins ray=={pin}: the Jobs API and "
+            "ray.data.llm differ between releases; use a cluster on the image built from cluster/Dockerfile"
+        )

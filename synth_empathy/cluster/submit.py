@@ -121,11 +121,13 @@ def check_resources(
     GPU group that scales from zero passes. Only one replica has to fit: the stages run
     one after another and further replicas wait for (or make an autoscaler add) nodes.
     """
-    scalable = [dict(t["resources"]) for t in node_types or [] if t.get("max_count", 0) != 0]
+    types = [t for t in node_types or [] if t.get("max_count", 0) != 0]
+    scalable = [dict(t["resources"]) for t in types]
     candidates = [dict(n) for n in nodes] + scalable if nodes is not None else None
     total_gpus = float(cluster_resources.get("GPU", 0) or 0) + sum(float(t.get("GPU", 0) or 0) for t in scalable)
     up = max((float(n.get("GPU", 0) or 0) for n in nodes), default=0.0) if nodes else total_gpus
-    addable = max((float(t.get("GPU", 0) or 0) for t in scalable), default=0.0)
+    biggest = max(types, key=lambda t: float(t["resources"].get("GPU", 0) or 0), default=None)
+    addable = float(biggest["resources"].get("GPU", 0) or 0) if biggest else 0.0
     largest = max(up, addable) if candidates is not None else total_gpus
     for stage, need, accel in _gpu_needs(cfg, sections):
         if total_gpus == 0:
@@ -139,8 +141,10 @@ def check_resources(
                 where = f"it has {largest:g} GPUs"
             else:
                 where = f"its largest node has {up:g} GPUs"
-                if node_types:
-                    where += f" and the largest its autoscaler can add {addable:g}"
+                if biggest is not None:
+                    where += f" and the largest node type its autoscaler can add, {biggest['name']}, has {addable:g}"
+                elif node_types:
+                    where += " and its autoscaler adds none"
             raise ClusterError(
                 f"{stage}.gpus_per_replica={need:g} does not fit the cluster: {where}; "
                 f"lower tensor_parallel_size or add bigger GPU nodes"
@@ -158,10 +162,25 @@ def check_resources(
 
 
 def autoscaler_node_types() -> list[dict[str, Any]] | None:
-    """The autoscaler's node types as the job's driver can read them, or None: Ray's
-    cluster config in the GCS (what KubeRay's and Ray's autoscaler v2 publish, and what
-    Ray Data's own autoscaling reads), else the launcher's ``~/ray_bootstrap_config.yaml``
-    on the head node, where the driver of a job runs."""
+    """The autoscaler's node types as the job's driver can read them, or None:
+
+    1. Ray's cluster config in the GCS (``ray._private.state.state.get_cluster_config()``,
+       what Ray Data's own autoscaling reads). Ray 2.60's autoscalers never write it
+       (``report_cluster_config`` has no caller; ray-project/ray#63012): it is there only
+       where a platform publishes it.
+    2. The config file of the cluster's running autoscaler: Ray's monitor on the head node
+       puts its pid in the status it publishes to the GCS (``__autoscaling_status``), and
+       its command line names the file (``--autoscaling-config``): the launcher's
+       ``~/ray_bootstrap_config.yaml``, or whatever ``ray start --head
+       --autoscaling-config=...`` was given. Readable where the driver runs on the head
+       node, as a job's driver does.
+    3. ``~/ray_bootstrap_config.yaml`` on this machine (a launcher cluster's head).
+    4. On KubeRay (``RAY_CLUSTER_NAME``, which the operator sets in every Ray container,
+       and the pod's service account): the RayCluster read from the Kubernetes API and
+       turned into node types by Ray's own ``AutoscalingConfigProducer``, as the
+       autoscaler sidecar does, with the head pod's service account (the one KubeRay
+       grants the autoscaler's RBAC to).
+    """
     try:
         from ray._private.state import state
 
@@ -173,20 +192,77 @@ def autoscaler_node_types() -> list[dict[str, Any]] | None:
             {"name": g.name, "resources": dict(g.resources), "max_count": int(g.max_count)}
             for g in config.node_group_configs
         ]
-    path = os.path.expanduser("~/ray_bootstrap_config.yaml")
-    if os.path.isfile(path):
-        import yaml
+    for path in (running_autoscaler_config(), os.path.expanduser("~/ray_bootstrap_config.yaml")):
+        if path and os.path.isfile(path):
+            import yaml
 
-        with open(path) as f:
-            return launcher_node_types(yaml.safe_load(f) or {})
+            with open(path) as f:  # YAML, or the JSON that ray start's callers also write
+                return launcher_node_types(yaml.safe_load(f) or {})
+    return kuberay_autoscaler_node_types()
+
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def kuberay_autoscaler_node_types() -> list[dict[str, Any]] | None:
+    """The node types KubeRay's autoscaler sees, read as it reads them; None outside a
+    KubeRay pod or where the RayCluster cannot be read (no RBAC, no token mounted)."""
+    name = os.environ.get("RAY_CLUSTER_NAME")
+    if not name or not os.path.isfile(SERVICE_ACCOUNT_NAMESPACE):
+        return None
+    try:
+        from ray.autoscaler._private.kuberay.autoscaling_config import AutoscalingConfigProducer
+
+        with open(SERVICE_ACCOUNT_NAMESPACE) as f:
+            config = AutoscalingConfigProducer(name, f.read().strip())()
+    except Exception as e:  # a private API, an API server that refuses us: "unknown"
+        print(f"[synth-empathy] cannot read RayCluster {name} ({type(e).__name__}); checking the nodes that are up")
+        return None
+    return launcher_node_types(config)
+
+
+def running_autoscaler_config() -> str | None:
+    """The ``--autoscaling-config`` file of the autoscaler of the cluster this process is
+    connected to, or None (no autoscaler, one in another container or on another
+    machine, a pid that is no longer Ray's monitor)."""
+    try:
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+
+        if not _internal_kv_initialized():
+            return None
+        status = json.loads(_internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) or b"{}")
+        pid = int(status["monitor_pid"])
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode() for a in f.read().split(b"\0") if a]
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except Exception:
+        return None
+    if not any(a.endswith(os.path.join("autoscaler", "_private", "monitor.py")) for a in argv):
+        return None  # the pid is not (or no longer) the autoscaler's monitor
+    for i, a in enumerate(argv):
+        if a.startswith("--autoscaling-config="):
+            path = a.split("=", 1)[1]
+        elif a == "--autoscaling-config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        else:
+            continue
+        return os.path.join(cwd, os.path.expanduser(path))  # join keeps an absolute path as it is
     return None
 
 
 def launcher_node_types(launcher: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """``available_node_types`` of a Ray cluster launcher config, as node types."""
+    """``available_node_types`` of a Ray cluster launcher config, as node types. A type
+    without ``max_workers`` may start as many as the cluster's ``max_workers`` (Ray's
+    default), and no type more than that."""
     head = launcher.get("head_node_type")
+    cluster_max = int(launcher.get("max_workers", 2))
     return [
-        {"name": name, "resources": dict(t.get("resources") or {}), "max_count": int(t.get("max_workers", 0))}
+        {
+            "name": name,
+            "resources": dict(t.get("resources") or {}),
+            "max_count": min(int(t.get("max_workers", cluster_max)), cluster_max),
+        }
         for name, t in (launcher.get("available_node_types") or {}).items()
         if name != head
     ]
@@ -306,6 +382,17 @@ def connect(address: str, connect_timeout: float = 5.0):
     except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError (version)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ClusterError(f"cannot use the Jobs API at {url}: {first}") from None
+
+
+def cluster_ray_version(address: str) -> str | None:
+    """The Ray version the cluster's dashboard reports, or None if it does not say."""
+    import requests
+
+    try:
+        r = requests.get(dashboard_url(address) + "/api/version", headers=auth_headers(), timeout=10)
+        return r.json().get("ray_version") if r.ok else None
+    except (requests.exceptions.RequestException, ValueError, AttributeError):
+        return None
 
 
 def node_resources(address: str) -> list[dict[str, float]]:

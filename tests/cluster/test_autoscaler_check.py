@@ -4,8 +4,8 @@ from zero no longer fails a job before the autoscaler adds the nodes it needs; a
 that no node type can hold is still one line, before any engine starts.
 
 These run the check as a function over node types as Ray's cluster config gives them
-(and as the launcher's config lists them), not on a live autoscaler: the
-``fake_multinode`` provider was not used here (see cluster/README.md).
+(and as the launcher's config lists them); test_fake_multinode.py runs it in a job on a
+live autoscaler (Ray's ``fake_multinode`` provider).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def test_a_preset_whose_replica_exceeds_every_node_type_is_one_line():
     msg = str(e.value)
     assert "\n" not in msg
     assert msg.startswith("generation.engine.gpus_per_replica=16 does not fit the cluster")
-    assert "largest node has 0 GPUs and the largest its autoscaler can add 8" in msg
+    assert "largest node has 0 GPUs and the largest node type its autoscaler can add, gpu_8x_a100_40g, has 8" in msg
 
 
 def test_node_types_that_may_start_no_node_do_not_count():
@@ -125,3 +125,51 @@ def test_submit_precheck_counts_the_cluster_files_node_types(monkeypatch, capsys
     cli._precheck_run("http://x:8265", args, str(REPO / "cluster" / "kuberay" / "raycluster.yaml"))
     cli._precheck_run("http://x:8265", args, str(REPO / "cluster" / "aws-gpu.yaml"))
     assert not Path(load_config("paper").discriminator.engine.model).exists()  # and it was not needed
+
+
+def test_a_launcher_node_type_without_max_workers_may_start_the_clusters_max():
+    """Ray's launcher: a type's max_workers defaults to the cluster's, which also caps it."""
+    launcher = {
+        "max_workers": 3,
+        "head_node_type": "head",
+        "available_node_types": {
+            "head": {},
+            "g": {"resources": {"GPU": 1}},
+            "big": {"resources": {"GPU": 8}, "max_workers": 10},
+        },
+    }
+    assert {t["name"]: t["max_count"] for t in launcher_node_types(launcher)} == {"g": 3, "big": 3}
+    assert all(t["max_count"] == 0 for t in launcher_node_types({**launcher, "max_workers": 0}))
+
+
+def test_on_kuberay_the_job_reads_the_raycluster_as_rays_autoscaler_does(monkeypatch, tmp_path):
+    """The Kubernetes API is stubbed at the one call Ray's AutoscalingConfigProducer makes
+    (fetching the RayCluster); the translation into node types is Ray's own, run on the
+    RayCluster of cluster/kuberay/raycluster.yaml."""
+    from ray._private import state
+    from ray.autoscaler._private.kuberay import autoscaling_config as kuberay
+
+    doc = yaml.safe_load((REPO / "cluster" / "kuberay" / "raycluster.yaml").read_text())
+    doc["metadata"].setdefault("namespace", "ml")
+    fetched = []
+
+    def fetch(self):
+        fetched.append(self._ray_cr_path)
+        return doc
+
+    monkeypatch.setattr(state.state, "get_cluster_config", lambda: None)
+    monkeypatch.setattr(cs, "running_autoscaler_config", lambda: None)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(kuberay.AutoscalingConfigProducer, "_fetch_ray_cr_from_k8s_with_retries", fetch)
+    monkeypatch.setattr(kuberay.node_provider, "KubernetesHttpApiClient", lambda namespace: None)
+    (tmp_path / "namespace").write_text("ml\n")
+    monkeypatch.setattr(cs, "SERVICE_ACCOUNT_NAMESPACE", str(tmp_path / "namespace"))
+    assert cs.autoscaler_node_types() is None  # not in a KubeRay pod: no RAY_CLUSTER_NAME
+    monkeypatch.setenv("RAY_CLUSTER_NAME", doc["metadata"]["name"])
+    types = cs.autoscaler_node_types()
+    assert fetched == [f"rayclusters/{doc['metadata']['name']}"]
+    ours = {t["name"]: t for t in kuberay_node_types(REPO / "cluster" / "kuberay" / "raycluster.yaml")}
+    for t in types:  # Ray's reading of the manifest agrees with the client's (--cluster-file)
+        assert t["max_count"] == ours[t["name"]]["max_count"]
+        assert t["resources"].get("GPU", 0) == ours[t["name"]]["resources"]["GPU"]
+    check_resources(load_config("paper", A100_80G), HEAD_ONLY, [HEAD_ONLY], node_types=types)

@@ -15,22 +15,28 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import ray
+import yaml
 
 from synth_empathy.cli.submit import main
 from synth_empathy.cluster import submit as cs
 
 TOKEN = "s3cr3t-token"
+REPO = Path(__file__).resolve().parents[2]
 
 
 class StubJobsApi:
     """The few Jobs API routes the SDK uses; every job reports the statuses in
     ``statuses`` one per status request, the last one for ever."""
 
-    def __init__(self, statuses=("RUNNING", "SUCCEEDED"), token: str | None = None, message: str = ""):
+    def __init__(
+        self, statuses=("RUNNING", "SUCCEEDED"), token: str | None = None, message: str = "", ray_version=None
+    ):
         self.statuses, self.token, self.message = list(statuses), token, message
+        self.ray_version = ray_version or ray.__version__
         self.submitted: list[dict] = []
         self.stopped: list[str] = []
         self.job_exists = threading.Event()
@@ -64,7 +70,7 @@ class StubJobsApi:
                 if not self._authorized():
                     return
                 if self.path == "/api/version":
-                    return self._send(200, {"version": "4", "ray_version": ray.__version__, "ray_commit": "x"})
+                    return self._send(200, {"version": "4", "ray_version": stub.ray_version, "ray_commit": "x"})
                 if self.path.startswith("/api/packages/"):
                     return self._send(404, {})
                 if self.path == "/api/jobs/":
@@ -223,3 +229,68 @@ def test_the_token_is_sent_on_every_request(source, workdir, capsys, monkeypatch
     finally:
         stub.kill()
     assert stub.submitted
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def _refused(stub, workdir, capsys, *extra) -> str:
+    try:
+        assert _submit(stub, workdir, *extra) == 2
+    finally:
+        stub.kill()
+    out, err = capsys.readouterr()
+    assert out == "" and not stub.submitted
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def _edited(src: str, tmp_path, edit) -> str:
+    docs = list(yaml.safe_load_all((REPO / src).read_text()))
+    edit(docs[-1])
+    path = tmp_path / Path(src).name
+    path.write_text(yaml.safe_dump_all(docs))
+    return str(path)
+
+
+def test_the_shipped_cluster_files_name_the_packages_versions():
+    from synth_empathy.cluster.image import cluster_file_mismatches
+
+    for name in ("cluster/kuberay/raycluster.yaml", "cluster/kuberay/rayjob.yaml", "cluster/aws-gpu.yaml"):
+        assert cluster_file_mismatches(yaml.safe_load_all((REPO / name).read_text())) == [], name
+
+
+def test_a_manifest_naming_an_image_of_another_version_is_refused_before_the_job_exists(workdir, tmp_path, capsys):
+    def old_workers(doc):
+        doc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"] = "r.io/synth-empathy:0.0.9"
+
+    path = _edited("cluster/kuberay/raycluster.yaml", tmp_path, old_workers)
+    line = _refused(StubJobsApi(), workdir, capsys, "--cluster-file", path)
+    assert line.startswith(f"error: {path}: spec.workerGroupSpecs.0.template.spec.containers.0.image: ")
+    assert "r.io/synth-empathy:0.0.9 is the image of synth-empathy 0.0.9 but pyproject.toml is version 0.1.0" in line
+
+
+def test_a_rayjob_whose_runtime_env_pins_another_vllm_is_refused(workdir, tmp_path, capsys):
+    def old_vllm(doc):
+        doc["spec"]["runtimeEnvYAML"] = "pip:\n  - vllm==0.29.0\n"
+
+    path = _edited("cluster/kuberay/rayjob.yaml", tmp_path, old_vllm)
+    line = _refused(StubJobsApi(), workdir, capsys, "--cluster-file", path)
+    assert f"{path}: spec.runtimeEnvYAML: pip pins vllm==0.29.0 but pyproject.toml pins vllm==0.32.0" in line
+
+
+def test_a_launcher_on_a_stock_image_of_another_ray_is_refused(workdir, tmp_path, capsys):
+    def stock(doc):
+        doc["docker"]["image"] = "rayproject/ray:2.59.0-py311-gpu"
+
+    path = _edited("cluster/aws-gpu.yaml", tmp_path, stock)
+    line = _refused(StubJobsApi(), workdir, capsys, "--cluster-file", path)
+    assert (
+        f"{path}: docker.image: rayproject/ray:2.59.0-py311-gpu runs ray 2.59.0 but pyproject.toml pins ray==2." in line
+    )
+
+
+def test_a_cluster_running_another_ray_is_refused_before_the_job_exists(workdir, capsys):
+    line = _refused(StubJobsApi(ray_version="2.59.0"), workdir, capsys)
+    assert line.startswith(f"error: the cluster runs ray 2.59.0 but pyproject.toml pins ray=={ray.__version__}")
