@@ -38,6 +38,7 @@ from synth_empathy.errors import DuplicateRowsError, StorageError  # noqa: F401 
 from synth_empathy.schemas import conform
 
 S3_PROTOCOLS = ("s3", "s3a")
+WRITE_CPUS = 0.25  # CPUs a task that writes a stage's part asks Ray for
 
 
 def storage_options(url: str, storage: Any) -> dict[str, Any]:
@@ -221,8 +222,13 @@ class RunStore:
         folder = self.path(stage) if resume else self.begin(stage)
         if resume:
             self.fs.makedirs(folder, exist_ok=True)
-        ds.map_batches(conform, fn_args=(schema,), batch_format="pyarrow").write_parquet(
-            folder, filesystem=self.arrow_fs
+        # Writing a part is light (mostly I/O). At Ray Data's default of one CPU per task the
+        # writes waited behind the reads and the engines on a small node, and a fast engine's
+        # answers piled up unwritten: half of them lost at a kill (benchmarks/README.md,
+        # "A million seeds through every stage").
+        light = {"num_cpus": WRITE_CPUS}
+        ds.map_batches(conform, fn_args=(schema,), batch_format="pyarrow", **light).write_parquet(
+            folder, filesystem=self.arrow_fs, ray_remote_args=light
         )
 
     def write_table(self, stage: str, table: pa.Table, schema: pa.Schema) -> None:
