@@ -223,6 +223,8 @@ def prepare(cfg: Any) -> dict[str, Any]:
     out_opts = storage_options(out, cfg.storage)
     previous = check_output(out, out_opts)
     check_writable(out, out_opts)
+    if out != t.output:  # the plain loop's staging folder: the model is uploaded to train.output at the end
+        check_writable(t.output, storage_options(t.output, cfg.storage))
     check_model(t.model)
     model_path = resolve_model(t.model)
     try:
