@@ -488,8 +488,28 @@ class TrainConfig:
     )
     keep_checkpoints: int = opt(1, "most recent checkpoints kept")
     log_steps: int = opt(5, "log the loss every this many steps")
-    use_ray: bool = opt(True, "run under Ray Train's TorchTrainer; false = the plain loop in this process")
+    eval_steps: int = opt(
+        25,
+        "loss on the held-out split (train.heldout_fraction) every this many steps and at the end, in the "
+        "report (eval_curve) and the loss plot; 0 = never",
+    )
+    eval_limit: Optional[int] = opt(200, "most held-out pairs the validation loss uses (a seeded sample); null = all")
+    keep_best: bool = opt(
+        False,
+        "also keep the checkpoint of the lowest validation loss (needs eval_steps > 0 and save_steps a "
+        "multiple of it); the report names it (eval_best)",
+    )
+    use_ray: bool = opt(
+        True,
+        "run under Ray Train's TorchTrainer (checkpoints through Ray Train in <output>/ray_train, local or "
+        "object storage; a failed worker restarts the group); false = the plain loop in this process",
+    )
     num_workers: int = opt(1, "Ray Train data-parallel workers")
+    max_failures: int = opt(
+        2,
+        "Ray Train: times a failed worker group is restarted from its last checkpoint before the run "
+        "fails; 0 = never, -1 = without limit",
+    )
     use_gpu: bool = opt(False, "one GPU per worker")
     cpus_per_worker: float = opt(2.0, "CPUs per worker (also its torch threads when it has no GPU)")
 
@@ -635,6 +655,7 @@ _RULES = {
     "unit": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "resamples": (lambda v: v >= 100, ">= 100"),  # fewer make a 95 % percentile interval of 2-3 draws
+    "retries": (lambda v: v >= -1, ">= -1 (-1 = without limit)"),
 }
 _ENGINE_RANGES = {
     "replicas": "count",
@@ -693,6 +714,9 @@ RANGES: Dict[str, str] = {
     "train.save_steps": "nonneg",
     "train.keep_checkpoints": "count",
     "train.log_steps": "count",
+    "train.eval_steps": "nonneg",
+    "train.eval_limit": "count?",
+    "train.max_failures": "retries",
     "train.num_workers": "count",
     "train.cpus_per_worker": "positive",
     "train.lora.r": "count",
@@ -727,6 +751,13 @@ def validate_train(t: DictConfig) -> None:
         raise ConfigError(f"train.lr_scheduler must be cosine, linear or constant, got {t.lr_scheduler!r}")
     if t.max_steps is None and not t.epochs > 0:
         raise ConfigError(f"train.epochs must be > 0 (or set train.max_steps), got {t.epochs}")
+    if t.keep_best and not t.eval_steps:
+        raise ConfigError("train.keep_best needs train.eval_steps > 0 (a validation loss to rank by)")
+    if t.keep_best and (not t.save_steps or t.save_steps % t.eval_steps):
+        raise ConfigError(
+            f"train.keep_best needs train.save_steps a multiple of train.eval_steps (every checkpoint with its "
+            f"validation loss), got save_steps={t.save_steps}, eval_steps={t.eval_steps}"
+        )
 
 
 def validate_calibration(cfg: DictConfig) -> None:

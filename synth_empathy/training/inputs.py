@@ -115,9 +115,11 @@ def read_source(
     heldout_fraction: float = 0.0,
     heldout_salt: str = "",
     storage_options: dict | None = None,
+    heldout: list | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``(rows, info)`` for one source; ``info`` says its kind, how many rows were read,
-    held out and dropped (by reason)."""
+    held out and dropped (by reason). The held-out rows are appended to ``heldout`` when
+    given (training's validation loss)."""
     if is_export(path, storage_options):
         rows, dropped = jsonl_rows(_export_lines(path, storage_options))
         if not rows and set(dropped) <= {"unknown_record", "unreadable_line"}:
@@ -138,6 +140,8 @@ def read_source(
     for context, response in zip(frame["context"], frame["response"]):
         if heldout_fraction and is_heldout(context, heldout_fraction, heldout_salt):
             held += 1
+            if heldout is not None:
+                heldout.append(seed_row(context, response))
             continue
         rows.append(seed_row(context, response))
     info = {
@@ -194,10 +198,16 @@ def check_sources(paths: list[str], *, layout: str, storage_options_for) -> None
 
 
 def read_sources(
-    paths: list[str], *, layout: str, heldout_fraction: float, heldout_salt: str, storage_options_for
+    paths: list[str],
+    *,
+    layout: str,
+    heldout_fraction: float,
+    heldout_salt: str,
+    storage_options_for,
+    heldout: list | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Counter]:
     """All sources, in order: ``(rows, per-source info, drops summed)``; no source = the
-    shipped seed file (:func:`source_paths`)."""
+    shipped seed file (:func:`source_paths`); held-out rows go to ``heldout`` when given."""
     paths = source_paths(paths)
     rows, infos, dropped = [], [], Counter()
     for path in paths:
@@ -207,6 +217,7 @@ def read_sources(
             heldout_fraction=heldout_fraction,
             heldout_salt=heldout_salt,
             storage_options=storage_options_for(path),
+            heldout=heldout,
         )
         log.info(
             "[train] %s: %d rows (%s; held out %d, dropped %s)",

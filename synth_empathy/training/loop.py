@@ -4,24 +4,30 @@
 ``model_path``), tokenised examples (``input_ids``, ``labels``; see
 :mod:`synth_empathy.core.sft_data`) and an output folder, and writes into that folder:
 
-* ``checkpoints/step-NNNNNNN/state.pt`` every ``save_steps`` optimizer steps (the
-  trainable weights, optimizer, scheduler, loss curve, counters); a checkpoint folder
-  appears only once complete (written aside and renamed), older ones are removed down
-  to ``keep_checkpoints``;
+* a checkpoint every ``save_steps`` optimizer steps (``state.pt``: the trainable weights,
+  optimizer, scheduler, loss curves, counters). Alone: ``checkpoints/step-NNNNNNN/``, a
+  folder that appears only once complete (written aside and renamed). Under Ray Train:
+  ``ray.train.report(metrics, checkpoint=...)``, stored by Ray Train in its
+  ``storage_path`` (``<output>/ray_train/step-NNNNNNN``, local or object storage). Older
+  ones are removed down to ``keep_checkpoints``;
 * ``model/``: the fine-tuned model (a LoRA adapter is merged into the base weights) as
   safetensors with the tokenizer and its chat template, a folder vLLM and transformers
   load; written aside and renamed, so it exists only when whole;
 * ``train_report.json`` and ``loss.png`` (see :func:`train_loop`).
 
-Started again on the same folder it resumes from the last complete checkpoint: same
-weights, optimizer moments, learning-rate schedule and data order (each epoch's order
-is a fixed permutation of ``(seed, epoch)``), so a killed run continues where its last
-checkpoint was taken, not from step 0.
+Started again on the same folder (or restarted by Ray Train after a worker's death) it
+resumes from the last complete checkpoint: same weights, optimizer moments,
+learning-rate schedule and data order (each epoch's order is a fixed permutation of
+``(seed, epoch)``), so a killed run continues where its last checkpoint was taken, not
+from step 0. The report's ``starts`` lists the step every start began at.
 
 Data parallel: when ``torch.distributed`` is initialised (Ray Train's ``TorchTrainer``
 does it; so does ``torchrun``) the model is wrapped in ``DistributedDataParallel``,
 every rank trains on its own share of each epoch's order, and rank 0 writes the
-checkpoints, the model and the report. Without it the loop runs in this process alone.
+checkpoints, the model and the report. The loss of a step is the mean over every answer
+token of all ranks (each rank divides by the step's total count), so W workers at
+micro-batch b take the same step as one worker at W x b. Without a process group the
+loop runs in this process alone.
 
 Precision: full fine-tuning keeps float32 weights and optimizer state and computes
 under ``torch.autocast`` in ``dtype``; LoRA loads the frozen base in ``dtype`` and keeps
@@ -53,6 +59,7 @@ MODEL = "model"
 REPORT = "train_report.json"
 PLOT = "loss.png"
 STATE = "state.pt"
+RAY_RUN = "ray_train"  # Ray Train's run folder under train.output (RunConfig name)
 
 
 # --------------------------------------------------------------------------- device and dtype
@@ -113,15 +120,15 @@ def step_batches(settings: dict[str, Any], n: int, step: int, rank: int, world: 
     return [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
 
 
-def lr_factor(kind: str, step: int, total: int, warmup: int) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    if kind == "linear":
-        return max(0.0, 1.0 - progress)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+def make_scheduler(kind: str, optimizer: Any, total: int, warmup: int) -> Any:
+    """transformers' schedule: linear warmup over ``warmup`` steps, then ``kind``
+    (cosine or linear to zero at ``total``, or constant)."""
+    from transformers import get_scheduler
+
+    return get_scheduler(SCHEDULERS[kind], optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
 # --------------------------------------------------------------------------- model
@@ -171,7 +178,7 @@ def trainable_state(model: Any) -> dict[str, Any]:
 
 
 def checkpoints(output_dir: str) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Complete checkpoints of a plain (``use_ray=false``) run, oldest first."""
     root = Path(output_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
@@ -179,33 +186,117 @@ def checkpoints(output_dir: str) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-", 1)[1]))
 
 
-def save_checkpoint(output_dir: str, step: int, payload: dict[str, Any], keep: int) -> Path:
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def _load_state(folder: Path) -> dict[str, Any]:
     import torch
 
-    root = Path(output_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:07d}"
-    tmp = root / f".tmp-step-{step:07d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    torch.save(payload, tmp / STATE)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in checkpoints(output_dir)[: -max(1, keep)]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    return torch.load(folder / STATE, map_location="cpu", weights_only=False)
 
 
-def _clear_partial(output_dir: str) -> None:
-    root = Path(output_dir) / CHECKPOINTS
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.name.startswith(".tmp-"):
-                shutil.rmtree(p, ignore_errors=True)
+class FolderCheckpoints:
+    """The plain loop's checkpoints: ``<output>/checkpoints/step-NNNNNNN/state.pt``, written by
+    rank 0 aside and renamed (a folder exists only once complete). Kept: the ``keep`` most
+    recent, and with ``keep_best`` also the one of the lowest validation loss."""
+
+    def __init__(self, output_dir: str, keep: int, keep_best: bool = False):
+        self.output_dir, self.keep, self.keep_best = output_dir, max(1, keep), keep_best
+
+    def latest(self) -> tuple[str, dict[str, Any]] | None:
+        """The newest readable checkpoint, this loop's own or one Ray Train stored in the same
+        local folder (``ray_train/step-*``): a run resumes when it switches ``use_ray``."""
+        ray_stored = Path(self.output_dir) / RAY_RUN
+        found = checkpoints(self.output_dir) + (
+            [p for p in ray_stored.iterdir() if p.name.startswith("step-") and (p / STATE).is_file()]
+            if ray_stored.is_dir()
+            else []
+        )
+        for folder in sorted(found, key=lambda p: int(p.name.split("-", 1)[1]), reverse=True):
+            try:
+                return f"{folder.parent.name}/{folder.name}", _load_state(folder)
+            except Exception as e:  # a copy cut short by a killed upload: the one before it
+                log.warning("[train] checkpoint %s unreadable (%s); trying the one before", folder, type(e).__name__)
+        return None
+
+    def save(self, step: int, payload: dict[str, Any] | None, metrics: dict[str, Any], rank: int) -> None:
+        if rank != 0:
+            return
+        import torch
+
+        root = Path(self.output_dir) / CHECKPOINTS
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / checkpoint_name(step)
+        tmp = root / f".tmp-{final.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        torch.save(payload, tmp / STATE)
+        (tmp / "metrics.json").write_text(json.dumps(metrics))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        found = checkpoints(self.output_dir)
+        kept = set(found[-self.keep :])
+        if self.keep_best:
+            scored = [(json.loads((p / "metrics.json").read_text()).get("eval_loss"), p) for p in found]
+            scored = [(v, p) for v, p in scored if v is not None]
+            if scored:
+                kept.add(min(scored, key=lambda vp: vp[0])[1])
+        for old in found:
+            if old not in kept:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def clear_partial(self) -> None:
+        root = Path(self.output_dir) / CHECKPOINTS
+        if root.is_dir():
+            for p in root.iterdir():
+                if p.name.startswith(".tmp-"):
+                    shutil.rmtree(p, ignore_errors=True)
+
+
+class RayCheckpoints:
+    """Ray Train's checkpoints: every rank calls ``ray.train.report`` (a barrier), rank 0 with
+    the state in a local temporary folder that Ray Train copies to its storage
+    (``RunConfig(storage_path)``: local or object storage) as ``step-NNNNNNN``; a restarted
+    worker group, or a new run on the same storage, starts from ``ray.train.get_checkpoint()``."""
+
+    def __init__(self, local_output: str | None = None):
+        self.local_output = local_output
+
+    def latest(self) -> tuple[str, dict[str, Any]] | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:  # a local folder may hold the plain loop's checkpoints (use_ray switched)
+            return FolderCheckpoints(self.local_output, 1).latest() if self.local_output else None
+        with ckpt.as_directory() as folder:
+            return Path(ckpt.path).name, _load_state(Path(folder))
+
+    def save(self, step: int, payload: dict[str, Any] | None, metrics: dict[str, Any], rank: int) -> None:
+        import tempfile
+
+        import ray.train
+        import torch
+
+        with tempfile.TemporaryDirectory(prefix="synth-empathy-ckpt-") as tmp:
+            ckpt = None
+            if rank == 0:
+                torch.save(payload, Path(tmp) / STATE)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint_name(step))
+
+    def clear_partial(self) -> None:
+        pass
 
 
 # --------------------------------------------------------------------------- outputs
+
+
+def is_remote(url: str) -> bool:
+    import fsspec
+
+    return fsspec.core.split_protocol(url)[0] not in (None, "file", "local")
 
 
 def save_model(model: Any, tokenizer: Any, output_dir: str, method: str, save_dtype: str) -> Path:
@@ -228,7 +319,26 @@ def save_model(model: Any, tokenizer: Any, output_dir: str, method: str, save_dt
     return final
 
 
-def plot_loss(curve: list[list[float]], path: Path, title: str) -> None:
+def publish(local: str, url: str, storage_options: dict | None, names: tuple[str, ...] = (PLOT, REPORT)) -> None:
+    """Copy ``model/`` and then ``names`` (the report last: it marks a finished run) from the
+    local folder ``local`` to ``url`` (fsspec: s3:// or any other)."""
+    import fsspec
+
+    from synth_empathy.errors import StorageError
+
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    root = root.rstrip("/")
+    try:
+        fs.put(str(Path(local) / MODEL), f"{root}/{MODEL}", recursive=True)
+        for name in names:
+            if (Path(local) / name).exists():
+                fs.put(str(Path(local) / name), f"{root}/{name}")
+    except Exception as e:
+        raise StorageError(f"train.output {url}: upload failed ({type(e).__name__}: {e})") from None
+    log.info("[train] uploaded the model and report to %s", url)
+
+
+def plot_loss(curve: list[list[float]], path: Path, title: str, eval_curve: list[list[float]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -236,9 +346,14 @@ def plot_loss(curve: list[list[float]], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if curve:
-        ax.plot([c[0] for c in curve], [c[1] for c in curve], lw=1.2)
+        ax.plot([c[0] for c in curve], [c[1] for c in curve], lw=1.2, label="training")
+    if eval_curve:
+        ax.plot(
+            [c[0] for c in eval_curve], [c[1] for c in eval_curve], "o-", lw=1.2, ms=3, label="validation (held out)"
+        )
+        ax.legend(fontsize=8)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (answer tokens)")
+    ax.set_ylabel("loss (answer tokens)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -257,23 +372,84 @@ def _dist() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def _target_count(parts: list[dict[str, list[list[int]]]]) -> int:
+    return sum(sum(1 for x in row[1:] if x != IGNORE_INDEX) for p in parts for row in p["labels"])
+
+
+def _loss_sum(model: Any, part: dict[str, list[list[int]]], device: Any, autocast: Any) -> tuple[Any, int]:
+    """Summed cross-entropy over the answer tokens of one micro-batch, and its non-padding tokens."""
+    import torch
+    import torch.nn.functional as F
+
+    ids = torch.tensor(part["input_ids"], device=device)
+    labels = torch.tensor(part["labels"], device=device)
+    mask = torch.tensor(part["attention_mask"], device=device)
+    with autocast:
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    loss = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.size(-1)),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return loss, int(mask.sum())
+
+
+def evaluate(
+    model: Any, examples: list[dict[str, list[int]]], s: dict, pad_id: int, device: Any, autocast: Any
+) -> float:
+    """Loss over the answer tokens of ``examples`` (the held-out split), every rank its share."""
+    import torch
+
+    rank, world, _ = _dist()
+    m = _unwrap(model)  # no DDP collectives in a forward pass whose count differs between ranks
+    mine = examples[rank::world]
+    total, count = 0.0, 0
+    m.eval()
+    with torch.no_grad():
+        for i in range(0, len(mine), s["batch_size"]):
+            part = collate(mine[i : i + s["batch_size"]], pad_id)
+            loss, _ = _loss_sum(m, part, device, autocast)
+            total += float(loss)
+            count += _target_count([part])
+    m.train()
+    total, count = _all_sum([total, float(count)], device, world)
+    return total / max(1.0, count)
+
+
 def train_loop(
-    settings: dict[str, Any], examples: list[dict[str, list[int]]], output_dir: str, extra_report: dict | None = None
+    settings: dict[str, Any],
+    examples: list[dict[str, list[int]]],
+    output_dir: str,
+    extra_report: dict | None = None,
+    *,
+    eval_examples: list[dict[str, list[int]]] | None = None,
+    ray_train: bool = False,
+    storage_options: dict | None = None,
 ) -> dict[str, Any] | None:
-    """Fine-tune ``settings["model_path"]`` on ``examples`` into ``output_dir``.
+    """Fine-tune ``settings["model_path"]`` on ``examples``; the model, report and plot go to
+    ``output_dir`` (a local folder, or with ``ray_train`` also an fsspec URL such as s3://,
+    written through ``storage_options``).
+
+    Checkpoints: without ``ray_train`` in ``<output_dir>/checkpoints`` (:class:`FolderCheckpoints`),
+    with it through Ray Train's own (:class:`RayCheckpoints`, in its ``storage_path``).
+    ``eval_examples``: the held-out split, its loss every ``eval_steps`` steps and at the end.
 
     Returns the report on rank 0 (None on other ranks). The report holds: ``steps``
-    (optimizer steps in all), ``resumed_from_step`` (0 for a fresh start), ``examples``,
+    (optimizer steps in all), ``resumed_from_step`` (0 for a fresh start), ``starts`` (the
+    step each start of the run began at: a restart after a failure adds one), ``examples``,
     ``epochs``, ``tokens`` (non-padding tokens this call trained on, all ranks),
     ``target_tokens`` (of those, answer tokens in the loss), ``train_seconds`` (this
     call's optimizer steps, checkpoint writes included), ``tokens_per_s`` (tokens /
-    train_seconds), ``loss_first`` / ``loss_last`` (first and last logged step of the
-    whole run), ``loss_curve``, ``seconds`` (this call, model load and save included),
-    ``device``, ``dtype`` (compute), ``weights_dtype``, plus ``extra_report``.
+    train_seconds), ``tokens_per_s_per_worker``, ``loss_first`` / ``loss_last`` (first and
+    last logged step of the whole run), ``loss_curve``, ``eval_curve`` ([step, held-out
+    loss]), ``eval_best`` (its lowest point), ``seconds`` (this call, model load and save
+    included), ``device``, ``dtype`` (compute), ``weights_dtype``, plus ``extra_report``.
     """
+    import tempfile
+    from contextlib import nullcontext
+
     import torch
-    import torch.distributed as dist
-    import torch.nn.functional as F
     from transformers import AutoTokenizer
 
     t_call = time.perf_counter()
@@ -285,9 +461,18 @@ def train_loop(
         torch.cuda.set_device(device)
     dtype = compute_dtype(s["dtype"], device)
     torch.manual_seed(s["seed"])
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    remote = is_remote(output_dir)
+    if remote and not ray_train:
+        raise ValueError("the plain loop writes to a local folder (run.py stages a remote train.output)")
+    work_dir = tempfile.mkdtemp(prefix="synth-empathy-train-") if remote and rank == 0 else output_dir
+    store = (
+        RayCheckpoints(None if remote else output_dir)
+        if ray_train
+        else FolderCheckpoints(work_dir, s["keep_checkpoints"], s.get("keep_best"))
+    )
     if rank == 0:
-        _clear_partial(output_dir)
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+        store.clear_partial()
 
     tokenizer = AutoTokenizer.from_pretrained(s["model_path"])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -302,98 +487,96 @@ def train_loop(
     n = len(examples)
     total = total_steps(s, n, world)
     warmup = int(round(float(s["warmup_ratio"]) * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(s["lr_scheduler"], step, total, warmup)
-    )
+    scheduler = make_scheduler(s["lr_scheduler"], optimizer, total, warmup)
 
-    start, curve, tokens_before, target_before = 0, [], 0, 0
-    found = checkpoints(output_dir)
+    start, curve, eval_curve, starts, tokens_before, target_before = 0, [], [], [], 0, 0
+    found = store.latest()
     if found:
-        state = torch.load(found[-1] / STATE, map_location="cpu", weights_only=False)
+        name, state = found
         missing = set(trainable_state(model)) - set(state["model"])
         if missing:
-            raise RuntimeError(f"checkpoint {found[-1]} lacks {len(missing)} trainable tensors")
+            raise RuntimeError(f"checkpoint {name} lacks {len(missing)} trainable tensors")
         _unwrap(model).load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start, curve = int(state["step"]), list(state["curve"])
+        eval_curve, starts = list(state.get("eval_curve", [])), list(state.get("starts", [0]))
         tokens_before, target_before = int(state["tokens"]), int(state["target_tokens"])
         if rank == 0:
-            log.info("[train] resuming from %s (step %d of %d)", found[-1].name, start, total)
+            log.info("[train] resuming from %s (step %d of %d)", name, start, total)
+    starts.append(start)
 
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    eval_steps = int(s.get("eval_steps") or 0) if eval_examples else 0
     tokens = target_tokens = 0
     t_train = time.perf_counter()
     for step in range(start, total):
         batches = step_batches(s, n, step, rank, world)
         parts = [collate([examples[i] for i in b], pad_id) for b in batches if b]
-        n_target = sum(sum(1 for x in row[1:] if x != IGNORE_INDEX) for p in parts for row in p["labels"])
+        # The loss is the mean over every answer token of the step, on all ranks together:
+        # each rank divides its sum by the step's total and DDP's gradient mean is undone
+        # (x world), so W workers at micro-batch b take the step one worker at W x b would.
+        n_target = _target_count(parts)
+        step_target = int(_all_sum([float(n_target)], device, world)[0])
         step_loss = 0.0
         for j, p in enumerate(parts):
-            ids = torch.tensor(p["input_ids"], device=device)
-            labels = torch.tensor(p["labels"], device=device)
-            mask = torch.tensor(p["attention_mask"], device=device)
-            sync = j == len(parts) - 1 or world == 1
-            ctx = model.no_sync() if (world > 1 and not sync) else _null()
-            with ctx:
-                with autocast:
-                    logits = model(input_ids=ids, attention_mask=mask).logits
-                loss_sum = F.cross_entropy(
-                    logits[:, :-1].float().reshape(-1, logits.size(-1)),
-                    labels[:, 1:].reshape(-1),
-                    ignore_index=IGNORE_INDEX,
-                    reduction="sum",
-                )
-                (loss_sum / max(1, n_target)).backward()
+            last = j == len(parts) - 1
+            with model.no_sync() if (world > 1 and not last) else nullcontext():
+                loss_sum, n_tokens = _loss_sum(model, p, device, autocast)
+                (loss_sum * world / max(1, step_target)).backward()
             step_loss += float(loss_sum.detach())
-            tokens += int(mask.sum())
+            tokens += n_tokens
         target_tokens += n_target
         if s["max_grad_norm"]:
             torch.nn.utils.clip_grad_norm_(params, s["max_grad_norm"])
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        loss = step_loss / max(1, n_target)
-        if world > 1:
-            t = torch.tensor([loss], device=device)
-            dist.all_reduce(t)
-            loss = float(t) / world
+        loss = _all_sum([step_loss], device, world)[0] / max(1, step_target)
         done = step + 1
         curve.append([done, round(loss, 5)])
+        metrics: dict[str, Any] = {"step": done, "loss": round(loss, 5)}
+        if eval_steps and (done % eval_steps == 0 or done == total):
+            metrics["eval_loss"] = round(evaluate(model, eval_examples, s, pad_id, device, autocast), 5)
+            eval_curve.append([done, metrics["eval_loss"]])
         if rank == 0 and (done % max(1, s["log_steps"]) == 0 or done == total):
-            log.info("[train] step %d/%d loss %.4f lr %.2e", done, total, loss, scheduler.get_last_lr()[0])
+            shown = f" eval_loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""
+            log.info("[train] step %d/%d loss %.4f%s lr %.2e", done, total, loss, shown, scheduler.get_last_lr()[0])
         if s["save_steps"] and done % s["save_steps"] == 0 and done < total:
-            all_tokens, all_target = _sum_over_ranks([tokens, target_tokens], device, world)
+            all_tokens, all_target = _all_sum([float(tokens), float(target_tokens)], device, world)
+            payload = None
             if rank == 0:
-                save_checkpoint(
-                    output_dir,
-                    done,
-                    {
-                        "step": done,
-                        "model": trainable_state(model),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                        "curve": curve,
-                        "tokens": tokens_before + all_tokens,
-                        "target_tokens": target_before + all_target,
-                    },
-                    s["keep_checkpoints"],
-                )
-            if world > 1:
+                payload = {
+                    "step": done,
+                    "model": trainable_state(model),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "curve": curve,
+                    "eval_curve": eval_curve,
+                    "starts": starts,
+                    "tokens": tokens_before + int(all_tokens),
+                    "target_tokens": target_before + int(all_target),
+                }
+            store.save(done, payload, metrics, rank)
+            if world > 1 and not ray_train:  # ray.train.report is itself a barrier
+                import torch.distributed as dist
+
                 dist.barrier()
     train_seconds = time.perf_counter() - t_train
-    tokens, target_tokens = _sum_over_ranks([tokens, target_tokens], device, world)
+    tokens, target_tokens = (int(v) for v in _all_sum([float(tokens), float(target_tokens)], device, world))
     if rank != 0:
-        if world > 1:
-            dist.barrier()
+        _barrier(world)
         return None
-    save_model(model, tokenizer, output_dir, s["method"], s["save_dtype"])
+    save_model(model, tokenizer, work_dir, s["method"], s["save_dtype"])
+    best = min(eval_curve, key=lambda c: c[1]) if eval_curve else None
     report = {
         "steps": total,
         "resumed_from_step": start,
+        "starts": starts,
         "examples": n,
+        "eval_examples": len(eval_examples or []),
         "workers": world,
         "epochs": round(total / steps_per_epoch(n, world, s["batch_size"], s["gradient_accumulation"]), 3),
         "tokens": tokens,
@@ -401,42 +584,50 @@ def train_loop(
         "tokens_whole_run": tokens_before + tokens,
         "train_seconds": round(train_seconds, 2),
         "tokens_per_s": round(tokens / train_seconds, 2) if train_seconds > 0 and tokens else None,
+        "tokens_per_s_per_worker": round(tokens / train_seconds / world, 2) if train_seconds > 0 and tokens else None,
         "loss_first": curve[0][1] if curve else None,
         "loss_last": curve[-1][1] if curve else None,
+        "eval_first": eval_curve[0][1] if eval_curve else None,
+        "eval_last": eval_curve[-1][1] if eval_curve else None,
+        "eval_best": {"step": best[0], "eval_loss": best[1]} if best else None,
         "seconds": round(time.perf_counter() - t_call, 2),
         "device": device_description(device),
         "dtype": str(dtype).replace("torch.", ""),
         "weights_dtype": "float32" if s["method"] == "full" else str(dtype).replace("torch.", ""),
         "method": s["method"],
-        "model": str(Path(output_dir) / MODEL),
+        "model": f"{output_dir.rstrip('/')}/{MODEL}",
         "loss_curve": curve,
+        "eval_curve": eval_curve,
         **(extra_report or {}),
     }
     where = report["device"].split(";")[0] + (")" if "(" in report["device"] else "")
-    plot_loss(curve, Path(output_dir) / PLOT, f"{s['method']} fine-tuning, {n} pairs, {report['dtype']}, {where}")
-    _write_json(Path(output_dir) / REPORT, report)
-    if world > 1:
-        dist.barrier()
+    title = f"{s['method']} fine-tuning, {n} pairs, {world} worker(s), {report['dtype']}, {where}"
+    plot_loss(curve, Path(work_dir) / PLOT, title, eval_curve)
+    _write_json(Path(work_dir) / REPORT, report)
+    if remote:
+        publish(work_dir, output_dir, storage_options)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    _barrier(world)
     return report
 
 
-class _null:
-    def __enter__(self):
-        return self
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
 
-    def __exit__(self, *exc):
-        return False
+        dist.barrier()
 
 
-def _sum_over_ranks(values: list[int], device: Any, world: int) -> list[int]:
+def _all_sum(values: list[float], device: Any, world: int) -> list[float]:
+    """``values`` summed over the ranks (as they are with one)."""
     if world == 1:
         return values
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor(values, device=device, dtype=torch.long)
+    t = torch.tensor(values, device=device, dtype=torch.float64)
     dist.all_reduce(t)
-    return [int(v) for v in t.tolist()]
+    return [float(v) for v in t.tolist()]
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -15,10 +15,15 @@ Order (every check before a worker starts or the model's weights load):
    (a finished one is read back), a different one is refused.
 
 Then :func:`synth_empathy.training.loop.train_loop` runs here (``train.use_ray=false``)
-or in Ray Train's workers (:mod:`synth_empathy.training.ray_train`). An ``s3://`` (any
-fsspec URL) output is trained in a local staging folder under the cache and uploaded at
-the end (model, report, plot); checkpoints stay in the staging folder, so resuming such
-a run works on the same machine.
+or in Ray Train's workers (:mod:`synth_empathy.training.ray_train`).
+
+Where things are written, no shared filesystem assumed. Under Ray Train, ``train.output``
+(a folder or an ``s3://``/fsspec URL, through the ``storage.*`` options) is Ray Train's
+``storage_path``: its checkpoints go there (``ray_train/``), rank 0 writes the model, report
+and plot there, and the driver reads the report from there; a run resumes from anywhere
+that reaches the storage. The plain loop (``use_ray=false``) writes a local folder; an
+``s3://`` output is trained in a local staging folder under the cache and uploaded at the
+end, so resuming such a run works on the same machine only.
 """
 
 from __future__ import annotations
@@ -44,11 +49,25 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "train_run.json"
 # Settings that do not change what is trained: they may differ when a run resumes.
-_NOT_IN_FINGERPRINT = ("output", "save_steps", "keep_checkpoints", "log_steps", "use_ray", "cpus_per_worker")
+_NOT_IN_FINGERPRINT = (
+    "output",
+    "save_steps",
+    "keep_checkpoints",
+    "log_steps",
+    "use_ray",
+    "cpus_per_worker",
+    "max_failures",
+    "eval_steps",
+    "eval_limit",
+    "keep_best",
+)
+_is_remote = loop.is_remote
 
 
-def _is_remote(url: str) -> bool:
-    return fsspec.core.split_protocol(url)[0] not in (None, "file", "local")
+def target(t: Any) -> str:
+    """Where the run lives: ``train.output`` under Ray Train (its storage, local or remote),
+    the local folder or staging folder (:func:`local_dir`) of the plain loop."""
+    return t.output if t.use_ray and _is_remote(t.output) else local_dir(t.output)
 
 
 def local_dir(output: str) -> str:
@@ -60,27 +79,71 @@ def local_dir(output: str) -> str:
     return str(cache_dir() / "train-staging" / hashlib.sha256(output.encode()).hexdigest()[:16])
 
 
-def check_output(path: str) -> dict[str, Any] | None:
+def _fs(path: str, storage_options: dict | None = None):
+    return fsspec.core.url_to_fs(path, **(storage_options or {}))
+
+
+def check_output(path: str, storage_options: dict | None = None) -> dict[str, Any] | None:
     """The folder's ``train_run.json`` (None for an empty or missing folder); refuses a
-    folder that holds anything else."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise TrainingInputError(f"train.output {path} is a file, not a folder")
-    if not p.exists() or not any(p.iterdir()):
-        return None
-    run_file = p / RUN_FILE
-    if not run_file.is_file():
-        shown = ", ".join(sorted(x.name for x in p.iterdir())[:4])
-        raise TrainingInputError(
-            f"train.output {path} already holds files that are not a training run of this tool ({shown}); "
-            f"choose another train.output"
-        )
+    folder that holds anything else. A local folder or a URL (fsspec)."""
+    from synth_empathy.errors import StorageError
+    from synth_empathy.storage.run_store import _cause
+
+    fs, root = _fs(path, storage_options)
+    root = root.rstrip("/")
     try:
-        return json.loads(run_file.read_text())
+        if fs.isfile(root):
+            raise TrainingInputError(f"train.output {path} is a file, not a folder")
+        names = sorted(x.rstrip("/").rsplit("/", 1)[-1] for x in fs.ls(root, detail=False)) if fs.isdir(root) else []
+        if not names:
+            return None
+        if RUN_FILE not in names:
+            raise TrainingInputError(
+                f"train.output {path} already holds files that are not a training run of this tool "
+                f"({', '.join(names[:4])}); choose another train.output"
+            )
+        text = fs.cat_file(f"{root}/{RUN_FILE}")
+    except (TrainingInputError, StorageError):
+        raise
+    except Exception as e:  # no such bucket, no credentials, endpoint down
+        raise StorageError(f"train.output {path}: cannot read it ({_cause(e)})") from None
+    try:
+        return json.loads(text)
     except ValueError:
         raise TrainingInputError(
             f"train.output {path}: {RUN_FILE} is unreadable; choose another train.output"
         ) from None
+
+
+def check_writable(path: str, storage_options: dict | None = None) -> None:
+    """A probe file written and removed in ``path`` (created if missing): an unwritable or
+    unreachable output fails here, before the model loads or a worker starts."""
+    from synth_empathy.errors import StorageError
+    from synth_empathy.storage.run_store import _cause
+
+    fs, root = _fs(path, storage_options)
+    probe = f"{root.rstrip('/')}/.write-probe-{os.getpid()}"
+    try:
+        fs.makedirs(root, exist_ok=True)
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except Exception as e:
+        raise StorageError(f"train.output {path} is not writable ({_cause(e)})") from None
+
+
+def read_text(path: str, name: str, storage_options: dict | None = None) -> str | None:
+    fs, root = _fs(path, storage_options)
+    f = f"{root.rstrip('/')}/{name}"
+    return fs.cat_file(f).decode() if fs.isfile(f) else None
+
+
+def write_text(path: str, name: str, text: str, storage_options: dict | None = None) -> None:
+    """``name`` in the folder ``path``: local ones written aside and renamed, URLs in one put."""
+    if not _is_remote(path):
+        loop._write_json(Path(local_dir(path)) / name, json.loads(text))
+        return
+    fs, root = _fs(path, storage_options)
+    fs.pipe_file(f"{root.rstrip('/')}/{name}", text.encode())
 
 
 def check_lora_targets(model_path: str, targets: list[str]) -> None:
@@ -155,8 +218,13 @@ def prepare(cfg: Any) -> dict[str, Any]:
 
     t = cfg.train
     validate(t)
-    out_dir = local_dir(t.output)
-    previous = check_output(out_dir)
+    check_device(cfg)
+    out = target(t)
+    out_opts = storage_options(out, cfg.storage)
+    previous = check_output(out, out_opts)
+    check_writable(out, out_opts)
+    if out != t.output:  # the plain loop's staging folder: the model is uploaded to train.output at the end
+        check_writable(t.output, storage_options(t.output, cfg.storage))
     check_model(t.model)
     model_path = resolve_model(t.model)
     try:
@@ -169,12 +237,14 @@ def prepare(cfg: Any) -> dict[str, Any]:
         check_lora_targets(model_path, list(t.lora.target_modules))
 
     d = cfg.discriminator
+    heldout: list[dict[str, Any]] = []
     rows, sources, dropped = read_sources(
         list(t.data),
         layout=t.data_layout,
         heldout_fraction=t.heldout_fraction,
         heldout_salt=t.heldout_salt,
         storage_options_for=lambda p: storage_options(p, cfg.storage),
+        heldout=heldout,
     )
     if not rows:
         raise TrainingInputError(
@@ -206,6 +276,16 @@ def prepare(cfg: Any) -> dict[str, Any]:
             f"every one of {len(rows)} training pairs is longer than train.cutoff_len={t.cutoff_len} tokens "
             f"(shortest {min(long_lengths)}); raise train.cutoff_len"
         )
+    eval_examples: list[dict[str, list[int]]] = []
+    if t.eval_steps and heldout:
+        if t.eval_limit is not None and len(heldout) > t.eval_limit:
+            heldout = random.Random(f"{cfg.seed}/eval").sample(heldout, t.eval_limit)
+        eval_examples, _, _ = encode_rows(tokenizer, heldout, d.system_prompt, d.input_format, t.cutoff_len)
+    if t.keep_best and not eval_examples:
+        raise TrainingInputError(
+            "train.keep_best needs held-out pairs for a validation loss; train.heldout_fraction holds none out "
+            "of train.data (or none fits cutoff_len)"
+        )
     settings = settings_of(cfg, model_path)
     fp = fingerprint(settings, cfg, examples)
     if previous is not None and previous.get("fingerprint") != fp:
@@ -231,11 +311,29 @@ def prepare(cfg: Any) -> dict[str, Any]:
     return {
         "settings": settings,
         "examples": examples,
-        "out_dir": out_dir,
+        "eval_examples": eval_examples,
+        "out": out,
+        "out_options": out_opts,
+        "out_dir": local_dir(t.output),
         "fingerprint": fp,
         "previous": previous,
         "data_report": data_report,
     }
+
+
+def check_device(cfg: Any) -> None:
+    """A dtype the device cannot use, in one line before a worker starts: bfloat16 on a CPU
+    without native bf16 (emulated, several times slower than float32). Checked on this
+    machine, so for the plain loop and a local Ray (a cluster's CPUs are its own)."""
+    from synth_empathy.core import hardware
+
+    t = cfg.train
+    on_cluster = t.use_ray and (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    if t.dtype == "bfloat16" and not t.use_gpu and not on_cluster and not hardware.bf16_native():
+        raise TrainingInputError(
+            "train.dtype=bfloat16 on a CPU without native bf16 (avx512_bf16 or amx_bf16): emulated, several "
+            "times slower than float32; use train.dtype=auto or float32, or train.use_gpu=true"
+        )
 
 
 def run_training(cfg: Any) -> dict[str, Any]:
@@ -243,23 +341,24 @@ def run_training(cfg: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     p = prepare(cfg)
     t = cfg.train
-    out_dir = p["out_dir"]
-    report_path = Path(out_dir) / loop.REPORT
-    if p["previous"] is not None and report_path.is_file():
-        log.info("[train] %s is finished; reading its report back", out_dir)
-        report = json.loads(report_path.read_text())
-        _upload(cfg, out_dir)
-        return report
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / RUN_FILE).write_text(json.dumps({"fingerprint": p["fingerprint"], "output": t.output}, indent=2))
+    out, opts = p["out"], p["out_options"]
+    if p["previous"] is not None:
+        text = read_text(out, loop.REPORT, opts)
+        if text is not None:
+            log.info("[train] %s is finished; reading its report back", t.output)
+            if not t.use_ray:
+                _upload(cfg, p["out_dir"])
+            return json.loads(text)
+    write_text(out, RUN_FILE, json.dumps({"fingerprint": p["fingerprint"], "output": t.output}, indent=2), opts)
     log.info(
-        "[train] %d pairs (%d too long for cutoff_len=%d), %s fine-tuning of %s into %s",
+        "[train] %d pairs (%d too long for cutoff_len=%d; %d held out for validation), %s fine-tuning of %s into %s",
         len(p["examples"]),
         p["data_report"]["rows_too_long"],
         t.cutoff_len,
+        len(p["eval_examples"]),
         t.method,
         t.model,
-        out_dir,
+        out,
     )
     if t.use_ray:
         from synth_empathy.cluster.ray_init import init_ray
@@ -269,41 +368,36 @@ def run_training(cfg: Any) -> dict[str, Any]:
         ray_train.fit(
             p["settings"],
             p["examples"],
-            out_dir,
+            out,
             num_workers=t.num_workers,
             use_gpu=t.use_gpu,
             cpus_per_worker=t.cpus_per_worker,
+            max_failures=t.max_failures,
+            eval_examples=p["eval_examples"],
+            storage_options=opts,
             extra_report=p["data_report"],
             verbose=bool(cfg.ray.verbose_progress),
         )
     else:
-        loop.train_loop(p["settings"], p["examples"], out_dir, p["data_report"])
-    report = json.loads(report_path.read_text())
+        loop.train_loop(p["settings"], p["examples"], p["out_dir"], p["data_report"], eval_examples=p["eval_examples"])
+    report = json.loads(read_text(out, loop.REPORT, opts))
     report["command_seconds"] = round(time.perf_counter() - t0, 2)
     report["use_ray"] = bool(t.use_ray)
-    loop._write_json(report_path, report)
-    _upload(cfg, out_dir)
+    report["model"] = f"{t.output.rstrip('/')}/{loop.MODEL}" if _is_remote(t.output) else report["model"]
+    write_text(out, loop.REPORT, json.dumps(report, indent=2), opts)
+    if not t.use_ray:
+        _upload(cfg, p["out_dir"])
     return report
 
 
 def _upload(cfg: Any, out_dir: str) -> None:
-    """Copy the model, report and plot of a staged run to its remote ``train.output``."""
+    """Copy the model, report and plot of a staged run (the plain loop) to its remote ``train.output``."""
     url = cfg.train.output
     if not _is_remote(url):
         return
     from synth_empathy.storage.run_store import storage_options
 
-    fs, root = fsspec.core.url_to_fs(url, **storage_options(url, cfg.storage))
-    root = root.rstrip("/")
-    try:
-        fs.put(str(Path(out_dir) / loop.MODEL), f"{root}/{loop.MODEL}", recursive=True)
-        for name in (loop.REPORT, loop.PLOT, RUN_FILE):
-            fs.put(str(Path(out_dir) / name), f"{root}/{name}")
-    except Exception as e:
-        from synth_empathy.errors import StorageError
-
-        raise StorageError(f"train.output {url}: upload failed ({type(e).__name__}: {e})") from None
-    log.info("[train] uploaded the model and report to %s", url)
+    loop.publish(out_dir, url, storage_options(url, cfg.storage), names=(loop.PLOT, RUN_FILE, loop.REPORT))
 
 
 def counts_line(report: dict[str, Any]) -> str:

@@ -71,3 +71,56 @@ def test_a_lora_target_the_model_does_not_have(chat_jsonl, tmp_path, capsys):
 def test_impossible_train_settings(override, chat_jsonl, tmp_path, capsys):
     code, err = _train(capsys, f"train.data=[{chat_jsonl}]", override, f"train.output={tmp_path / 'o'}")
     assert code == 2 and len(err) == 1 and override.split("=")[0] in err[0]
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["train.max_failures=-2"], "train.max_failures"),
+        (["train.keep_best=true", "train.eval_steps=0"], "train.keep_best needs train.eval_steps > 0"),
+        (["train.keep_best=true", "train.save_steps=10"], "save_steps a multiple of train.eval_steps"),
+    ],
+)
+def test_impossible_retry_and_validation_settings(overrides, words, chat_jsonl, tmp_path, capsys):
+    code, err = _train(capsys, f"train.data=[{chat_jsonl}]", *overrides, f"train.output={tmp_path / 'o'}")
+    assert code == 2 and len(err) == 1 and words in err[0]
+
+
+def test_keep_best_without_a_held_out_split(chat_jsonl, tmp_path, capsys):
+    # an export (chat JSONL) has no held-out split, so there is no validation loss to keep the best by
+    code, err = _train(capsys, f"train.data=[{chat_jsonl}]", "train.keep_best=true", "train.save_steps=25",
+                       f"train.output={tmp_path / 'o'}")  # fmt: skip
+    assert code == 2 and len(err) == 1 and "keep_best needs held-out pairs" in err[0]
+
+
+def test_an_output_that_cannot_be_written(chat_jsonl, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    code, err = _train(capsys, f"train.data=[{chat_jsonl}]", f"train.output={tmp_path / 'file' / 'out'}")
+    assert code == 2 and len(err) == 1 and "is not writable" in err[0]
+
+
+def test_bf16_on_a_cpu_without_it(chat_jsonl, tmp_path, capsys, monkeypatch):
+    from synth_empathy.core import hardware
+
+    monkeypatch.setattr(hardware, "bf16_native", lambda hw=None: False)
+    code, err = _train(capsys, f"train.data=[{chat_jsonl}]", "train.dtype=bfloat16", f"train.output={tmp_path / 'o'}")
+    assert code == 2 and len(err) == 1 and "without native bf16" in err[0]
+
+
+@pytest.mark.parametrize(
+    "use_gpu, workers, cpus, words",
+    [(False, 3, 2.0, "6 CPUs but the cluster has 4"), (True, 2, 1.0, "cluster has 0 GPUs"), (False, 2, 2.0, None)],
+)
+def test_workers_asking_for_more_than_the_cluster_has(use_gpu, workers, cpus, words, monkeypatch):
+    import ray
+
+    from synth_empathy.errors import ClusterError
+    from synth_empathy.training.ray_train import check_resources
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
+    if words is None:
+        check_resources(use_gpu, workers, cpus)
+        return
+    with pytest.raises(ClusterError, match=words) as e:
+        check_resources(use_gpu, workers, cpus)
+    assert "\n" not in str(e.value)

@@ -1,6 +1,6 @@
 """The loop's data plan: what a resumed run replays, and how ranks share an epoch."""
 
-from synth_empathy.training.loop import epoch_order, lr_factor, step_batches, steps_per_epoch, total_steps
+from synth_empathy.training.loop import epoch_order, make_scheduler, step_batches, steps_per_epoch, total_steps
 
 S = {"batch_size": 3, "gradient_accumulation": 2, "seed": 7, "epochs": 2.0, "max_steps": None}
 
@@ -26,6 +26,21 @@ def test_the_plan_depends_only_on_seed_epoch_and_step():
     assert epoch_order(20, 7, 0) != epoch_order(20, 7, 1)
 
 
+def _lrs(kind, total, warmup):
+    import torch
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_scheduler(kind, opt, total, warmup)
+    out = []
+    for _ in range(total):
+        out.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    return out + [sched.get_last_lr()[0]]
+
+
 def test_warmup_then_cosine_to_zero():
-    assert lr_factor("cosine", 0, 10, 2) == 0.5 and lr_factor("cosine", 1, 10, 2) == 1.0
-    assert abs(lr_factor("cosine", 10, 10, 2)) < 1e-9 and lr_factor("constant", 9, 10, 0) == 1.0
+    # transformers' schedules: linear warmup from 0, the peak after `warmup` steps, then down to 0
+    lrs = _lrs("cosine", 10, 2)
+    assert lrs[:3] == [0.0, 0.5, 1.0] and abs(lrs[-1]) < 1e-9 and lrs == sorted(lrs[:3]) + sorted(lrs[3:], reverse=True)
+    assert _lrs("constant", 10, 0) == [1.0] * 11 and _lrs("linear", 4, 0) == [1.0, 0.75, 0.5, 0.25, 0.0]

@@ -1,0 +1,90 @@
+"""Data parallel, run: two gloo processes train together through the loop's DDP path.
+
+Two workers at micro-batch b take every optimizer step on the same examples as one worker
+at 2b (the plan splits each step's examples between ranks) and the loss is the mean over all
+the step's answer tokens, so the loss curves must agree up to float32 summation order.
+Tolerance: 1e-3 relative on every step's training and validation loss; the steps themselves
+move the loss by far more (asserted), so agreement is not trivially met."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from synth_empathy.config import load_config
+from synth_empathy.training import loop
+from synth_empathy.training.run import prepare
+
+TOLERANCE = 1e-3
+
+
+def _close(a, b):
+    return all(abs(x - y) <= TOLERANCE * abs(y) for x, y in zip(a, b)) and len(a) == len(b)
+
+
+def _losses(report, key="loss_curve"):
+    return [v for _, v in report[key]]
+
+
+def test_two_workers_at_b_take_the_steps_of_one_worker_at_2b_and_accumulation_with_no_sync(tiny_model, tmp_path):
+    cfg = load_config(
+        "default",
+        [
+            f"train.model={tiny_model}",
+            f"train.output={tmp_path / 'prepare'}",
+            "train.use_ray=false",
+            "train.limit=12",
+            "train.max_steps=3",
+            "train.learning_rate=3e-2",
+            "train.lr_scheduler=constant",
+            "train.warmup_ratio=0",
+            "train.save_steps=0",
+            "train.dtype=float32",
+            "train.eval_steps=1",
+            "train.eval_limit=6",
+        ],
+    )
+    p = prepare(cfg)
+    assert len(p["examples"]) >= 12 and len(p["eval_examples"]) == 6
+
+    def settings(batch, accumulation):
+        return {**p["settings"], "batch_size": batch, "gradient_accumulation": accumulation}
+
+    # one worker, here: 4 pairs a step in one micro-batch, then in four accumulated ones
+    one = {
+        name: loop.train_loop(
+            settings(b, a), p["examples"], str(tmp_path / f"one-{name}"), eval_examples=p["eval_examples"]
+        )
+        for name, (b, a) in {"batch": (4, 1), "accumulated": (1, 4)}.items()
+    }
+    # two workers: 2 pairs each in one micro-batch; then 1 pair twice, the first under no_sync
+    runs = [
+        {"settings": settings(2, 1), "output": str(tmp_path / "two-batch")},
+        {"settings": settings(1, 2), "output": str(tmp_path / "two-accumulated")},
+    ]
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"examples": p["examples"], "eval_examples": p["eval_examples"], "runs": runs}))
+    env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    script = str(Path(__file__).with_name("ddp_rank.py"))
+    init = str(tmp_path / "pg-init")
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, script, str(r), "2", init, str(job)], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for r in range(2)
+    ]
+    for r in ranks:
+        _, err = r.communicate(timeout=600)
+        assert r.returncode == 0, err[-3000:]
+
+    for name in ("batch", "accumulated"):
+        two = json.loads((tmp_path / f"two-{name}" / loop.REPORT).read_text())
+        assert two["workers"] == 2 and one[name]["workers"] == 1
+        assert two["tokens"] == one[name]["tokens"] and two["target_tokens"] == one[name]["target_tokens"]
+        assert _close(_losses(two), _losses(one[name])), (name, two["loss_curve"], one[name]["loss_curve"])
+        assert _close(_losses(two, "eval_curve"), _losses(one[name], "eval_curve")), name
+        first, last = _losses(one[name])[0], _losses(one[name])[-1]
+        assert abs(first - last) > 50 * TOLERANCE * first  # the steps move the loss
+    # and the two layouts of one worker agree with each other (accumulation = one big batch)
+    assert _close(_losses(one["accumulated"]), _losses(one["batch"]))

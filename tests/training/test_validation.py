@@ -1,0 +1,65 @@
+"""Validation during training: the held-out loss in the report and plot, the best checkpoint kept."""
+
+import json
+
+from synth_empathy.config import load_config
+from synth_empathy.training import loop
+from synth_empathy.training.run import run_training
+
+
+def test_the_held_out_loss_every_n_steps_is_in_the_report_and_the_plot(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    cfg = load_config(
+        "default",
+        [f"train.model={tiny_model}", f"train.output={out}", "train.use_ray=false", "train.limit=8",
+         "train.max_steps=5", "train.eval_steps=2", "train.eval_limit=4", "train.save_steps=2", "train.keep_best=true",
+         "train.batch_size=2", "train.learning_rate=1e-2", "train.dtype=float32"],
+    )  # fmt: skip
+    report = run_training(cfg)
+    assert report["eval_examples"] == 4
+    assert [s for s, _ in report["eval_curve"]] == [2, 4, 5]  # every 2 steps and at the end
+    best = min(report["eval_curve"], key=lambda c: c[1])
+    assert report["eval_best"] == {"step": best[0], "eval_loss": best[1]}
+    assert json.loads((out / loop.REPORT).read_text())["eval_curve"] == report["eval_curve"]
+    assert (out / loop.PLOT).stat().st_size > 0
+
+
+def _state(step):
+    return {"step": step}
+
+
+def test_keep_best_keeps_the_lowest_validation_loss_besides_the_latest(tmp_path):
+    store = loop.FolderCheckpoints(str(tmp_path), keep=1, keep_best=True)
+    for step, eval_loss in [(2, 3.0), (4, 1.0), (6, 2.0), (8, 2.5)]:
+        store.save(step, _state(step), {"step": step, "eval_loss": eval_loss}, rank=0)
+    assert [p.name for p in loop.checkpoints(str(tmp_path))] == ["step-0000004", "step-0000008"]
+    assert store.latest()[0] == "checkpoints/step-0000008"
+    plain = loop.FolderCheckpoints(str(tmp_path / "plain"), keep=2)
+    for step in (2, 4, 6):
+        plain.save(step, _state(step), {"step": step, "eval_loss": 0.1 * step}, rank=0)
+    assert [p.name for p in loop.checkpoints(str(tmp_path / "plain"))] == ["step-0000004", "step-0000006"]
+
+
+def test_a_plain_run_resumes_from_checkpoints_ray_train_stored_in_the_same_folder(tmp_path):
+    # use_ray switched between two starts of one run on a local folder: the newest of either kind
+    loop.FolderCheckpoints(str(tmp_path), keep=1).save(4, _state(4), {}, rank=0)
+    ray_stored = tmp_path / loop.RAY_RUN / "step-0000006"
+    ray_stored.mkdir(parents=True)
+    (ray_stored / loop.STATE).write_bytes(b"cut short")  # an upload killed half-way: skipped
+    ray_stored = tmp_path / loop.RAY_RUN / "step-0000005"
+    ray_stored.mkdir(parents=True)
+    import torch
+
+    torch.save(_state(5), ray_stored / loop.STATE)
+    name, state = loop.FolderCheckpoints(str(tmp_path), keep=1).latest()
+    assert name == "ray_train/step-0000005" and state["step"] == 5
+
+
+def test_ray_train_storage_for_a_url_is_its_fsspec_filesystem_without_the_protocol(tmp_path):
+    from pyarrow.fs import PyFileSystem
+
+    from synth_empathy.training.ray_train import storage
+
+    path, fs = storage("s3://bucket/runs/disc", {"anon": True})
+    assert path == "bucket/runs/disc" and isinstance(fs, PyFileSystem)
+    assert storage(str(tmp_path / "x"), None) == (str(tmp_path / "x"), None)
