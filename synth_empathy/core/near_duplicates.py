@@ -27,7 +27,10 @@ differ from exact:
   being kept, it can then drop a later row that exact keeps, or stand where exact's
   keeper would have dropped it (the order rule cascades from a miss);
 * ``dup_of`` is the lowest-indexed kept row among the :data:`_K` nearest the index
-  found within the threshold, not necessarily the lowest of all.
+  found within the threshold, not necessarily the lowest of all;
+* HNSW inserts a block's kept rows on several threads, so its graph, and which rows
+  it misses, can differ from run to run; IVF (seeded k-means on a seeded sample of all
+  rows) gives the same result for the same rows on the same machine.
 
 With every such neighbour found the result is identical to exact. How many are missed
 is measured (:func:`compare` against exact, benchmarks/near_duplicates_bench.py: recall
@@ -48,10 +51,12 @@ from synth_empathy.errors import SelectionError
 
 BACKENDS = ("auto", "numpy", "faiss", "torch")
 INDEXES = ("auto", "exact", "ivf", "hnsw")
-#: ``index=auto`` is approximate (IVF) from this many rows: below it exact takes seconds
-#: on 2 cores; above it, minutes to an hour (benchmarks/README.md, "Near duplicates at 1M rows").
+#: ``index=auto`` is approximate (IVF) from this many rows. Below it exact takes seconds and is
+#: exact; at 11k rows IVF took 0.9-1.6x exact's time, at 100k 0.3-0.5x with every pair found,
+#: at 1M about 1/15 of its CPU time (benchmarks/README.md, "Near duplicates at 1M rows").
 AUTO_ROWS = 50_000
-#: ... and from this many where exact runs on a GPU (torch; N^2/2 products at GPU speed).
+#: ... and from this many where exact runs on a GPU through torch: an estimate, not measured
+#: (N^2/2 float32 products, 4e14 multiply-adds at 1M, seconds on a GPU that does tens of TFLOP/s).
 AUTO_ROWS_GPU = 2_000_000
 #: Parameters of each approximate index, with their defaults (``auto``: from the rows).
 INDEX_PARAMS: dict[str, dict[str, object]] = {
@@ -180,8 +185,10 @@ def parse_index(spec) -> tuple[str, dict]:
 
 
 def _auto_nlist(n: int) -> int:
-    """IVF cells for n rows: about sqrt(n), at most n/39 (FAISS's k-means wants 39 rows a cell)."""
-    return int(max(1, min(round(np.sqrt(n)), n // 39)))
+    """IVF cells for n rows: about 2 sqrt(n) (2,000 at 1M: each row scans nprobe/nlist of the
+    kept rows, and finds its cells among nlist centroids), at most n/40 (the k-means sample
+    is 40 rows a cell)."""
+    return int(max(1, min(round(2 * np.sqrt(n)), n // 40)))
 
 
 class _IndexKept:
@@ -204,7 +211,7 @@ class _IndexKept:
             quantizer = faiss.IndexFlatIP(d)
             self.index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
             self.index.cp.seed = 1234  # FAISS's default, written down: the cells depend on the rows only
-            train = min(n, 64 * nlist)  # a seeded sample of all rows, not only the first
+            train = min(n, 40 * nlist)  # a seeded sample of all rows, not only the first
             pick = np.sort(np.random.default_rng(0).choice(n, train, replace=False)) if train < n else slice(None)
             self.index.train(xu[pick])
             self.index.nprobe = nprobe
