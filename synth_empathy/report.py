@@ -270,6 +270,28 @@ def save_plot(store, fig, name: str) -> str:
     return name
 
 
+def near_duplicate_lines(s: dict[str, Any]) -> list[str]:
+    """The report's lines on near-duplicate removal from the selection info ``s`` (none when off):
+    how many rows went, and how they were found (exact, or an approximate index and its audit)."""
+    if s.get("near_duplicate_cosine") is None:
+        return []
+    lines = [
+        f"- near duplicates: {s['dropped']['near_duplicate']} of {s['rows_before_near_duplicates']} kept rows "
+        f"dropped before k-center (cosine >= {s['near_duplicate_cosine']:g} to an earlier kept row)"
+    ]
+    nd = s.get("near_duplicates") or {}
+    if nd.get("audit"):
+        a = nd["audit"]
+        lines.append(
+            f"  - found with an approximate index ({nd['method']}): of {a['rows']} kept rows checked exactly, "
+            f"{a['missed']} had an earlier kept row within the threshold (about "
+            f"{a['estimated_missed_drops']} near duplicates missed in all)"
+        )
+    elif nd.get("method"):
+        lines.append(f"  - found exactly ({nd['method']})")
+    return lines
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     c = report["counts"]
     lines = [
@@ -309,11 +331,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"- k-center: {s.get('selected', 0)} of {s.get('candidates', 0)} kept rows selected "
         f"({s.get('method')}), covering radius {s.get('radius')}",
     ]
-    if s.get("near_duplicate_cosine") is not None:
-        lines.append(
-            f"- near duplicates: {s['dropped']['near_duplicate']} of {s['rows_before_near_duplicates']} kept rows "
-            f"dropped before k-center (cosine >= {s['near_duplicate_cosine']:g} to an earlier kept row)"
-        )
+    lines += near_duplicate_lines(s)
     div = report.get("diversity") or {}
     if div:
         lines += [

@@ -43,3 +43,17 @@ def test_large_run_is_measured_on_bounded_samples_of_equal_size(tmp_path):
     assert got["sampled"]["kept"]["used"] == 40 and got["sampled"]["selected"]["used"] == 20
     assert got["selected"]["n"] == got["random"]["n"] == 20 and got["kept"]["n"] == 40
     assert got == _diversity(store, seed=3, max_rows=40)  # a function of the rows and the seed
+
+
+def test_near_duplicate_lines_say_how_they_were_found():
+    from synth_empathy.report import near_duplicate_lines
+
+    base = {"near_duplicate_cosine": 0.95, "dropped": {"near_duplicate": 7}, "rows_before_near_duplicates": 100}
+    assert near_duplicate_lines({**base, "near_duplicate_cosine": None}) == []
+    exact = near_duplicate_lines({**base, "near_duplicates": {"method": "exact/numpy"}})
+    assert (
+        exact[0].startswith("- near duplicates: 7 of 100 kept rows") and exact[1] == "  - found exactly (exact/numpy)"
+    )
+    audit = {"rows": 93, "missed": 1, "missed_share": 1 / 93, "estimated_missed_drops": 1}
+    approx = near_duplicate_lines({**base, "near_duplicates": {"method": "ivf(nlist=2)", "audit": audit}})
+    assert "approximate index (ivf(nlist=2)): of 93 kept rows checked exactly, 1 had" in approx[1]

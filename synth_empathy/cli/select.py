@@ -9,7 +9,9 @@ greedy k-center (:mod:`synth_empathy.core.kcenter`), and writes to ``output``:
   ``distance_at_pick`` (distance of the pick to the earlier picks; inf for the start row),
   one row per selected row, in pick order;
 * ``selection_report.json`` - sizes, method, covering radius, time and memory, and the
-  rows dropped as near duplicates (``diversity.near_duplicate_cosine``) before k-center.
+  rows dropped as near duplicates (``diversity.near_duplicate_cosine``) before k-center,
+  with the method that found them (``near_duplicates``: exact or an approximate index
+  with its audit, ``diversity.near_duplicate_index``).
 
 The report is written last and marks the output as complete: an output folder without it
 is unfinished. Each file is written under a temporary name and renamed into place. The
@@ -194,6 +196,7 @@ def run_selection(
         "shard_by": d.shard_by,
         "per_shard": d.per_shard,
         "near_duplicate_cosine": d.near_duplicate_cosine,
+        "near_duplicates": info.get("near_duplicates"),
         "dropped": info["dropped"],
         "rows_after_near_duplicates": info["candidates"],
         "seed": seed,

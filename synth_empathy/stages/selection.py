@@ -10,6 +10,9 @@ With ``diversity.near_duplicate_cosine`` set, rows within that cosine of an earl
 row (``sample_id`` order) are dropped first (:mod:`synth_empathy.core.near_duplicates`),
 counted in the info under ``dropped.near_duplicate``; ``keep_ratio`` then applies to the
 rows left, and a ``k`` above them is a :class:`~synth_empathy.errors.SelectionError`.
+``diversity.near_duplicate_index`` says exact or approximate (``auto``: approximate from
+50,000 rows); the info's ``near_duplicates`` and a log line name the method used and,
+if approximate, its exact audit of a sample of the kept rows.
 
 The selection is a function of the kept rows and the seed alone: the rows are put in
 ``sample_id`` order first (Parquet parts written by Ray Data come back in no fixed
@@ -84,8 +87,14 @@ def pick(x: np.ndarray, cfg: Any, seed: int) -> Picks:
     from synth_empathy.stages.kcenter_shards import map_shards_on_ray
 
     n_given = len(x)
-    rows, near, k = drop_near_duplicates(x, cfg.near_duplicate_cosine, cfg.k, cfg.keep_ratio, device=cfg.device)
+    t0 = time.perf_counter()
+    index = getattr(cfg, "near_duplicate_index", "auto")
+    rows, near, k = drop_near_duplicates(
+        x, cfg.near_duplicate_cosine, cfg.k, cfg.keep_ratio, device=cfg.device, index=index
+    )
+    near_seconds = time.perf_counter() - t0
     if near is not None:
+        log_near_duplicates(near, n_given, near_seconds)
         x = x[rows]  # a copy of the rows left (only with near-duplicate removal on)
     start = int(np.random.default_rng(seed).integers(len(x)))
     result = select_k_center(
@@ -118,6 +127,8 @@ def pick(x: np.ndarray, cfg: Any, seed: int) -> Picks:
         "dropped": {"near_duplicate": near.dropped if near is not None else 0},
         "rows_before_near_duplicates": n_given,
     }
+    if near is not None:
+        info["near_duplicates"] = near_duplicate_info(near, index, near_seconds)
     if result.method == "sharded":
         d = result.details
         info["sharded"] = {
@@ -126,6 +137,32 @@ def pick(x: np.ndarray, cfg: Any, seed: int) -> Picks:
         info["sharded"]["shard_sizes"] = d["split"]["sizes"]
     # Distance of each pick from the centers chosen before it: how much new ground it covers.
     return Picks(order, np.asarray(result.distance_at_pick, dtype=np.float64), info, result)
+
+
+def near_duplicate_info(near: Any, requested: str, seconds: float) -> dict[str, Any]:
+    """What selection.json says about the near-duplicate step: the index asked for and
+    used, and for an approximate index its audit and what can differ from exact."""
+    info: dict[str, Any] = {"index_requested": requested, "method": near.method, "seconds": round(seconds, 3)}
+    if near.approximate:
+        info["audit"] = near.audit
+        info["caveat"] = (
+            "approximate: a row whose kept neighbours within the threshold the index did not find is kept "
+            "(exact would drop it) and can change later decisions; audit = kept rows checked exactly "
+            "against all earlier kept rows, missed = those that had one within the threshold"
+        )
+    return info
+
+
+def log_near_duplicates(near: Any, n: int, seconds: float) -> None:
+    """One log line for the near-duplicate step: the method, and the audit's misses if approximate."""
+    line = f"[selected] near duplicates ({near.method}): {near.dropped} of {n} rows dropped in {seconds:.1f} s"
+    if near.approximate and near.audit:
+        a = near.audit
+        line += (
+            f"; approximate: {a['missed']} of {a['rows']} kept rows audited had an earlier kept row within "
+            f"the threshold (about {a['estimated_missed_drops']} missed drops in all)"
+        )
+    log.info(line)
 
 
 def _nothing(info_extra: dict[str, Any] | None = None) -> dict[str, Any]:

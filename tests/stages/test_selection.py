@@ -75,7 +75,8 @@ def test_streaming_stage_writes_the_rows_and_columns_of_the_in_memory_selection(
     got = pq.read_table(parts)  # the parts in name order: the selection in pick order
     assert got.schema.equals(schemas.SELECTED, check_metadata=False)
     assert got.equals(schemas.conform(expected, schemas.SELECTED))  # same ids, order, every column
-    assert {**info, "seconds": 0} == {**info_mem, "seconds": 0}
+    timeless = lambda i: {**i, "seconds": 0, "near_duplicates": {**i.get("near_duplicates", {}), "seconds": 0}}  # noqa: E731
+    assert timeless(info) == timeless(info_mem)
     assert (info["dropped"]["near_duplicate"] > 0) == (near is not None)
 
 
@@ -142,6 +143,23 @@ def test_near_duplicates_dropped_before_k_center_and_counted():
     assert not any(s.startswith("t") for s in chosen.column("sample_id").to_pylist())
     _, off = select(both, cfg(keep_ratio=0.5), seed=0)  # off by default
     assert off["dropped"] == {"near_duplicate": 0} and off["candidates"] == 40
+
+
+@pytest.mark.parametrize("index", ["exact", "ivf", "hnsw"])
+def test_near_duplicate_method_is_logged_and_recorded(caplog, index):
+    both = with_copies("t", scale=2.0)
+    with caplog.at_level("INFO", logger="synth_empathy.stages.selection"):
+        chosen, info = select(both, cfg(keep_ratio=0.5, near_duplicate_cosine=0.999, near_duplicate_index=index), 0)
+    assert info["dropped"] == {"near_duplicate": 10}
+    nd = info["near_duplicates"]
+    assert nd["index_requested"] == index and nd["method"].startswith(index)
+    line = next(r.getMessage() for r in caplog.records if "near duplicates (" in r.getMessage())
+    assert "10 of 40 rows dropped" in line
+    if index == "exact":
+        assert "audit" not in nd and "approximate" not in line
+    else:  # the caveat and the audit, in the info and the log line
+        assert nd["audit"] == {"rows": 30, "missed": 0, "missed_share": 0.0, "estimated_missed_drops": 0}
+        assert "kept" in nd["caveat"] and "approximate: 0 of 30 kept rows audited" in line
 
 
 def test_start_row_is_a_row_of_the_table_given_when_near_duplicates_are_dropped():
