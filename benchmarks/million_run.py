@@ -23,7 +23,8 @@ Its figures are the pipeline's own costs around the engines, never model through
    attempt's answers less the rows its parts kept), and every id once at the end.
 
 ``--where cluster`` runs the same on a head and a worker node on loopback (``ray start``,
-2 CPUs each) writing to a loopback S3 (moto's server). The processes are found by a tag in
+2 CPUs each) writing to a loopback S3 (moto's server); there the kill takes only the
+driver's process group, and the resume runs on the same cluster. The processes are found by a tag in
 their environment, never by name, so another Ray on the machine is left alone.
 
 Writes ``million_run.json`` into ``--out`` and one record per phase to
@@ -223,13 +224,18 @@ class Attempt:
         self.log.close()
         return rc
 
-    def kill(self, timeout: float = 60) -> float:
-        """SIGKILL the driver's group and every process of the run; seconds until none is left."""
+    def kill(self, timeout: float = 60, cluster: bool = False) -> float:
+        """SIGKILL the driver's group and every process of the run; seconds until none is left.
+        On the loopback cluster only the driver's group: the nodes stay up, as a cluster does
+        when the machine that submitted the run dies."""
         t0 = time.time()
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if cluster:
+            self.wait()
+            return time.time() - t0
         while time.time() - t0 < timeout:
             left = tagged(self.tag)
             if not left:
@@ -454,7 +460,7 @@ def main(argv: list[str]) -> int:
         if first.proc.poll() is not None:
             print("the run ended before the kill", file=sys.stderr)
             return 1
-        kill_s = first.kill()
+        kill_s = first.kill(cluster=cluster is not None)
         kept = folder.rows_in_parts("discriminated", {})
         answered_before = answered(counts, "discriminator")
         t = time.time()
