@@ -48,18 +48,20 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chaos import TAG_VAR, kill_all, tagged  # noqa: E402  (processes found by a tag in their environment)
 from machine import cpu_name, record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-TAG_VAR = "SE_MILLION_TAG"
 
 
-def standins(counts: Path) -> list[str]:
-    """The stand-in overrides; the engines count the rows they answer under ``counts``."""
+def standins(counts: Path, pace: float | None = None) -> list[str]:
+    """The stand-in overrides; the engines count the rows they answer under ``counts``, and
+    the discriminator's replicas answer ``pace`` tokens/s each when given."""
     engine = f"standin:count_dir={counts}"
+    paced = engine + (f",tokens_per_s={pace}" if pace else "")
     return [
         f"generation.engine.model={engine}",
-        f"discriminator.engine.model={engine}",
+        f"discriminator.engine.model={paced}",
         "quality.embedder=standin",
         "judge.enabled=false",  # the rehearsal ends at the selection
     ]
@@ -90,20 +92,6 @@ def write_seeds(n: int, path: Path, ed: str | None) -> None:
 
 
 # -- the processes of a run, read from /proc ---------------------------------------------
-def tagged(tag: str) -> list[int]:
-    """Processes whose environment carries this run's tag."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit() and int(pid) != os.getpid():
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as f:
-                    if f"{TAG_VAR}={tag}".encode() in f.read().split(b"\0"):
-                        found.append(int(pid))
-            except OSError:
-                continue
-    return found
-
-
 def _cpu_rss(pid: int) -> tuple[float, int] | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -224,30 +212,17 @@ class Attempt:
         self.log.close()
         return rc
 
-    def kill(self, timeout: float = 60, cluster: bool = False) -> float:
+    def kill(self, cluster: bool = False) -> float:
         """SIGKILL the driver's group and every process of the run; seconds until none is left.
         On the loopback cluster only the driver's group: the nodes stay up, as a cluster does
         when the machine that submitted the run dies."""
         t0 = time.time()
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         if cluster:
-            self.wait()
-            return time.time() - t0
-        while time.time() - t0 < timeout:
-            left = tagged(self.tag)
-            if not left:
-                self.wait()
-                return time.time() - t0
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.5)
-        raise SystemExit(f"processes still alive {timeout:.0f} s after the kill: {tagged(self.tag)}")
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        else:
+            kill_all(self.proc, self.tag)
+        self.wait()
+        return time.time() - t0
 
 
 # -- the run folder ----------------------------------------------------------------------
@@ -268,6 +243,7 @@ class Folder:
         return len(info), sum(int(v.get("size") or 0) for v in info.values())
 
     def parts(self, stage: str) -> list[str]:
+        self.fs.invalidate_cache(f"{self.root}/{stage}")  # s3fs would answer from a stale listing
         try:
             return [p for p in self.fs.find(f"{self.root}/{stage}") if p.endswith(".parquet")]
         except FileNotFoundError:
@@ -294,6 +270,7 @@ class Folder:
     def ids(self, stage: str, key: str = "sample_id") -> list:
         import pyarrow.dataset as pads
 
+        self.fs.invalidate_cache(f"{self.root}/{stage}")  # parts may have gone since the last listing
         data = pads.dataset(f"{self.root}/{stage}", filesystem=self.fs, format="parquet")
         return data.to_table(columns=[key]).column(key).to_pylist()
 
@@ -398,6 +375,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--ed", default=str(REPO.parent / "shared" / "data" / "ed" / "valid.csv"))
     ap.add_argument("--kill-at", type=float, default=0.5, help="share of the discriminator's rows written")
     ap.add_argument("--no-kill", action="store_true")
+    ap.add_argument("--pace", type=float, default=None, help="tokens/s per discriminator replica (a slower engine)")
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "million_run.jsonl"))
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args(argv)
@@ -426,12 +404,12 @@ def main(argv: list[str]) -> int:
         fs_options = {}
     base += [f"output={output}", *a.overrides]
     common = {"machine": cpu_name(), "where": a.where, "seeds": a.seeds, "samples_per_seed": a.samples}
-    common["preset"], common["overrides"] = a.preset, a.overrides
+    common["preset"], common["overrides"], common["pace"] = a.preset, a.overrides, a.pace
     result: dict = {**common, "note": "stand-in engines and embedder: a benchmark instrument, not model output"}
     try:
         # 1. The whole run, watched.
         t = time.time()
-        full = Attempt([*base, *standins(out / "counts" / "full"), "run_id=full"], env, out / "full.log", tag)
+        full = Attempt([*base, *standins(out / "counts" / "full", a.pace), "run_id=full"], env, out / "full.log", tag)
         rc = full.wait()
         folder = Folder(f"{output}/full", fs_options)
         result["full"] = {
@@ -450,7 +428,7 @@ def main(argv: list[str]) -> int:
         folder = Folder(f"{output}/killed", fs_options)
         total = a.seeds * a.samples
         counts = out / "counts" / "killed"
-        killed = [*base, *standins(counts), "run_id=killed"]
+        killed = [*base, *standins(counts, a.pace), "run_id=killed"]
         first = Attempt(killed, env, out / "killed.log", tag)
         known: dict[str, int] = {}
         while first.proc.poll() is None:

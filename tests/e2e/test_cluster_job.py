@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import MODEL_TEXT_DROPS, PIPELINE_STAGES, free_port
+from loopback_ray import descendants
 from synth_empathy.cli.submit import main
 from synth_empathy.cluster.submit import submit
 
@@ -33,33 +34,11 @@ BIN = Path(sys.executable).parent
 KEYS = {stage: "seed_id" if stage == "seeds" else "sample_id" for stage in PIPELINE_STAGES}
 
 
-def _descendants(roots: set) -> set:
-    """Processes in the given process groups, and everything below them."""
-    procs = {}
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                stat = Path(f"/proc/{p}/stat").read_text()
-                rest = stat[stat.rindex(")") + 2 :].split()
-                procs[int(p)] = (int(rest[1]), int(rest[2]))  # ppid, pgid
-            except (OSError, ValueError):
-                pass
-    chosen = {p for p, (_, pgid) in procs.items() if pgid in roots}
-    grew = True
-    while grew:
-        grew = False
-        for p, (ppid, _) in procs.items():
-            if ppid in chosen and p not in chosen:
-                chosen.add(p)
-                grew = True
-    return chosen
-
-
 def _stop(groups: set) -> None:
     """End this test's Ray processes: SIGTERM, a grace period, then SIGKILL."""
-    pids = _descendants(groups)
+    pids = descendants(groups)
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
-        for pid in pids | _descendants(groups):
+        for pid in pids | descendants(groups):
             try:
                 os.kill(pid, sig)
             except OSError:
