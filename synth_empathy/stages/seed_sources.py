@@ -144,10 +144,7 @@ class SeedTable:
 
     def summary(self) -> str:
         """One line for logs and reports."""
-        head = f"{len(self.frame):,} seeds from {self.path} (layout {self.layout})"
-        if not self.dropped:
-            return head + "; nothing dropped"
-        return f"{head}; dropped {self.n_dropped:,}: {_format_counts(self.dropped)}"
+        return _summary(len(self.frame), self.path, self.layout, self.dropped)
 
     def to_arrow(self) -> pa.Table:
         """The table as Arrow with an all-string schema (what Ray Data and Parquet want)."""
@@ -869,10 +866,7 @@ class SeedBatches:
 
     def summary(self) -> str:
         """One line for logs and reports."""
-        head = f"{self.kept:,} seeds from {self.path} (layout {self.layout})"
-        if not self.dropped:
-            return head + "; nothing dropped"
-        return f"{head}; dropped {sum(self.dropped.values()):,}: {_format_counts(self.dropped)}"
+        return _summary(self.kept, self.path, self.layout, self.dropped)
 
     def __iter__(self) -> Iterator[pa.Table]:
         name = _file_name(self.path)
@@ -897,6 +891,13 @@ class SeedBatches:
                 f"no usable seeds in {self.path} (layout {self.layout}): dropped {sum(self.dropped.values()):,} ({why})"
             )
         log.info("%s", self.summary())
+
+
+def _summary(kept: int, path: str, layout: str, dropped: dict[str, int]) -> str:
+    head = f"{kept:,} seeds from {path} (layout {layout})"
+    if not dropped:
+        return head + "; nothing dropped"
+    return f"{head}; dropped {sum(dropped.values()):,}: {_format_counts(dropped)}"
 
 
 def _arrow(seeds: list[_Seed], source: str) -> pa.Table:
