@@ -2,7 +2,8 @@
 
     python ray_restart_driver.py MODEL ROOT S3_ENDPOINT BUCKET
 
-A. ROOT/a, max_failures=0: a worker is killed once the step-10 checkpoint is stored; the run fails.
+A. ROOT/a, max_failures=0: a worker is killed once Ray Train has registered the step-10
+   checkpoint; the run fails.
 B. ROOT/a again: a new run on the same storage resumes from Ray Train's latest checkpoint.
 C. s3://BUCKET/c (an S3 API at S3_ENDPOINT: Ray Train's storage and the model there, no shared
    folder), max_failures=1: a worker is killed the same way; Ray Train restarts the group from
@@ -10,6 +11,7 @@ C. s3://BUCKET/c (an S3 API at S3_ENDPOINT: Ray Train's storage and the model th
 Lines ``PHASE X`` mark the phases on stderr; the workers' step lines come between them.
 """
 
+import json
 import os
 import signal
 import sys
@@ -57,14 +59,20 @@ def kill_a_worker_after(out, step):
     fs, root = fsspec.core.url_to_fs(str(out), **({"key": "testing", "secret": "testing",
                                      "client_kwargs": {"endpoint_url": endpoint}} if str(out).startswith("s3") else {}))  # fmt: skip
 
-    def stored():
+    def registered():
+        """The step of the latest checkpoint Ray Train's controller has registered (its own
+        snapshot in storage), 0 before one: a checkpoint folder can be complete in storage
+        before the controller knows of it, and a restart resumes only from what it knows."""
         fs.invalidate_cache()
-        folder = f"{root}/ray_train"
-        names = fs.ls(folder, detail=False) if fs.isdir(folder) else []
-        return [int(n.rstrip("/").rsplit("step-", 1)[1]) for n in names if "/step-" in n]
+        try:
+            snapshot = json.loads(fs.cat_file(f"{root}/ray_train/checkpoint_manager_snapshot.json"))
+        except (FileNotFoundError, ValueError):  # not written yet, or caught mid-write
+            return 0
+        latest = snapshot.get("latest_checkpoint_result") or {}
+        return int(str(latest.get("checkpoint_dir_name") or "step-0").rsplit("-", 1)[1])
 
     def watch():
-        while not any(s >= step for s in stored()):
+        while registered() < step:
             time.sleep(0.1)
         workers = [p for p in psutil.Process().children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline())]
         os.kill(workers[-1].pid, signal.SIGKILL)
