@@ -56,6 +56,13 @@ def kill(pids: set, grace: float = 5.0) -> None:
             time.sleep(0.2)
 
 
+def stop_groups(groups: set) -> None:
+    """End the processes of these process groups and all below them, those started during
+    the grace period too."""
+    kill(descendants(groups))
+    kill(descendants(groups), grace=0.0)
+
+
 @dataclass
 class Head:
     gcs: str  # 127.0.0.1:port, for ray.init / RAY_ADDRESS
@@ -80,8 +87,7 @@ class Head:
         return {pid} | {p for p in descendants(self.groups) if _below(p, pid)}
 
     def stop(self) -> None:
-        kill(descendants(self.groups))
-        kill(descendants(self.groups), grace=0.0)  # anything started during the grace period
+        stop_groups(self.groups)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 

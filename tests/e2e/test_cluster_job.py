@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,27 +24,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import MODEL_TEXT_DROPS, PIPELINE_STAGES, free_port
-from loopback_ray import descendants
+from loopback_ray import stop_groups
 from synth_empathy.cli.submit import main
 from synth_empathy.cluster.submit import submit
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 KEYS = {stage: "seed_id" if stage == "seeds" else "sample_id" for stage in PIPELINE_STAGES}
-
-
-def _stop(groups: set) -> None:
-    """End this test's Ray processes: SIGTERM, a grace period, then SIGKILL."""
-    pids = descendants(groups)
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
-        for pid in pids | descendants(groups):
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        deadline = time.monotonic() + wait
-        while wait and time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-            time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +108,7 @@ def ray_cluster():
             time.sleep(2)
         yield url
     finally:
-        _stop(groups)
+        stop_groups(groups)
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
