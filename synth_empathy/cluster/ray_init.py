@@ -25,6 +25,8 @@ def init_ray(cfg: DictConfig, sections: tuple | None = None, worker_output: bool
     (:mod:`synth_empathy.logs`); the console shows the job's own lines and Ray's
     warnings and errors. ``worker_output``: the workers' output is shown all the same
     (``train``: its step lines are logged in Ray Train's workers)."""
+    if worker_output:
+        keep_step_lines(os.environ)
     import ray
 
     global _started_here
@@ -61,6 +63,20 @@ def init_ray(cfg: DictConfig, sections: tuple | None = None, worker_output: bool
         open_driver_log()
     quiet_ray_data_progress(cfg)
     check_cluster(cfg, sections)  # a GPU preset on a cluster without GPUs fails here, not after hours
+
+
+# Ray's driver drops a worker line whose words without digits match a line another process
+# printed in the last 5 s ("[repeated Nx across cluster]"). Every step line is the same
+# words, so once Ray Train restarts a worker group (new pids), the new group's progress
+# would show only as those counts until the run ends. Lines matching this are never dropped.
+KEEP_LINES = r"synth-empathy \[train\]"
+
+
+def keep_step_lines(environ) -> None:
+    """Exempt the job's ``[train]`` lines from Ray's log deduplication. Ray reads the
+    setting once, when ``ray`` is first imported, so this runs before that import; a
+    setting of the user's own stays."""
+    environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", KEEP_LINES)
 
 
 def started_here() -> bool:
