@@ -119,16 +119,8 @@ def llm_plain(args) -> dict[str, Any]:
     return {"engine_start_s": start_s, "runs": runs, "rows": len(prompts), "engine_kwargs": kwargs}
 
 
-def llm_pipeline(args) -> dict[str, Any]:
-    import ray
-
-    from synth_empathy.cluster.ray_init import init_ray
-    from synth_empathy.models.weights import resolve_model
+def fixed_length(args):
     from synth_empathy.stages.generation import Generation
-
-    cfg = config()
-    init_ray(cfg)
-    g = cfg.generation
 
     class FixedLength(Generation):
         """The pipeline's stage; sampling adds ignore_eos, output adds timing columns."""
@@ -143,9 +135,22 @@ def llm_pipeline(args) -> dict[str, Any]:
             out["num_input_tokens"] = int(row.get("num_input_tokens") or 0)
             return out
 
+    return FixedLength
+
+
+def llm_pipeline(args) -> dict[str, Any]:
+    import ray
+
+    from synth_empathy.cluster.ray_init import init_ray
+    from synth_empathy.models.weights import resolve_model
+
+    cfg = config()
+    init_ray(cfg)
+    g = cfg.generation
+
     rows = seed_rows(args.rows)
     t0 = time.perf_counter()
-    ds = FixedLength(g.engine, g.sampling, g.min_rounds)(
+    ds = fixed_length(args)(g.engine, g.sampling, g.min_rounds)(
         ray.data.from_items(rows), model_path=str(resolve_model(g.engine.model))
     )
     table = ds.to_pandas()
@@ -161,6 +166,43 @@ def llm_pipeline(args) -> dict[str, Any]:
         "errors": errors,
         "generated_tokens": int(table["num_generated_tokens"].sum()),
         "prompt_tokens": int(table["num_input_tokens"].sum()),
+    }
+
+
+def llm_shared(args) -> dict[str, Any]:
+    """The generation stage against a shared engine (``ray.engines=shared``: one Ray Serve
+    deployment, the CPU default's path). The clock starts once the deployment serves, so
+    the engine's start is out of it as it is out of the plain path's "fresh engine" call;
+    the stage's own set-up (Ray Data's plan, the sender actors) is in it."""
+    import ray
+
+    from synth_empathy.cluster.ray_init import init_ray, started_here
+    from synth_empathy.engines.shared import SharedEngines
+    from synth_empathy.models.weights import resolve_model
+
+    OVERRIDES.append("ray.engines=shared")
+    cfg = config()
+    init_ray(cfg)
+    g = cfg.generation
+    path = str(resolve_model(g.engine.model))
+    stage = fixed_length(args)(g.engine, g.sampling, g.min_rounds)
+    rows = seed_rows(args.rows)
+    t_start = time.perf_counter()
+    with SharedEngines(cfg, ray_ends_with_us=started_here()) as engines:
+        served = engines.for_stage("generation", g.engine, path)
+        assert served is not None, "the default preset's generation did not share an engine"
+        start_s = time.perf_counter() - t_start
+        t0 = time.perf_counter()
+        table = stage(ray.data.from_items(rows), model_path=path, served=served).to_pandas()
+        window = time.perf_counter() - t0
+    ray.shutdown()
+    return {
+        "wall_s": time.perf_counter() - t_start,
+        "engine_start_s": start_s,
+        "engine_window_s": window,
+        "rows": len(table),
+        "errors": int(table["error"].notna().sum()),
+        "generated_tokens": int(table["num_generated_tokens"].sum()),
     }
 
 
@@ -275,6 +317,7 @@ class ThreadProbe:
 CHILDREN = {
     "llm-plain": llm_plain,
     "llm-pipeline": llm_pipeline,
+    "llm-shared": llm_shared,
     "embed-plain": embed_plain,
     "embed-pipeline": embed_pipeline,
 }
@@ -282,11 +325,23 @@ CHILDREN = {
 
 # --------------------------------------------------------------------------- watching
 
-WATCH = ("EngineCore", "VLLM", "vLLMEngineStage", "QualityScorer", "MapWorker", "ray::")
+# The engine's own processes (vLLM's V1 engine core, the scheduler, and its worker, the
+# model's forward passes: both name themselves ``VLLM::...``); everything else a path
+# runs (vLLM's front end in the caller, Ray's raylet, GCS and helper actors, Ray Data's
+# tasks, Serve's replica and controller) is what the path adds around the engine.
+ENGINE_CORE = "VLLM::"
+
+
+def cpu_split(result: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds of one measurement's processes: vLLM's engine and the rest."""
+    procs = result.get("processes") or []
+    engine = sum(p["cpu_s"] for p in procs if p["name"].startswith(ENGINE_CORE))
+    return {"engine_cpu_s": round(engine, 1), "other_cpu_s": round(sum(p["cpu_s"] for p in procs) - engine, 1)}
 
 
 class Watch(threading.Thread):
-    """Samples the child process tree: threads, affinity, OMP_NUM_THREADS, CPU seconds."""
+    """Samples the child process tree (every process in it: Ray's too): threads, affinity,
+    OMP_NUM_THREADS, CPU seconds."""
 
     def __init__(self, interval: float = 1.0) -> None:
         super().__init__(daemon=True)
@@ -302,9 +357,6 @@ class Watch(threading.Thread):
                     with p.oneshot():
                         name = p.name()
                         cmd = " ".join(p.cmdline())[:160]
-                        tag = next((w for w in WATCH if w in name or w in cmd), None)
-                        if tag is None and "throughput_bench" not in cmd:
-                            continue
                         rec = self.procs.setdefault(p.pid, {"pid": p.pid, "name": name, "cmd": cmd, "threads_max": 0})
                         rec["name"] = name  # setproctitle changes it after start
                         rec["threads_max"] = max(rec["threads_max"], p.num_threads())
@@ -333,13 +385,13 @@ def run_child(part: str, args) -> dict[str, Any]:
     with open(out) as f:
         result = json.load(f)
     os.remove(out)
-    busy = sorted((p for p in watch.procs.values() if p.get("cpu_s", 0) >= 1.0), key=lambda p: -p["cpu_s"])
+    busy = sorted((p for p in watch.procs.values() if p.get("cpu_s", 0) >= 0.5), key=lambda p: -p["cpu_s"])
     result.update(
         part=part,
         child_wall_s=time.perf_counter() - t0,
         load_1min_before=load_before,
         load_1min_after=os.getloadavg()[0],
-        processes=busy[:8],
+        processes=busy[:16],
     )
     return result
 
@@ -392,6 +444,20 @@ def summarise(results: list[dict[str, Any]], args) -> dict[str, Any]:
             "plain_measurements": len(plain_runs),
             "pipeline_measurements": len(pipe),
         }
+    if s.get("generation") and by["llm-shared"]:
+        shared = med([r["generated_tokens"] / r["engine_window_s"] for r in by["llm-shared"]])
+        s["generation"].update(
+            shared_tokens_per_s=shared,
+            shared_ratio_fresh_engine=ratio(shared, s["generation"]["plain_fresh_engine_tokens_per_s"]),
+            shared_measurements=len(by["llm-shared"]),
+        )
+    if s.get("generation"):
+        # Where each path's CPU went (medians over its measurements, start-up included).
+        s["generation"]["cpu_s"] = {
+            part: {k: med([cpu_split(r)[k] for r in by[part]]) for k in ("engine_cpu_s", "other_cpu_s")}
+            for part in ("llm-plain", "llm-pipeline", "llm-shared")
+            if by[part]
+        }
     if by["embed-plain"] and by["embed-pipeline"]:
         texts = 3 * args.embed_rows
         plain = med([texts / t for r in by["embed-plain"] for t in r["runs_s"]])
@@ -421,6 +487,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64, help="tokens per answer (ignore_eos: exactly this many)")
     ap.add_argument("--plain-repeats", type=int, default=3, help="plain chat() calls on one engine")
     ap.add_argument("--llm-rounds", type=int, default=2, help="alternating plain/pipeline rounds")
+    ap.add_argument("--shared", action="store_true", help="also the stage against a shared engine (Ray Serve)")
     ap.add_argument("--plain-executor", default="", help="distributed_executor_backend for the plain engine")
     ap.add_argument("--embed-rows", type=int, default=1500, help="rows for the quality stage (3 texts each)")
     ap.add_argument("--embed-repeats", type=int, default=3)
@@ -477,7 +544,8 @@ def main() -> None:
         plan += ["embed-plain", "embed-pipeline"]
     if args.part in ("all", "llm"):
         for i in range(args.llm_rounds):  # alternate which path goes first
-            plan += ["llm-plain", "llm-pipeline"] if i % 2 == 0 else ["llm-pipeline", "llm-plain"]
+            paths = ["llm-plain", "llm-pipeline"] + (["llm-shared"] if args.shared else [])
+            plan += paths if i % 2 == 0 else paths[::-1]
     results = []
     t0 = time.perf_counter()
     for part in plan:
