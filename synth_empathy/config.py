@@ -512,7 +512,8 @@ class TrainConfig:
     keep_best: bool = opt(
         False,
         "also keep the checkpoint of the lowest validation loss (needs eval_steps > 0 and save_steps a "
-        "multiple of it); the report names it (eval_best)",
+        "multiple of it) and write model/ from it, not from the last step, where the last step's validation "
+        "loss is higher; the report names the step (model_step, model_eval_loss)",
     )
     use_ray: bool = opt(
         True,

@@ -283,6 +283,21 @@ def unsharded_model(model: Any, fsdp: bool, rank: int) -> Any:
     return plain
 
 
+def best_checkpoint(eval_curve: list[list[float]], save_steps: int, total: int) -> tuple[int, float] | None:
+    """``(step, validation loss)`` the final model of a ``keep_best`` run comes from: the lowest
+    validation loss among the steps whose weights still exist, the checkpointed ones (every
+    ``save_steps``, before ``total``) and the last step (the model in memory). The earliest
+    such step on a tie. None without a validation loss at any of them."""
+    kept = [
+        (int(step), loss)
+        for step, loss in eval_curve
+        if step == total or (save_steps and step % save_steps == 0 and step < total)
+    ]
+    if not kept:
+        return None
+    return min(kept, key=lambda c: (c[1], c[0]))
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -356,6 +371,10 @@ class FolderCheckpoints:
             if old not in kept:
                 shutil.rmtree(old, ignore_errors=True)
 
+    def load(self, step: int) -> dict[str, Any]:
+        """The checkpoint of ``step`` (one this store kept: ``keep_best``'s)."""
+        return _load_state(Path(self.output_dir) / CHECKPOINTS / checkpoint_name(step))
+
     def clear_partial(self) -> None:
         root = Path(self.output_dir) / CHECKPOINTS
         if root.is_dir():
@@ -396,6 +415,16 @@ class RayCheckpoints:
                 torch.save(payload, Path(tmp) / STATE)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint_name(step))
+
+    def load(self, step: int) -> dict[str, Any]:
+        """The checkpoint of ``step`` from Ray Train's storage (``<storage>/ray_train/step-NNNNNNN``,
+        local or through fsspec): ``keep_best``'s, which ``CheckpointConfig`` kept by its score."""
+        import fsspec
+        import torch
+
+        fs, root = fsspec.core.url_to_fs(self.storage, **(self.storage_options or {}))
+        with fs.open(f"{root.rstrip('/')}/{RAY_RUN}/{checkpoint_name(step)}/{STATE}", "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=False)
 
     def clear_partial(self) -> None:
         pass
@@ -568,7 +597,9 @@ def train_loop(
     call's optimizer steps, checkpoint writes included), ``tokens_per_s`` (tokens /
     train_seconds), ``tokens_per_s_per_worker``, ``loss_first`` / ``loss_last`` (first and
     last logged step of the whole run), ``loss_curve``, ``eval_curve`` ([step, held-out
-    loss]), ``eval_best`` (its lowest point), ``seconds`` (this call, model load and save
+    loss]), ``eval_best`` (its lowest point), ``model_step`` / ``model_eval_loss`` (the step
+    ``model/`` was taken at: the last, or with ``keep_best`` the kept checkpoint of the lowest
+    validation loss, :func:`best_checkpoint`), ``strategy``, ``seconds`` (this call, model load and save
     included), ``device``, ``dtype`` (compute), ``weights_dtype``, plus ``extra_report``.
     """
     import tempfile
@@ -702,6 +733,21 @@ def train_loop(
                 dist.barrier()
     train_seconds = time.perf_counter() - t_train
     tokens, target_tokens = (int(v) for v in _all_sum([float(tokens), float(target_tokens)], device, world))
+    final_step, final_eval = total, None
+    if s.get("keep_best"):  # the final model is the checkpoint of the lowest validation loss
+        chosen = best_checkpoint(eval_curve, s["save_steps"], total)
+        if chosen is not None:
+            final_step, final_eval = chosen
+        if final_step != total:  # rank 0 reads it (no shared folder assumed); FSDP sends the shards out
+            weights = store.load(final_step)["model"] if rank == 0 else {}
+            if fsdp:
+                from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+                set_model_state_dict(model, weights, options=_full_options(strict=False, broadcast_from_rank0=True))
+            elif rank == 0:
+                load_weights(model, weights, fsdp)
+            if rank == 0:
+                log.info("[train] keep_best: the model is step %d's (validation loss %.4f)", final_step, final_eval)
     to_save = unsharded_model(model, fsdp, rank)
     if rank != 0:
         _barrier(world)
@@ -727,6 +773,8 @@ def train_loop(
         "eval_first": eval_curve[0][1] if eval_curve else None,
         "eval_last": eval_curve[-1][1] if eval_curve else None,
         "eval_best": {"step": best[0], "eval_loss": best[1]} if best else None,
+        "model_step": final_step,
+        "model_eval_loss": final_eval,
         "strategy": "fsdp" if fsdp else ("ddp" if world > 1 else "single"),
         "seconds": round(time.perf_counter() - t_call, 2),
         "device": device_description(device),

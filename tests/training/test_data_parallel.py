@@ -108,7 +108,8 @@ def test_fsdp_takes_the_steps_of_ddp_resumes_from_its_checkpoint_and_saves_a_pla
     """FSDP2 on two gloo workers against DDP, both with two accumulated micro-batches a step
     (FSDP's gradient sync off on the first): the same loss curves within TOLERANCE, the same
     weights in the saved model (float32, 1e-4 absolute), a model folder transformers loads,
-    and a run cut after a step-1 checkpoint resumes onto the same curve. One bfloat16 run
+    and a run cut after a step-1 checkpoint resumes onto the same curve; keep_best's model is
+    its best checkpoint's. One bfloat16 run
     (FSDP's mixed-precision policy) stays within 1e-2 relative of the float32 curve: bf16
     rounding of weights and activations, nothing more."""
     import torch
@@ -128,6 +129,12 @@ def test_fsdp_takes_the_steps_of_ddp_resumes_from_its_checkpoint_and_saves_a_pla
         {"settings": settings("fsdp", max_steps=2, save_steps=1), "output": resumed},
         {"settings": settings("fsdp"), "output": resumed},
         {"settings": settings("fsdp", dtype="bfloat16"), "output": str(tmp_path / "fsdp-bf16")},
+        # keep_best under FSDP: step 2 of 3 scripted best, its checkpoint sent from rank 0 to the shards
+        {
+            "settings": settings("fsdp", max_steps=3, save_steps=1, keep_best=True),
+            "output": str(tmp_path / "fsdp-best"),
+            "eval_losses": [3.0, 1.0, 2.0],
+        },
     ]
     _two_ranks(tmp_path, p, runs)
 
@@ -151,3 +158,9 @@ def test_fsdp_takes_the_steps_of_ddp_resumes_from_its_checkpoint_and_saves_a_pla
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
     ids = torch.tensor([p["examples"][0]["input_ids"]])
     assert torch.isfinite(models["fsdp"](input_ids=ids).logits).all()
+
+    best = _report(tmp_path / "fsdp-best")
+    assert (best["model_step"], best["model_eval_loss"]) == (2, 1.0)
+    kept = loop._load_state(tmp_path / "fsdp-best" / loop.CHECKPOINTS / "step-0000002")["model"]
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp-best" / loop.MODEL).state_dict()
+    assert kept.keys() <= saved.keys() and all(torch.equal(saved[k], v) for k, v in kept.items())
