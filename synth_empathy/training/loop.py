@@ -36,8 +36,8 @@ plan, same loss scaling (FSDP2 averages gradients over the ranks as DDP does), s
 curve is DDP's. Gradient accumulation turns the reduce-scatter off on all but the last
 micro-batch (``set_requires_gradient_sync``, FSDP2's ``no_sync``). Checkpoints gather the
 whole weights and optimizer state on rank 0's CPU (``get_model_state_dict`` /
-``get_optimizer_state_dict``, full state dict) into the same ``state.pt``; every rank loads
-it back on resume; ``model/`` is written from the gathered weights as a plain
+``get_optimizer_state_dict``, full state dict) into the same ``state.pt``; on resume rank 0
+reads it and FSDP sends each rank its shards (``broadcast_from_rank0``); ``model/`` is written from the gathered weights as a plain
 transformers model. ``gradient_checkpointing`` (activation recomputation) is its own
 setting, as it trades time for activation memory whatever the sharding.
 
@@ -651,14 +651,23 @@ def train_loop(
     scheduler = make_scheduler(s["lr_scheduler"], optimizer, total, warmup)
 
     start, curve, eval_curve, starts, tokens_before, target_before = 0, [], [], [], 0, 0
-    found = store.latest()
+    # FSDP: rank 0 alone reads the checkpoint (for 8B ~96 GB of host memory, not that on every
+    # rank) and FSDP sends each rank its shards; the small rest goes to all ranks as objects
+    found = _from_rank0(store.latest() if rank == 0 else None) if fsdp else store.latest()
     if found:
         name, state = found
-        missing = trainable_names(model) - set(state["model"])
+        missing = trainable_names(model) - set(state["model"]) if rank == 0 or not fsdp else set()
         if missing:
             raise RuntimeError(f"checkpoint {name} lacks {len(missing)} trainable tensors")
-        load_weights(model, state["model"], fsdp)
-        load_optimizer(model, optimizer, state["optimizer"], fsdp)
+        if fsdp:
+            from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+            options = _full_options(strict=False, broadcast_from_rank0=True)
+            set_model_state_dict(model, state["model"], options=options)
+            set_optimizer_state_dict(model, optimizer, state["optimizer"], options=options)
+        else:
+            load_weights(model, state["model"], fsdp)
+            load_optimizer(model, optimizer, state["optimizer"], fsdp)
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start, curve = int(state["step"]), list(state["curve"])
@@ -795,6 +804,22 @@ def train_loop(
         shutil.rmtree(work_dir, ignore_errors=True)
     _barrier(world)
     return report
+
+
+def _from_rank0(found: tuple[str, dict[str, Any]] | None) -> tuple[str, dict[str, Any]] | None:
+    """Rank 0's checkpoint on every rank, its weights and optimizer state only on rank 0
+    (empty elsewhere: FSDP's ``broadcast_from_rank0`` fills the shards)."""
+    import torch.distributed as dist
+
+    big = ("model", "optimizer")
+    box = [None if found is None else (found[0], {k: v for k, v in found[1].items() if k not in big})]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is None:
+        return None
+    if found is not None:  # rank 0
+        return found
+    name, rest = box[0]
+    return name, {**rest, "model": {}, "optimizer": {}}
 
 
 def _barrier(world: int) -> None:
