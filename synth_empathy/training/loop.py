@@ -548,7 +548,9 @@ def evaluate(
 
     DDP: the bare module, so no collective in a forward pass whose count differs between
     ranks. FSDP: every forward gathers weights from all ranks, so every rank runs the same
-    number of batches (one with nothing left repeats a pair and does not count it)."""
+    number of batches (one with nothing left repeats a pair and does not count it), and the
+    root unit, which FSDP2 keeps gathered after a forward for the backward that usually
+    follows, is sharded again (a state dict loaded next would otherwise meet whole tensors)."""
     import torch
 
     rank, world, _ = _dist()
@@ -566,6 +568,8 @@ def evaluate(
             if chunk:
                 total += float(loss)
                 count += _target_count([part])
+    if fsdp:  # the root unit stays gathered after a forward (no backward follows here): shard it again
+        m.reshard()
     m.train()
     total, count = _all_sum([total, float(count)], device, world)
     return total / max(1.0, count)

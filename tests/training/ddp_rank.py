@@ -4,8 +4,8 @@
 
 JOB.json: {"examples": [...], "eval_examples": [...], "runs": [{"settings": {...}, "output": DIR}, ...]};
 every run trains in turn in the same process group (the imports are paid once). A run with
-"eval_losses": [...] gets those validation losses in turn instead of measured ones (a scripted
-best step for keep_best).
+"eval_losses": [...] reports those validation losses in turn instead of the measured ones (a
+scripted best step for keep_best).
 """
 
 import json
@@ -25,6 +25,9 @@ job = json.loads(open(job_file).read())
 measured = loop.evaluate
 for run in job["runs"]:
     scripted = iter(run.get("eval_losses", []))
-    loop.evaluate = (lambda *a, _s=scripted, **k: next(_s)) if "eval_losses" in run else measured
+    # measured all the same (its forward passes leave FSDP's state as a real run's do), then replaced
+    loop.evaluate = (
+        (lambda *a, _s=scripted, **k: (measured(*a, **k), next(_s))[1]) if "eval_losses" in run else measured
+    )
     loop.train_loop(run["settings"], job["examples"], run["output"], eval_examples=job["eval_examples"])
 dist.destroy_process_group()
