@@ -287,11 +287,12 @@ def best_checkpoint(eval_curve: list[list[float]], save_steps: int, total: int) 
     """``(step, validation loss)`` the final model of a ``keep_best`` run comes from: the lowest
     validation loss among the steps whose weights still exist, the checkpointed ones (every
     ``save_steps``, before ``total``) and the last step (the model in memory). The earliest
-    such step on a tie. None without a validation loss at any of them."""
+    such step on a tie; a NaN or infinite loss (a diverged step) is never chosen. None without a
+    finite validation loss at any of them."""
     kept = [
         (int(step), loss)
         for step, loss in eval_curve
-        if step == total or (save_steps and step % save_steps == 0 and step < total)
+        if (step == total or (save_steps and step % save_steps == 0 and step < total)) and math.isfinite(loss)
     ]
     if not kept:
         return None
@@ -364,7 +365,7 @@ class FolderCheckpoints:
         kept = set(found[-self.keep :])
         if self.keep_best:
             scored = [(json.loads((p / "metrics.json").read_text()).get("eval_loss"), p) for p in found]
-            scored = [(v, p) for v, p in scored if v is not None]
+            scored = [(v, p) for v, p in scored if v is not None and math.isfinite(v)]
             if scored:
                 kept.add(min(scored, key=lambda vp: vp[0])[1])
         for old in found:
@@ -766,7 +767,8 @@ def train_loop(
         _barrier(world)
         return None
     save_model(to_save, tokenizer, work_dir, s["method"], s["save_dtype"])
-    best = min(eval_curve, key=lambda c: c[1]) if eval_curve else None
+    finite = [c for c in eval_curve if math.isfinite(c[1])]
+    best = min(finite, key=lambda c: c[1]) if finite else None
     report = {
         "steps": total,
         "resumed_from_step": start,

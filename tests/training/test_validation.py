@@ -31,6 +31,9 @@ def test_best_checkpoint_is_the_lowest_validation_loss_among_the_steps_whose_wei
     assert loop.best_checkpoint([[4, 2.0], [8, 1.0]], save_steps=4, total=8) == (8, 1.0)  # the last: in memory
     assert loop.best_checkpoint([[4, 1.0], [8, 1.0]], save_steps=4, total=10) == (4, 1.0)  # a tie: the earlier
     assert loop.best_checkpoint([[3, 1.0]], save_steps=4, total=10) is None
+    nan, inf = float("nan"), float("inf")
+    assert loop.best_checkpoint([[4, nan], [8, 2.0], [10, inf]], save_steps=4, total=10) == (8, 2.0)  # diverged
+    assert loop.best_checkpoint([[4, nan]], save_steps=4, total=10) is None
 
 
 def test_keep_best_writes_the_model_from_the_best_checkpoint_not_the_last_step(tiny_model, tmp_path, monkeypatch):
@@ -66,6 +69,10 @@ def test_keep_best_keeps_the_lowest_validation_loss_besides_the_latest(tmp_path)
         store.save(step, _state(step), {"step": step, "eval_loss": eval_loss}, rank=0)
     assert [p.name for p in loop.checkpoints(str(tmp_path))] == ["step-0000004", "step-0000008"]
     assert store.latest()[0] == "checkpoints/step-0000008"
+    diverged = loop.FolderCheckpoints(str(tmp_path / "diverged"), keep=1, keep_best=True)
+    for step, eval_loss in [(2, float("nan")), (4, 1.0), (6, 2.0)]:
+        diverged.save(step, _state(step), {"step": step, "eval_loss": eval_loss}, rank=0)
+    assert [p.name for p in loop.checkpoints(str(tmp_path / "diverged"))] == ["step-0000004", "step-0000006"]
     plain = loop.FolderCheckpoints(str(tmp_path / "plain"), keep=2)
     for step in (2, 4, 6):
         plain.save(step, _state(step), {"step": step, "eval_loss": 0.1 * step}, rank=0)
