@@ -600,7 +600,8 @@ def train_loop(
     ``epochs``, ``tokens`` (non-padding tokens this call trained on, all ranks),
     ``target_tokens`` (of those, answer tokens in the loss), ``train_seconds`` (this
     call's optimizer steps, checkpoint writes included), ``tokens_per_s`` (tokens /
-    train_seconds), ``tokens_per_s_per_worker``, ``loss_first`` / ``loss_last`` (first and
+    train_seconds), ``tokens_per_s_per_worker``, ``peak_memory_gib_per_worker`` (each rank's peak by the end
+    of the steps: CUDA's most allocated, or on a CPU the process's max RSS), ``loss_first`` / ``loss_last`` (first and
     last logged step of the whole run), ``loss_curve``, ``eval_curve`` ([step, held-out
     loss]), ``eval_best`` (its lowest point), ``model_step`` / ``model_eval_loss`` (the step
     ``model/`` was taken at: the last, or with ``keep_best`` the kept checkpoint of the lowest
@@ -747,6 +748,7 @@ def train_loop(
                 dist.barrier()
     train_seconds = time.perf_counter() - t_train
     tokens, target_tokens = (int(v) for v in _all_sum([float(tokens), float(target_tokens)], device, world))
+    peaks = _all_sum([_peak_memory_gib(device) if r == rank else 0.0 for r in range(world)], device, world)
     final_step, final_eval = total, None
     if s.get("keep_best"):  # the final model is the checkpoint of the lowest validation loss
         chosen = best_checkpoint(eval_curve, s["save_steps"], total)
@@ -791,6 +793,8 @@ def train_loop(
         "model_step": final_step,
         "model_eval_loss": final_eval,
         "strategy": "fsdp" if fsdp else ("ddp" if world > 1 else "single"),
+        "peak_memory_gib_per_worker": [round(v, 3) for v in peaks],
+        "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process max RSS",
         "seconds": round(time.perf_counter() - t_call, 2),
         "device": device_description(device),
         "dtype": str(dtype).replace("torch.", ""),
@@ -826,6 +830,18 @@ def _from_rank0(found: tuple[str, dict[str, Any]] | None) -> tuple[str, dict[str
         return found
     name, rest = box[0]
     return name, {**rest, "model": {}, "optimizer": {}}
+
+
+def _peak_memory_gib(device: Any) -> float:
+    """This process's peak memory so far: CUDA's most allocated on a GPU, the process's max RSS
+    (Python and torch themselves included) on a CPU."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def _barrier(world: int) -> None:
