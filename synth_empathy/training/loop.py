@@ -242,22 +242,24 @@ def gathered_state(model: Any, optimizer: Any, fsdp: bool, rank: int) -> tuple[A
 
 
 def load_weights(model: Any, weights: dict[str, Any], fsdp: bool) -> None:
-    """Whole weights (every rank holds them) into the model, sharded under FSDP."""
+    """Whole weights into the model. Under FSDP every rank calls it and only rank 0's
+    ``weights`` count (the others pass ``{}``): FSDP sends each rank its shards."""
     if not fsdp:
         _unwrap(model).load_state_dict(weights, strict=False)
         return
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-    set_model_state_dict(model, weights, options=_full_options(strict=False))
+    set_model_state_dict(model, weights, options=_full_options(strict=False, broadcast_from_rank0=True))
 
 
 def load_optimizer(model: Any, optimizer: Any, state: dict[str, Any], fsdp: bool) -> None:
+    """The optimizer state, as :func:`load_weights` (under FSDP: rank 0's, keyed by parameter name)."""
     if not fsdp:
         optimizer.load_state_dict(state)
         return
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, optimizer, state, options=_full_options())
+    set_optimizer_state_dict(model, optimizer, state, options=_full_options(broadcast_from_rank0=True))
 
 
 def unsharded_model(model: Any, fsdp: bool, rank: int) -> Any:
@@ -600,13 +602,15 @@ def train_loop(
     ``epochs``, ``tokens`` (non-padding tokens this call trained on, all ranks),
     ``target_tokens`` (of those, answer tokens in the loss), ``train_seconds`` (this
     call's optimizer steps, checkpoint writes included), ``tokens_per_s`` (tokens /
-    train_seconds), ``tokens_per_s_per_worker``, ``peak_memory_gib_per_worker`` (each rank's peak by the end
-    of the steps: CUDA's most allocated, or on a CPU the process's max RSS), ``loss_first`` / ``loss_last`` (first and
-    last logged step of the whole run), ``loss_curve``, ``eval_curve`` ([step, held-out
-    loss]), ``eval_best`` (its lowest point), ``model_step`` / ``model_eval_loss`` (the step
-    ``model/`` was taken at: the last, or with ``keep_best`` the kept checkpoint of the lowest
-    validation loss, :func:`best_checkpoint`), ``strategy``, ``seconds`` (this call, model load and save
-    included), ``device``, ``dtype`` (compute), ``weights_dtype``, plus ``extra_report``.
+    train_seconds), ``tokens_per_s_per_worker``, ``peak_memory_gib_per_worker`` (each
+    rank's peak by the end of the steps: CUDA's most allocated, or on a CPU the process's max
+    RSS), ``loss_first`` / ``loss_last`` (first and last logged step of the whole run),
+    ``loss_curve``, ``eval_curve`` ([step, held-out loss]), ``eval_best`` (its lowest
+    point), ``model_step`` / ``model_eval_loss`` (the step ``model/`` was taken at: the last,
+    or with ``keep_best`` the kept checkpoint of the lowest validation loss,
+    :func:`best_checkpoint`), ``strategy`` (single, ddp or fsdp), ``seconds`` (this call,
+    model load and save included), ``device``, ``dtype`` (compute), ``weights_dtype``, plus
+    ``extra_report``.
     """
     import tempfile
     from contextlib import nullcontext
@@ -665,15 +669,8 @@ def train_loop(
         missing = trainable_names(model) - set(state["model"]) if rank == 0 or not fsdp else set()
         if missing:
             raise RuntimeError(f"checkpoint {name} lacks {len(missing)} trainable tensors")
-        if fsdp:
-            from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-
-            options = _full_options(strict=False, broadcast_from_rank0=True)
-            set_model_state_dict(model, state["model"], options=options)
-            set_optimizer_state_dict(model, optimizer, state["optimizer"], options=options)
-        else:
-            load_weights(model, state["model"], fsdp)
-            load_optimizer(model, optimizer, state["optimizer"], fsdp)
+        load_weights(model, state["model"], fsdp)
+        load_optimizer(model, optimizer, state["optimizer"], fsdp)
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start, curve = int(state["step"]), list(state["curve"])
@@ -756,11 +753,7 @@ def train_loop(
             final_step, final_eval = chosen
         if final_step != total:  # rank 0 reads it (no shared folder assumed); FSDP sends the shards out
             weights = store.load(final_step)["model"] if rank == 0 else {}
-            if fsdp:
-                from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
-                set_model_state_dict(model, weights, options=_full_options(strict=False, broadcast_from_rank0=True))
-            elif rank == 0:
+            if fsdp or rank == 0:  # DDP: rank 0 alone writes the model
                 load_weights(model, weights, fsdp)
             if rank == 0:
                 log.info("[train] keep_best: the model is step %d's (validation loss %.4f)", final_step, final_eval)
