@@ -1,6 +1,7 @@
 """Training tokens/s per worker on this CPU: one Ray Train worker against two (DDP over gloo).
 
     .venv/bin/python benchmarks/train_workers_bench.py [--steps 8] [--out /tmp/train_workers]
+    .venv/bin/python benchmarks/train_workers_bench.py --strategies [--steps 4]
 
 Both runs train the packaged SmolLM2-135M (full fine-tuning, float32) on the shipped seed
 dialogues with the same global batch (8 pairs a step: 1 worker x 8, or 2 workers x 4) and
@@ -9,6 +10,10 @@ train` with Ray Train. Prints the CPU (model name and SIMD flags from /proc/cpui
 load average around each run (other jobs on the machine share its cores) and, per run,
 tokens/s in all and per worker from the training report (optimizer steps only; model load
 and Ray start excluded).
+
+``--strategies``: two workers under ``train.strategy=ddp`` against ``fsdp`` (same pairs, same
+batch), with each worker's peak memory from the report (process max RSS on a CPU): FSDP keeps
+half the gradients and AdamW state per worker on two.
 """
 
 import argparse
@@ -32,22 +37,27 @@ def main() -> None:
     a = argparse.ArgumentParser()
     a.add_argument("--steps", type=int, default=8)
     a.add_argument("--out", default="/tmp/train_workers")
+    a.add_argument("--strategies", action="store_true", help="2 workers: ddp against fsdp, with peak memory")
     args = a.parse_args()
     print(cpu())
     rows = []
-    for workers, batch, cpus in ((1, 8, 2), (2, 4, 1)):
-        out = Path(args.out) / f"w{workers}"
+    runs = (("ddp", 2, 4, 1), ("fsdp", 2, 4, 1)) if args.strategies else (("ddp", 1, 8, 2), ("ddp", 2, 4, 1))
+    for strategy, workers, batch, cpus in runs:
+        out = Path(args.out) / f"{strategy}-w{workers}"
         shutil.rmtree(out, ignore_errors=True)
         load = os.getloadavg()[0]
         cmd = [sys.executable, "-m", "synth_empathy", "train", f"train.output={out}", f"train.num_workers={workers}",
                f"train.batch_size={batch}", f"train.cpus_per_worker={cpus}", f"train.max_steps={args.steps}",
-               "train.save_steps=0", "train.eval_steps=0", "train.dtype=float32", "train.limit=64"]  # fmt: skip
+               "train.save_steps=0", "train.eval_steps=0", "train.dtype=float32", "train.limit=64",
+               f"train.strategy={strategy}"]  # fmt: skip
         subprocess.run(cmd, check=True, capture_output=True)
         r = json.loads((out / "train_report.json").read_text())
         rows.append((workers, r["tokens"], r["train_seconds"], r["tokens_per_s"], r["tokens_per_s_per_worker"], load))
-        print(f"workers={workers} tokens={r['tokens']} train_s={r['train_seconds']} tokens/s={r['tokens_per_s']} "
-              f"per worker={r['tokens_per_s_per_worker']} load_before={load:.2f} load_after={os.getloadavg()[0]:.2f}")  # fmt: skip
-    print(f"2 workers / 1 worker, tokens/s in all: {rows[1][3] / rows[0][3]:.2f}")
+        print(f"strategy={strategy} workers={workers} tokens={r['tokens']} train_s={r['train_seconds']} "
+              f"tokens/s={r['tokens_per_s']} per worker={r['tokens_per_s_per_worker']} "
+              f"peak GiB per worker={r.get('peak_memory_gib_per_worker')} loss {r['loss_first']} -> {r['loss_last']} "
+              f"load_before={load:.2f} load_after={os.getloadavg()[0]:.2f}")  # fmt: skip
+    print(f"second / first run, tokens/s in all: {rows[1][3] / rows[0][3]:.2f}")
 
 
 if __name__ == "__main__":

@@ -512,7 +512,8 @@ class TrainConfig:
     keep_best: bool = opt(
         False,
         "also keep the checkpoint of the lowest validation loss (needs eval_steps > 0 and save_steps a "
-        "multiple of it); the report names it (eval_best)",
+        "multiple of it) and write model/ from it, not from the last step, where the last step's validation "
+        "loss is higher; the report names the step (model_step, model_eval_loss)",
     )
     use_ray: bool = opt(
         True,
@@ -520,6 +521,14 @@ class TrainConfig:
         "object storage; a failed worker restarts the group); false = the plain loop in this process",
     )
     num_workers: int = opt(1, "Ray Train data-parallel workers")
+    strategy: str = opt(
+        "ddp",
+        "how the workers share the model: ddp (every worker holds the whole model, float32 weights and AdamW "
+        "state: 16 bytes a parameter, ~128 GB for 8B) | fsdp (torch FSDP2: weights, gradients and optimizer "
+        "state sharded over the workers, 16/num_workers bytes a parameter plus one layer's full weights at a "
+        "time; bf16 compute by its mixed-precision policy where dtype is bfloat16). fsdp needs use_ray and "
+        "num_workers >= 2 and method=full",
+    )
     max_failures: int = opt(
         2,
         "Ray Train: times a failed worker group is restarted from its last checkpoint before the run "
@@ -766,6 +775,19 @@ def validate_train(t: DictConfig) -> None:
         raise ConfigError(f"train.lr_scheduler must be cosine, linear or constant, got {t.lr_scheduler!r}")
     if t.max_steps is None and not t.epochs > 0:
         raise ConfigError(f"train.epochs must be > 0 (or set train.max_steps), got {t.epochs}")
+    if t.strategy not in ("ddp", "fsdp"):
+        raise ConfigError(f"train.strategy must be ddp or fsdp, got {t.strategy!r}")
+    if t.strategy == "fsdp" and (not t.use_ray or t.num_workers < 2):
+        workers = f"num_workers={t.num_workers}" if t.use_ray else "use_ray=false (one process)"
+        raise ConfigError(
+            f"train.strategy=fsdp shards the model over workers but {workers}: nothing to shard over; "
+            f"set train.num_workers >= 2 (with use_ray) or train.strategy=ddp"
+        )
+    if t.strategy == "fsdp" and t.method != "full":
+        raise ConfigError(
+            "train.strategy=fsdp is for method=full (LoRA's frozen base is bf16 weights alone and fits one GPU "
+            "under ddp); set train.strategy=ddp"
+        )
     if t.keep_best and not t.eval_steps:
         raise ConfigError("train.keep_best needs train.eval_steps > 0 (a validation loss to rank by)")
     if t.keep_best and (not t.save_steps or t.save_steps % t.eval_steps):

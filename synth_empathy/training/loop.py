@@ -29,6 +29,18 @@ token of all ranks (each rank divides by the step's total count), so W workers a
 micro-batch b take the same step as one worker at W x b. Without a process group the
 loop runs in this process alone.
 
+Sharded (``strategy: fsdp``, :func:`shard_model`): FSDP2's ``fully_shard`` on every decoder
+layer and the root instead of DDP, so each of W ranks holds 1/W of the float32 weights,
+gradients and AdamW state (an 8B full fine-tune: ~128 GB in all, ~16 GB a GPU on 8). Same
+plan, same loss scaling (FSDP2 averages gradients over the ranks as DDP does), so the loss
+curve is DDP's. Gradient accumulation turns the reduce-scatter off on all but the last
+micro-batch (``set_requires_gradient_sync``, FSDP2's ``no_sync``). Checkpoints gather the
+whole weights and optimizer state on rank 0's CPU (``get_model_state_dict`` /
+``get_optimizer_state_dict``, full state dict) into the same ``state.pt``; on resume rank 0
+reads it and FSDP sends each rank its shards (``broadcast_from_rank0``); ``model/`` is written from the gathered weights as a plain
+transformers model. ``gradient_checkpointing`` (activation recomputation) is its own
+setting, as it trades time for activation memory whatever the sharding.
+
 Precision: full fine-tuning keeps float32 weights and optimizer state and computes
 under ``torch.autocast`` in ``dtype``; LoRA loads the frozen base in ``dtype`` and keeps
 the adapter in float32. ``dtype: auto`` is bfloat16 on a GPU that supports it and on a
@@ -174,6 +186,121 @@ def trainable_state(model: Any) -> dict[str, Any]:
     return {k: v.detach().cpu() for k, v in m.named_parameters() if v.requires_grad}
 
 
+def trainable_names(model: Any) -> set[str]:
+    return {k for k, v in _unwrap(model).named_parameters() if v.requires_grad}
+
+
+def shard_model(model: Any, dtype: Any, device: Any, world: int) -> Any:
+    """FSDP2 (``torch.distributed.fsdp.fully_shard``): every decoder layer (the model's
+    ``_no_split_modules``) is its own unit, then the root (embeddings, final norm, head).
+    Parameters, gradients and AdamW state are split over the ``world`` ranks; a unit's
+    full weights exist only while it computes. Mixed precision where ``dtype`` is not
+    float32: the sharded float32 master weights are cast to ``dtype`` for the forward and
+    backward, gradients are reduced in float32 (``MixedPrecisionPolicy``), so no autocast."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    policy = (
+        MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+        if dtype != torch.float32
+        else MixedPrecisionPolicy()
+    )
+    unit_names = set(getattr(model, "_no_split_modules", None) or [])
+    units = [m for m in model.modules() if type(m).__name__ in unit_names]
+    if not units:
+        raise ValueError(f"train.strategy=fsdp: {type(model).__name__} names no decoder layer (_no_split_modules)")
+    for unit in units:
+        fully_shard(unit, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model
+
+
+def _full_options(**kw: Any) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def gathered_state(model: Any, optimizer: Any, fsdp: bool, rank: int) -> tuple[Any, Any]:
+    """``(model weights, optimizer state)`` of a checkpoint, whole, on rank 0 (None elsewhere).
+    Under FSDP every rank takes part: the shards are gathered on rank 0's CPU
+    (``get_model_state_dict`` / ``get_optimizer_state_dict``, full state dict with CPU
+    offload; the optimizer state is then keyed by parameter name)."""
+    if not fsdp:
+        return (trainable_state(model), optimizer.state_dict()) if rank == 0 else (None, None)
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    options = _full_options(cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    optim = get_optimizer_state_dict(model, optimizer, options=options)
+    if rank != 0:
+        return None, None
+    names = trainable_names(model)
+    return {k: v for k, v in weights.items() if k in names}, optim
+
+
+def load_weights(model: Any, weights: dict[str, Any], fsdp: bool) -> None:
+    """Whole weights into the model. Under FSDP every rank calls it and only rank 0's
+    ``weights`` count (the others pass ``{}``): FSDP sends each rank its shards."""
+    if not fsdp:
+        _unwrap(model).load_state_dict(weights, strict=False)
+        return
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(model, weights, options=_full_options(strict=False, broadcast_from_rank0=True))
+
+
+def load_optimizer(model: Any, optimizer: Any, state: dict[str, Any], fsdp: bool) -> None:
+    """The optimizer state, as :func:`load_weights` (under FSDP: rank 0's, keyed by parameter name)."""
+    if not fsdp:
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=_full_options(broadcast_from_rank0=True))
+
+
+def unsharded_model(model: Any, fsdp: bool, rank: int) -> Any:
+    """The model to save: as it is without FSDP; under FSDP (every rank takes part) a plain
+    transformers model on rank 0 built from the gathered full weights (None elsewhere), so
+    ``model/`` is the usual safetensors folder."""
+    if not fsdp:
+        return _unwrap(model)
+    import torch
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    weights = get_model_state_dict(model, options=_full_options(cpu_offload=True))
+    if rank != 0:
+        return None
+    with torch.device("meta"):  # no second copy of random weights: the gathered ones are assigned
+        plain = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+    plain.load_state_dict(weights, strict=False, assign=True)
+    plain.tie_weights()
+    meta = [k for k, v in plain.state_dict().items() if v.is_meta]
+    if meta:
+        raise RuntimeError(f"FSDP gather left {len(meta)} tensors unset ({meta[0]}, ...)")
+    return plain
+
+
+def best_checkpoint(eval_curve: list[list[float]], save_steps: int, total: int) -> tuple[int, float] | None:
+    """``(step, validation loss)`` the final model of a ``keep_best`` run comes from: the lowest
+    validation loss among the steps whose weights still exist, the checkpointed ones (every
+    ``save_steps``, before ``total``) and the last step (the model in memory). The earliest
+    such step on a tie; a NaN or infinite loss (a diverged step) is never chosen. None without a
+    finite validation loss at any of them."""
+    kept = [
+        (int(step), loss)
+        for step, loss in eval_curve
+        if (step == total or (save_steps and step % save_steps == 0 and step < total)) and math.isfinite(loss)
+    ]
+    if not kept:
+        return None
+    return min(kept, key=lambda c: (c[1], c[0]))
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -240,12 +367,16 @@ class FolderCheckpoints:
         kept = set(found[-self.keep :])
         if self.keep_best:
             scored = [(json.loads((p / "metrics.json").read_text()).get("eval_loss"), p) for p in found]
-            scored = [(v, p) for v, p in scored if v is not None]
+            scored = [(v, p) for v, p in scored if v is not None and math.isfinite(v)]
             if scored:
                 kept.add(min(scored, key=lambda vp: vp[0])[1])
         for old in found:
             if old not in kept:
                 shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, step: int) -> dict[str, Any]:
+        """The checkpoint of ``step`` (one this store kept: ``keep_best``'s)."""
+        return _load_state(Path(self.output_dir) / CHECKPOINTS / checkpoint_name(step))
 
     def clear_partial(self) -> None:
         root = Path(self.output_dir) / CHECKPOINTS
@@ -261,8 +392,10 @@ class RayCheckpoints:
     (``RunConfig(storage_path)``: local or object storage) as ``step-NNNNNNN``; a restarted
     worker group, or a new run on the same storage, starts from ``ray.train.get_checkpoint()``."""
 
-    def __init__(self, local_output: str | None = None):
-        self.local_output = local_output
+    def __init__(
+        self, local_output: str | None = None, storage: str | None = None, storage_options: dict | None = None
+    ):
+        self.local_output, self.storage, self.storage_options = local_output, storage, storage_options
 
     def latest(self) -> tuple[str, dict[str, Any]] | None:
         import ray.train
@@ -285,6 +418,16 @@ class RayCheckpoints:
                 torch.save(payload, Path(tmp) / STATE)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint_name(step))
+
+    def load(self, step: int) -> dict[str, Any]:
+        """The checkpoint of ``step`` from Ray Train's storage (``<storage>/ray_train/step-NNNNNNN``,
+        local or through fsspec): ``keep_best``'s, which ``CheckpointConfig`` kept by its score."""
+        import fsspec
+        import torch
+
+        fs, root = fsspec.core.url_to_fs(self.storage, **(self.storage_options or {}))
+        with fs.open(f"{root.rstrip('/')}/{RAY_RUN}/{checkpoint_name(step)}/{STATE}", "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=False)
 
     def clear_partial(self) -> None:
         pass
@@ -396,22 +539,40 @@ def _loss_sum(model: Any, part: dict[str, list[list[int]]], device: Any, autocas
 
 
 def evaluate(
-    model: Any, examples: list[dict[str, list[int]]], s: dict, pad_id: int, device: Any, autocast: Any
+    model: Any,
+    examples: list[dict[str, list[int]]],
+    s: dict,
+    pad_id: int,
+    device: Any,
+    autocast: Any,
+    fsdp: bool = False,
 ) -> float:
-    """Loss over the answer tokens of ``examples`` (the held-out split), every rank its share."""
+    """Loss over the answer tokens of ``examples`` (the held-out split), every rank its share.
+
+    DDP: the bare module, so no collective in a forward pass whose count differs between
+    ranks. FSDP: every forward gathers weights from all ranks, so every rank runs the same
+    number of batches (one with nothing left repeats a pair and does not count it), and the
+    root unit, which FSDP2 keeps gathered after a forward for the backward that usually
+    follows, is sharded again (a state dict loaded next would otherwise meet whole tensors)."""
     import torch
 
     rank, world, _ = _dist()
-    m = _unwrap(model)  # no DDP collectives in a forward pass whose count differs between ranks
+    m = model if fsdp else _unwrap(model)
     mine = examples[rank::world]
+    bs = s["batch_size"]
+    batches = math.ceil(math.ceil(len(examples) / world) / bs) if fsdp else math.ceil(len(mine) / bs)
     total, count = 0.0, 0
     m.eval()
     with torch.no_grad():
-        for i in range(0, len(mine), s["batch_size"]):
-            part = collate(mine[i : i + s["batch_size"]], pad_id)
+        for i in range(batches):
+            chunk = mine[i * bs : (i + 1) * bs]
+            part = collate(chunk or examples[:1], pad_id)
             loss, _ = _loss_sum(m, part, device, autocast)
-            total += float(loss)
-            count += _target_count([part])
+            if chunk:
+                total += float(loss)
+                count += _target_count([part])
+    if fsdp:  # the root unit stays gathered after a forward (no backward follows here): shard it again
+        m.reshard()
     m.train()
     total, count = _all_sum([total, float(count)], device, world)
     return total / max(1.0, count)
@@ -441,10 +602,15 @@ def train_loop(
     ``epochs``, ``tokens`` (non-padding tokens this call trained on, all ranks),
     ``target_tokens`` (of those, answer tokens in the loss), ``train_seconds`` (this
     call's optimizer steps, checkpoint writes included), ``tokens_per_s`` (tokens /
-    train_seconds), ``tokens_per_s_per_worker``, ``loss_first`` / ``loss_last`` (first and
-    last logged step of the whole run), ``loss_curve``, ``eval_curve`` ([step, held-out
-    loss]), ``eval_best`` (its lowest point), ``seconds`` (this call, model load and save
-    included), ``device``, ``dtype`` (compute), ``weights_dtype``, plus ``extra_report``.
+    train_seconds), ``tokens_per_s_per_worker``, ``peak_memory_gib_per_worker`` (each
+    rank's peak by the end of the steps: CUDA's most allocated, or on a CPU the process's max
+    RSS), ``loss_first`` / ``loss_last`` (first and last logged step of the whole run),
+    ``loss_curve``, ``eval_curve`` ([step, held-out loss]), ``eval_best`` (its lowest
+    point), ``model_step`` / ``model_eval_loss`` (the step ``model/`` was taken at: the last,
+    or with ``keep_best`` the kept checkpoint of the lowest validation loss,
+    :func:`best_checkpoint`), ``strategy`` (single, ddp or fsdp), ``seconds`` (this call,
+    model load and save included), ``device``, ``dtype`` (compute), ``weights_dtype``, plus
+    ``extra_report``.
     """
     import tempfile
     from contextlib import nullcontext
@@ -466,7 +632,7 @@ def train_loop(
         raise ValueError("the plain loop writes to a local folder (run.py stages a remote train.output)")
     work_dir = tempfile.mkdtemp(prefix="synth-empathy-train-") if remote and rank == 0 else output_dir
     store = (
-        RayCheckpoints(None if remote else output_dir)
+        RayCheckpoints(None if remote else output_dir, output_dir, storage_options)
         if ray_train
         else FolderCheckpoints(work_dir, s["keep_checkpoints"], s.get("keep_best"))
     )
@@ -478,7 +644,12 @@ def train_loop(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model = load_model(s, device, dtype)
     model.train()
-    if world > 1:
+    fsdp = s.get("strategy", "ddp") == "fsdp" and world > 1
+    if s.get("strategy", "ddp") == "fsdp" and world == 1:
+        log.warning("[train] train.strategy=fsdp with one process: nothing to shard over, trained unsharded")
+    if fsdp:
+        model = shard_model(model, dtype, device, world)
+    elif world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
@@ -490,14 +661,16 @@ def train_loop(
     scheduler = make_scheduler(s["lr_scheduler"], optimizer, total, warmup)
 
     start, curve, eval_curve, starts, tokens_before, target_before = 0, [], [], [], 0, 0
-    found = store.latest()
+    # FSDP: rank 0 alone reads the checkpoint (for 8B ~96 GB of host memory, not that on every
+    # rank) and FSDP sends each rank its shards; the small rest goes to all ranks as objects
+    found = _from_rank0(store.latest() if rank == 0 else None) if fsdp else store.latest()
     if found:
         name, state = found
-        missing = set(trainable_state(model)) - set(state["model"])
+        missing = trainable_names(model) - set(state["model"]) if rank == 0 or not fsdp else set()
         if missing:
             raise RuntimeError(f"checkpoint {name} lacks {len(missing)} trainable tensors")
-        _unwrap(model).load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
+        load_weights(model, state["model"], fsdp)
+        load_optimizer(model, optimizer, state["optimizer"], fsdp)
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start, curve = int(state["step"]), list(state["curve"])
@@ -507,7 +680,8 @@ def train_loop(
             log.info("[train] resuming from %s (step %d of %d)", name, start, total)
     starts.append(start)
 
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    # FSDP casts the weights itself (its MixedPrecisionPolicy); DDP and one process autocast
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32 and not fsdp)
     eval_steps = int(s.get("eval_steps") or 0) if eval_examples else 0
     tokens = target_tokens = 0
     t_train = time.perf_counter()
@@ -522,7 +696,11 @@ def train_loop(
         step_loss = 0.0
         for j, p in enumerate(parts):
             last = j == len(parts) - 1
-            with model.no_sync() if (world > 1 and not last) else nullcontext():
+            # gradient accumulation without a reduction per micro-batch: DDP's no_sync; FSDP2
+            # keeps the micro-batches' gradients unsharded and reduce-scatters after the last one
+            if fsdp:
+                model.set_requires_gradient_sync(last)
+            with model.no_sync() if (world > 1 and not fsdp and not last) else nullcontext():
                 loss_sum, n_tokens = _loss_sum(model, p, device, autocast)
                 (loss_sum * world / max(1, step_target)).backward()
             step_loss += float(loss_sum.detach())
@@ -538,19 +716,20 @@ def train_loop(
         curve.append([done, round(loss, 5)])
         metrics: dict[str, Any] = {"step": done, "loss": round(loss, 5)}
         if eval_steps and (done % eval_steps == 0 or done == total):
-            metrics["eval_loss"] = round(evaluate(model, eval_examples, s, pad_id, device, autocast), 5)
+            metrics["eval_loss"] = round(evaluate(model, eval_examples, s, pad_id, device, autocast, fsdp), 5)
             eval_curve.append([done, metrics["eval_loss"]])
         if rank == 0 and (done % max(1, s["log_steps"]) == 0 or done == total):
             shown = f" eval_loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""
             log.info("[train] step %d/%d loss %.4f%s lr %.2e", done, total, loss, shown, scheduler.get_last_lr()[0])
         if s["save_steps"] and done % s["save_steps"] == 0 and done < total:
             all_tokens, all_target = _all_sum([float(tokens), float(target_tokens)], device, world)
+            weights, optim = gathered_state(model, optimizer, fsdp, rank)
             payload = None
             if rank == 0:
                 payload = {
                     "step": done,
-                    "model": trainable_state(model),
-                    "optimizer": optimizer.state_dict(),
+                    "model": weights,
+                    "optimizer": optim,
                     "scheduler": scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state(),
                     "curve": curve,
@@ -566,11 +745,25 @@ def train_loop(
                 dist.barrier()
     train_seconds = time.perf_counter() - t_train
     tokens, target_tokens = (int(v) for v in _all_sum([float(tokens), float(target_tokens)], device, world))
+    peaks = _all_sum([_peak_memory_gib(device) if r == rank else 0.0 for r in range(world)], device, world)
+    final_step, final_eval = total, None
+    if s.get("keep_best"):  # the final model is the checkpoint of the lowest validation loss
+        chosen = best_checkpoint(eval_curve, s["save_steps"], total)
+        if chosen is not None:
+            final_step, final_eval = chosen
+        if final_step != total:  # rank 0 reads it (no shared folder assumed); FSDP sends the shards out
+            weights = store.load(final_step)["model"] if rank == 0 else {}
+            if fsdp or rank == 0:  # DDP: rank 0 alone writes the model
+                load_weights(model, weights, fsdp)
+            if rank == 0:
+                log.info("[train] keep_best: the model is step %d's (validation loss %.4f)", final_step, final_eval)
+    to_save = unsharded_model(model, fsdp, rank)
     if rank != 0:
         _barrier(world)
         return None
-    save_model(model, tokenizer, work_dir, s["method"], s["save_dtype"])
-    best = min(eval_curve, key=lambda c: c[1]) if eval_curve else None
+    save_model(to_save, tokenizer, work_dir, s["method"], s["save_dtype"])
+    finite = [c for c in eval_curve if math.isfinite(c[1])]
+    best = min(finite, key=lambda c: c[1]) if finite else None
     report = {
         "steps": total,
         "resumed_from_step": start,
@@ -590,6 +783,11 @@ def train_loop(
         "eval_first": eval_curve[0][1] if eval_curve else None,
         "eval_last": eval_curve[-1][1] if eval_curve else None,
         "eval_best": {"step": best[0], "eval_loss": best[1]} if best else None,
+        "model_step": final_step,
+        "model_eval_loss": final_eval,
+        "strategy": "fsdp" if fsdp else ("ddp" if world > 1 else "single"),
+        "peak_memory_gib_per_worker": [round(v, 3) for v in peaks],
+        "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process max RSS",
         "seconds": round(time.perf_counter() - t_call, 2),
         "device": device_description(device),
         "dtype": str(dtype).replace("torch.", ""),
@@ -609,6 +807,34 @@ def train_loop(
         shutil.rmtree(work_dir, ignore_errors=True)
     _barrier(world)
     return report
+
+
+def _from_rank0(found: tuple[str, dict[str, Any]] | None) -> tuple[str, dict[str, Any]] | None:
+    """Rank 0's checkpoint on every rank, its weights and optimizer state only on rank 0
+    (empty elsewhere: FSDP's ``broadcast_from_rank0`` fills the shards)."""
+    import torch.distributed as dist
+
+    big = ("model", "optimizer")
+    box = [None if found is None else (found[0], {k: v for k, v in found[1].items() if k not in big})]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is None:
+        return None
+    if found is not None:  # rank 0
+        return found
+    name, rest = box[0]
+    return name, {**rest, "model": {}, "optimizer": {}}
+
+
+def _peak_memory_gib(device: Any) -> float:
+    """This process's peak memory so far: CUDA's most allocated on a GPU, the process's max RSS
+    (Python and torch themselves included) on a CPU."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def _barrier(world: int) -> None:

@@ -4,7 +4,8 @@
 ``ray.train.torch.TorchTrainer`` (``ScalingConfig(num_workers, use_gpu,
 resources_per_worker)``). Ray Train starts the workers and sets up
 ``torch.distributed`` between them (gloo on CPUs, NCCL on GPUs); the loop sees an
-initialised process group and wraps the model in ``DistributedDataParallel``.
+initialised process group and wraps the model in ``DistributedDataParallel``, or shards
+it with FSDP2 (``train.strategy: fsdp``).
 
 Storage, no shared filesystem assumed: ``RunConfig(storage_path=train.output, name="ray_train")``,
 on the local disk or object storage (an ``s3://`` output goes through an fsspec filesystem built

@@ -321,19 +321,31 @@ def prepare(cfg: Any) -> dict[str, Any]:
     }
 
 
+def bf16_refusal(dtype: str, use_gpu: bool, on_cluster: bool, hw: Any) -> str | None:
+    """Why ``train.dtype`` cannot run here (None if it can): bfloat16 on a CPU without native
+    bf16 (``avx512_bf16`` or ``amx_bf16`` in ``hw.cpu_flags``: emulated, several times slower
+    than float32). Not judged for GPU workers (the card decides; torch checks it) nor for a
+    remote cluster's CPUs, which are not this machine's."""
+    if dtype != "bfloat16" or use_gpu or on_cluster or hw.cpu_bf16_flag:
+        return None
+    return (
+        f"train.dtype=bfloat16 on a CPU without native bf16 ({hw.cpu_model or 'unknown model'}: no avx512_bf16 "
+        f"or amx_bf16): emulated, several times slower than float32; use train.dtype=auto or float32, or "
+        f"train.use_gpu=true"
+    )
+
+
 def check_device(cfg: Any) -> None:
-    """A dtype the device cannot use, in one line before a worker starts: bfloat16 on a CPU
-    without native bf16 (emulated, several times slower than float32). Checked on this
-    machine, so for the plain loop and a local Ray (a cluster's CPUs are its own)."""
+    """A dtype the device cannot use, in one line before a worker starts (:func:`bf16_refusal`,
+    on this machine's CPU flags): for the plain loop and a local Ray."""
+    from synth_empathy.config import ConfigError
     from synth_empathy.core import hardware
 
     t = cfg.train
-    on_cluster = t.use_ray and (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
-    if t.dtype == "bfloat16" and not t.use_gpu and not on_cluster and not hardware.bf16_native():
-        raise TrainingInputError(
-            "train.dtype=bfloat16 on a CPU without native bf16 (avx512_bf16 or amx_bf16): emulated, several "
-            "times slower than float32; use train.dtype=auto or float32, or train.use_gpu=true"
-        )
+    on_cluster = bool(t.use_ray and (cfg.ray.address or os.environ.get("RAY_ADDRESS")))
+    refusal = bf16_refusal(t.dtype, t.use_gpu, on_cluster, hardware.detect())
+    if refusal:
+        raise ConfigError(refusal)
 
 
 def run_training(cfg: Any) -> dict[str, Any]:

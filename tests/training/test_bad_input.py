@@ -102,9 +102,43 @@ def test_an_output_that_cannot_be_written(chat_jsonl, tmp_path, capsys):
 def test_bf16_on_a_cpu_without_it(chat_jsonl, tmp_path, capsys, monkeypatch):
     from synth_empathy.core import hardware
 
-    monkeypatch.setattr(hardware, "bf16_native", lambda hw=None: False)
+    avx2 = hardware.Hardware(cpu_model="AMD EPYC 7B13", cpu_flags=frozenset({"avx2"}))
+    monkeypatch.setattr(hardware, "detect", lambda with_cuda=False: avx2)
     code, err = _train(capsys, f"train.data=[{chat_jsonl}]", "train.dtype=bfloat16", f"train.output={tmp_path / 'o'}")
-    assert code == 2 and len(err) == 1 and "without native bf16" in err[0]
+    assert code == 2 and len(err) == 1 and "without native bf16 (AMD EPYC 7B13" in err[0]
+
+
+def test_the_bf16_decision_reads_the_cpu_flags_it_is_given():
+    from synth_empathy.core.hardware import Hardware
+    from synth_empathy.training.run import bf16_refusal
+
+    avx2 = Hardware(cpu_model="AMD EPYC 7B13", cpu_flags=frozenset({"avx2", "fma"}))
+    zen4 = Hardware(cpu_model="AMD EPYC 9B14", cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    spr = Hardware(cpu_model="Intel Xeon 8480", cpu_flags=frozenset({"avx512f", "amx_bf16"}))
+    assert "without native bf16" in bf16_refusal("bfloat16", False, False, avx2)
+    assert bf16_refusal("bfloat16", False, False, zen4) is None and bf16_refusal("bfloat16", False, False, spr) is None
+    assert bf16_refusal("bfloat16", True, False, avx2) is None  # GPU workers: the card decides
+    assert bf16_refusal("bfloat16", False, True, avx2) is None  # a remote cluster's CPUs are not these
+    assert bf16_refusal("auto", False, False, avx2) is None and bf16_refusal("float32", False, False, avx2) is None
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (
+            ["train.strategy=fsdp", "train.num_workers=1"],
+            "train.strategy=fsdp shards the model over workers but num_workers=1",
+        ),
+        (["train.strategy=fsdp", "train.num_workers=2", "train.use_ray=false"], "but use_ray=false (one process)"),
+        (["train.strategy=fsdp", "train.num_workers=2", "train.method=lora"], "train.strategy=fsdp is for method=full"),
+        (["train.strategy=zero3"], "train.strategy must be ddp or fsdp"),
+    ],
+)
+def test_a_strategy_the_run_cannot_use(overrides, words, chat_jsonl, tmp_path, capsys):
+    # before any worker starts: use_ray is on where asked, yet nothing of Ray is reached
+    code = main(["train", f"train.data=[{chat_jsonl}]", *overrides, f"train.output={tmp_path / 'o'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and words in err[0]
 
 
 @pytest.mark.parametrize(
