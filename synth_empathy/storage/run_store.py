@@ -226,8 +226,13 @@ class RunStore:
         # writes waited behind the reads and the engines on a small node, and a fast engine's
         # answers piled up unwritten: half of them lost at a kill (benchmarks/README.md,
         # "A million seeds through every stage").
+        # Nor did Ray Data hold the engines back: it pushes back by object-store bytes, and
+        # 266,000 short answers (~130 MB) were far under the budget. At most a few finished
+        # blocks (parts) now wait between two operators (synth_empathy.storage.backpressure).
+        from synth_empathy.storage.backpressure import bound_queued_blocks
+
         light = {"num_cpus": WRITE_CPUS}
-        ds.map_batches(conform, fn_args=(schema,), batch_format="pyarrow", **light).write_parquet(
+        bound_queued_blocks(ds.map_batches(conform, fn_args=(schema,), batch_format="pyarrow", **light)).write_parquet(
             folder, filesystem=self.arrow_fs, ray_remote_args=light
         )
 
