@@ -382,9 +382,14 @@ def main(argv: list[str]) -> int:
     out = Path(a.out or tempfile.mkdtemp(prefix="million-"))
     out.mkdir(parents=True, exist_ok=True)
     seeds = out / f"seeds-{a.seeds}.jsonl"
+    # The default --ed is beside the main checkout; from a worktree elsewhere it is missing
+    # and the packaged seeds (shorter texts) stand in: say which, the figures differ.
+    ed = a.ed if Path(a.ed).exists() else None
+    source = f"EmpatheticDialogues pairs from {ed}" if ed else f"the packaged seeds (no file at {a.ed})"
+    print(f"seeds: {source}", flush=True)
     if not seeds.exists():
         t = time.time()
-        write_seeds(a.seeds, seeds, a.ed if Path(a.ed).exists() else None)
+        write_seeds(a.seeds, seeds, ed)
         print(f"wrote {a.seeds:,} seeds in {time.time() - t:.0f} s: {seeds}", flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
@@ -405,6 +410,7 @@ def main(argv: list[str]) -> int:
     base += [f"output={output}", *a.overrides]
     common = {"machine": cpu_name(), "where": a.where, "seeds": a.seeds, "samples_per_seed": a.samples}
     common["preset"], common["overrides"], common["pace"] = a.preset, a.overrides, a.pace
+    common["seed_source"] = "ed" if ed else "packaged"
     result: dict = {**common, "note": "stand-in engines and embedder: a benchmark instrument, not model output"}
     try:
         # 1. The whole run, watched.

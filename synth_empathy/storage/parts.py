@@ -8,8 +8,9 @@ a million-seed ``paper`` run (5 samples each) writes about 78,000 objects per st
 ``storage.part_rows=auto`` sizes parts by the stage instead of by a fixed count: about
 ``storage.parts_per_stage`` parts (1,000 by default), never fewer rows than one engine
 batch, never more estimated bytes than ``storage.part_bytes``. The work a crash can lose is
-then a share of the stage rather than a number of rows: the parts in flight (about one per
-engine replica, plus those Ray Data buffers) out of ``parts_per_stage``, well under 1 % of
+then a share of the stage rather than a number of rows: the parts in flight (at most two
+per engine replica, two waiting and those being written: :mod:`synth_empathy.storage.backpressure`)
+out of ``parts_per_stage``, well under 1 % of
 a stage for the GPU presets' replica counts, while a 5M-row stage writes about a thousand
 objects and its resume reads a thousand footers. benchmarks/README.md ("A million seeds")
 has the measured cost per part.

@@ -39,6 +39,12 @@ from synth_empathy.schemas import conform
 
 S3_PROTOCOLS = ("s3", "s3a")
 WRITE_CPUS = 0.25  # CPUs a task that writes a stage's part asks Ray for
+# Rows per Parquet row group of a part Ray Data writes. Left to Ray, each block a task hands
+# the writer is its own row group: the quality stage's batches of 32 rows made parts of
+# thousands of 32-row groups, whose footers (~17 KB parsed per group) the driver read back
+# whole in verify and selection - 450 MiB at 200k rows, growing with N. A group of 8,192
+# rows of 384-dim embeddings is ~12 MiB decoded, what a selection scan batch holds anyway.
+ROW_GROUP_ROWS = 8192
 
 
 def storage_options(url: str, storage: Any) -> dict[str, Any]:
@@ -226,9 +232,14 @@ class RunStore:
         # writes waited behind the reads and the engines on a small node, and a fast engine's
         # answers piled up unwritten: half of them lost at a kill (benchmarks/README.md,
         # "A million seeds through every stage").
+        # Nor did Ray Data hold the engines back: it pushes back by object-store bytes, and
+        # 266,000 short answers (~130 MB) were far under the budget. At most a few finished
+        # blocks (parts) now wait between two operators (synth_empathy.storage.backpressure).
+        from synth_empathy.storage.backpressure import bound_queued_blocks
+
         light = {"num_cpus": WRITE_CPUS}
-        ds.map_batches(conform, fn_args=(schema,), batch_format="pyarrow", **light).write_parquet(
-            folder, filesystem=self.arrow_fs, ray_remote_args=light
+        bound_queued_blocks(ds.map_batches(conform, fn_args=(schema,), batch_format="pyarrow", **light)).write_parquet(
+            folder, filesystem=self.arrow_fs, ray_remote_args=light, row_group_size=ROW_GROUP_ROWS
         )
 
     def write_table(self, stage: str, table: pa.Table, schema: pa.Schema) -> None:

@@ -129,6 +129,29 @@ def test_exclude_ids_filters_an_arrow_batch():
         ray.shutdown()
 
 
+def test_parts_written_through_ray_have_row_groups_of_many_blocks(tmp_path):
+    """A task hands the writer many small blocks (the quality stage's batches of 32 rows):
+    they go into row groups of up to ROW_GROUP_ROWS rows, not one group each, whose
+    footers the driver would read back by the thousand (verify, selection)."""
+    import ray
+
+    from synth_empathy.storage.run_store import ROW_GROUP_ROWS
+
+    ray.init(num_cpus=1, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        store = RunStore(str(tmp_path), "r")
+        rows = ROW_GROUP_ROWS + 1000
+        ds = ray.data.from_items([{"sample_id": f"s{i:05d}"} for i in range(rows)], override_num_blocks=1)
+        ds = ds.map_batches(lambda b: b, batch_size=32, batch_format="pyarrow")  # a block per 32 rows
+        store.write_dataset("stage", ds, pa.schema([("sample_id", pa.string())]))
+    finally:
+        ray.shutdown()
+    metas = [pq.ParquetFile(p).metadata for p in store.parts("stage")]
+    assert sum(m.num_rows for m in metas) == rows
+    for m in metas:
+        assert m.num_row_groups == -(-m.num_rows // ROW_GROUP_ROWS), [m.row_group(i).num_rows for i in range(3)]
+
+
 # ------------------------------------------------------------------ S3 preflight errors
 
 
