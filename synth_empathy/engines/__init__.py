@@ -19,5 +19,8 @@ and ``._engine_client``, ``push_telemetry_report_for_all_models``,
 path; vLLM's ``OMPProcessManager.configure_omp_envs``, ``AsyncLLM.output_processor``,
 ``OutputProcessor.request_states``, ``IncrementalDetokenizer.num_output_tokens`` and the
 CPU sampler's ``apply_top_k_top_p``. No module outside this package imports
-``ray.llm._internal`` or vLLM.
+``ray.llm._internal`` or vLLM. The few private Ray names used elsewhere (Ray core's for
+quiet logs and the autoscaler's node types, Ray Data's backpressure interface, Ray
+Train's placement-group callback) are listed there too: a test fails on any private
+import of the package that the list lacks.
 """

@@ -1,6 +1,6 @@
-"""Every private name of Ray Serve LLM and vLLM that :mod:`synth_empathy.engines` uses
-(and the few of Ray core that :mod:`synth_empathy.logs` uses, and of Ray Train that
-:mod:`synth_empathy.training.ray_train` uses).
+"""Every private name of Ray and vLLM that the package uses: Ray Serve LLM's and vLLM's in
+:mod:`synth_empathy.engines`, and the few of Ray core (quiet logs, the autoscaler's node
+types), Ray Data (the parts' backpressure) and Ray Train elsewhere.
 
 Private names move between releases without notice. Each one used here is listed with
 the module that uses it and why, and :func:`missing` says whether the installed Ray and
@@ -127,6 +127,64 @@ SURFACES: tuple[Surface, ...] = (
         "its logger's name and its warning, let through once instead of once a second",
         source_has="Failed to query Ray Train Controller actor state",
         as_written="placement_group_cleaner",
+    ),
+    # Ray core's and the autoscaler's, for the GPU check against what the cluster can scale to
+    Surface(
+        "ray._private.state:state.get_cluster_config",
+        "cluster.submit",
+        "the autoscaler's node types where a platform publishes Ray's cluster config to the GCS",
+    ),
+    Surface(
+        "ray._private.ray_constants:DEBUG_AUTOSCALING_STATUS",
+        "cluster.submit",
+        "the GCS key of the autoscaler's status, which holds its monitor's pid",
+    ),
+    Surface(
+        "ray.experimental.internal_kv:_internal_kv_get",
+        "cluster.submit",
+        "reads that status from the GCS",
+    ),
+    Surface(
+        "ray.experimental.internal_kv:_internal_kv_initialized",
+        "cluster.submit",
+        "whether this process is connected to a GCS to read it from",
+    ),
+    Surface(
+        "ray.autoscaler._private.kuberay.autoscaling_config:AutoscalingConfigProducer",
+        "cluster.submit",
+        "a RayCluster turned into node types as KubeRay's autoscaler sidecar does",
+    ),
+    # Ray Data's, for a bound on the answers that wait unwritten
+    Surface(
+        "ray.data._internal.execution.backpressure_policy:BackpressurePolicy",
+        "storage.backpressure",
+        "QueuedBlocksPolicy's base class; its topology (self._topology) gives each operator's queues",
+        source_has="self._topology",
+    ),
+    Surface(
+        "ray.data._internal.execution.backpressure_policy:ENABLED_BACKPRESSURE_POLICIES",
+        "storage.backpressure",
+        "Ray Data's own policies, kept beside the added one",
+    ),
+    Surface(
+        "ray.data._internal.execution.backpressure_policy:ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY",
+        "storage.backpressure",
+        "the dataset context's key that lists the policies",
+    ),
+    Surface(
+        "ray.data._internal.execution.operators.map_operator:MapOperator",
+        "storage.backpressure",
+        "only a map operator feeding map operators is held",
+    ),
+    Surface(
+        "ray.data._internal.execution.interfaces.physical_operator:PhysicalOperator.output_dependencies",
+        "storage.backpressure",
+        "the operators after the one asked about",
+    ),
+    Surface(
+        "ray.data._internal.execution.streaming_executor_state:OpState.total_enqueued_output_blocks",
+        "storage.backpressure",
+        "the finished blocks waiting for the next operator: the count the policy bounds",
     ),
     # Ray Train's, for a training run that survives a slow state API
     Surface(

@@ -1,5 +1,5 @@
-"""The private Ray Serve LLM and vLLM names the engines use: all still there, all listed,
-and used nowhere but in synth_empathy/engines."""
+"""The private Ray and vLLM names the package uses: all still there, all listed, and Ray
+Serve LLM's and vLLM's used nowhere but in synth_empathy/engines."""
 
 from __future__ import annotations
 
@@ -49,3 +49,25 @@ def test_no_module_outside_the_engines_package_imports_ray_llm_internals_or_vllm
         if p.relative_to(PACKAGE).parts[0] != "engines"
     }
     assert {k: v for k, v in outside.items() if v} == {}
+
+
+def _private_imports(path: Path) -> set[str]:
+    """``module.name`` of every import in ``path`` that names a private module or name."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return {n for n in names if n.startswith(("ray.", "vllm.")) and any(p.startswith("_") for p in n.split("."))}
+
+
+def test_every_private_import_of_the_package_is_a_listed_surface():
+    listed = [s.target.replace(":", ".") for s in SURFACES]
+    unlisted = {
+        str(p.relative_to(PACKAGE)): sorted(
+            n for n in _private_imports(p) if not any(t == n or t.startswith(n + ".") for t in listed)
+        )
+        for p in PACKAGE.rglob("*.py")
+    }
+    assert {k: v for k, v in unlisted.items() if v} == {}
