@@ -99,6 +99,18 @@ def test_an_output_that_cannot_be_written(chat_jsonl, tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "is not writable" in err[0]
 
 
+def test_an_unreachable_output_store(chat_jsonl, capsys):
+    """An S3 endpoint where nothing listens (a closed loopback port): one line naming the
+    output and the cause once boto's retries give up (~20 s here), before any model loads."""
+    from helpers import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    code, err = _train(capsys, f"train.data=[{chat_jsonl}]", "train.output=s3://bucket/out",
+                       f"storage.endpoint_url={endpoint}", "storage.key=k", "storage.secret=s")  # fmt: skip
+    assert code == 2 and len(err) == 1, err
+    assert "train.output s3://bucket/out" in err[0] and "Could not connect" in err[0] and endpoint in err[0]
+
+
 def test_bf16_on_a_cpu_without_it(chat_jsonl, tmp_path, capsys, monkeypatch):
     from synth_empathy.core import hardware
 
