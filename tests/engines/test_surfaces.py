@@ -33,12 +33,14 @@ def test_every_listed_surface_is_used_where_the_list_says(surface):
 
 
 def _imports(path: Path) -> set[str]:
+    """What ``path`` imports: each ``import a.b`` as ``a.b``, each ``from a.b import c`` as
+    ``a.b.c`` (relative imports left out)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
     return names
 
 
@@ -51,22 +53,15 @@ def test_no_module_outside_the_engines_package_imports_ray_llm_internals_or_vllm
     assert {k: v for k, v in outside.items() if v} == {}
 
 
-def _private_imports(path: Path) -> set[str]:
-    """``module.name`` of every import in ``path`` that names a private module or name."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.update(f"{node.module}.{a.name}" for a in node.names)
-    return {n for n in names if n.startswith(("ray.", "vllm.")) and any(p.startswith("_") for p in n.split("."))}
+def _private(name: str) -> bool:
+    return name.startswith(("ray.", "vllm.")) and any(part.startswith("_") for part in name.split("."))
 
 
 def test_every_private_import_of_the_package_is_a_listed_surface():
     listed = [s.target.replace(":", ".") for s in SURFACES]
     unlisted = {
         str(p.relative_to(PACKAGE)): sorted(
-            n for n in _private_imports(p) if not any(t == n or t.startswith(n + ".") for t in listed)
+            n for n in _imports(p) if _private(n) and not any(t == n or t.startswith(n + ".") for t in listed)
         )
         for p in PACKAGE.rglob("*.py")
     }
