@@ -107,11 +107,12 @@ def llm_plain(args) -> dict[str, Any]:
     start_s = time.perf_counter() - t0
     runs = []
     for _ in range(args.plain_repeats):
-        t = time.perf_counter()
+        t, epoch = time.perf_counter(), time.time()
         outs = llm.chat(prompts, sp, use_tqdm=False, add_generation_prompt=False, continue_final_message=True)
         runs.append(
             {
                 "seconds": time.perf_counter() - t,
+                "window": [epoch, time.time()],
                 "generated_tokens": sum(len(o.outputs[0].token_ids) for o in outs),
                 "prompt_tokens": sum(len(o.prompt_token_ids) for o in outs),
             }
@@ -162,6 +163,7 @@ def llm_pipeline(args) -> dict[str, Any]:
     return {
         "wall_s": wall,
         "engine_window_s": t_end - t_start,
+        "window": [t_start, t_end],
         "rows": len(table),
         "errors": errors,
         "generated_tokens": int(table["num_generated_tokens"].sum()),
@@ -192,14 +194,16 @@ def llm_shared(args) -> dict[str, Any]:
         served = engines.for_stage("generation", g.engine, path)
         assert served is not None, "the default preset's generation did not share an engine"
         start_s = time.perf_counter() - t_start
-        t0 = time.perf_counter()
+        t0, epoch = time.perf_counter(), time.time()
         table = stage(ray.data.from_items(rows), model_path=path, served=served).to_pandas()
         window = time.perf_counter() - t0
+        epochs = [epoch, time.time()]
     ray.shutdown()
     return {
         "wall_s": time.perf_counter() - t_start,
         "engine_start_s": start_s,
         "engine_window_s": window,
+        "window": epochs,
         "rows": len(table),
         "errors": int(table["error"].notna().sum()),
         "generated_tokens": int(table["num_generated_tokens"].sum()),
@@ -332,6 +336,23 @@ CHILDREN = {
 ENGINE_CORE = "VLLM::"
 
 
+def window_cpu(procs, start: float, end: float) -> dict[str, float]:
+    """CPU seconds the engine and the rest used inside ``[start, end]`` (epoch seconds: the
+    engine's busy window), from each process's samples nearest the two ends - the CPU
+    that competed with the engine, without the start-ups before it."""
+
+    def at(series, t):
+        before = [c for ts, c in series if ts <= t]
+        return before[-1] if before else 0.0
+
+    out = {"engine_cpu_s": 0.0, "other_cpu_s": 0.0}
+    for p in procs:
+        series = p.get("series") or []
+        used = at(series, end) - at(series, start)
+        out["engine_cpu_s" if p["name"].startswith(ENGINE_CORE) else "other_cpu_s"] += used
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 def cpu_split(result: dict[str, Any]) -> dict[str, float]:
     """CPU seconds of one measurement's processes: vLLM's engine and the rest."""
     procs = result.get("processes") or []
@@ -363,6 +384,7 @@ class Watch(threading.Thread):
                         rec["affinity"] = p.cpu_affinity()
                         t = p.cpu_times()
                         rec["cpu_s"] = round(t.user + t.system, 1)
+                        rec.setdefault("series", []).append((round(time.time(), 2), rec["cpu_s"]))
                         if "omp" not in rec:
                             env = p.environ()
                             rec["omp"] = env.get("OMP_NUM_THREADS")
@@ -385,6 +407,11 @@ def run_child(part: str, args) -> dict[str, Any]:
     with open(out) as f:
         result = json.load(f)
     os.remove(out)
+    window = result.get("window") or (result.get("runs") or [{}])[0].get("window")  # plain: the fresh engine's call
+    if window:
+        result["window_cpu_s"] = window_cpu(watch.procs.values(), *window)
+    for p in watch.procs.values():
+        p.pop("series", None)
     busy = sorted((p for p in watch.procs.values() if p.get("cpu_s", 0) >= 0.5), key=lambda p: -p["cpu_s"])
     result.update(
         part=part,
@@ -452,9 +479,18 @@ def summarise(results: list[dict[str, Any]], args) -> dict[str, Any]:
             shared_measurements=len(by["llm-shared"]),
         )
     if s.get("generation"):
-        # Where each path's CPU went (medians over its measurements, start-up included).
+        # Where each path's CPU went (medians over its measurements): in all, start-ups
+        # included, and inside the engine's busy window (what competed with the engine).
         s["generation"]["cpu_s"] = {
             part: {k: med([cpu_split(r)[k] for r in by[part]]) for k in ("engine_cpu_s", "other_cpu_s")}
+            for part in ("llm-plain", "llm-pipeline", "llm-shared")
+            if by[part]
+        }
+        s["generation"]["cpu_s_in_window"] = {
+            part: {
+                k: med([r["window_cpu_s"][k] for r in by[part] if "window_cpu_s" in r])
+                for k in ("engine_cpu_s", "other_cpu_s")
+            }
             for part in ("llm-plain", "llm-pipeline", "llm-shared")
             if by[part]
         }
