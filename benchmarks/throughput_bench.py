@@ -336,28 +336,25 @@ CHILDREN = {
 ENGINE_CORE = "VLLM::"
 
 
+def engine_split(procs, used) -> dict[str, float]:
+    """CPU seconds of a measurement's processes, vLLM's engine and the rest: ``used(p)`` gives
+    what process ``p`` counts."""
+    out = {"engine_cpu_s": 0.0, "other_cpu_s": 0.0}
+    for p in procs:
+        out["engine_cpu_s" if p["name"].startswith(ENGINE_CORE) else "other_cpu_s"] += used(p)
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 def window_cpu(procs, start: float, end: float) -> dict[str, float]:
-    """CPU seconds the engine and the rest used inside ``[start, end]`` (epoch seconds: the
-    engine's busy window), from each process's samples nearest the two ends - the CPU
-    that competed with the engine, without the start-ups before it."""
+    """:func:`engine_split` inside ``[start, end]`` (epoch seconds: the engine's busy window),
+    from each process's samples nearest the two ends - the CPU that competed with the
+    engine, without the start-ups before it."""
 
     def at(series, t):
         before = [c for ts, c in series if ts <= t]
         return before[-1] if before else 0.0
 
-    out = {"engine_cpu_s": 0.0, "other_cpu_s": 0.0}
-    for p in procs:
-        series = p.get("series") or []
-        used = at(series, end) - at(series, start)
-        out["engine_cpu_s" if p["name"].startswith(ENGINE_CORE) else "other_cpu_s"] += used
-    return {k: round(v, 1) for k, v in out.items()}
-
-
-def cpu_split(result: dict[str, Any]) -> dict[str, float]:
-    """CPU seconds of one measurement's processes: vLLM's engine and the rest."""
-    procs = result.get("processes") or []
-    engine = sum(p["cpu_s"] for p in procs if p["name"].startswith(ENGINE_CORE))
-    return {"engine_cpu_s": round(engine, 1), "other_cpu_s": round(sum(p["cpu_s"] for p in procs) - engine, 1)}
+    return engine_split(procs, lambda p: at(p.get("series") or [], end) - at(p.get("series") or [], start))
 
 
 class Watch(threading.Thread):
@@ -410,6 +407,7 @@ def run_child(part: str, args) -> dict[str, Any]:
     window = result.get("window") or (result.get("runs") or [{}])[0].get("window")  # plain: the fresh engine's call
     if window:
         result["window_cpu_s"] = window_cpu(watch.procs.values(), *window)
+    result["all_cpu_s"] = engine_split(watch.procs.values(), lambda p: p.get("cpu_s", 0.0))  # every process
     for p in watch.procs.values():
         p.pop("series", None)
     busy = sorted((p for p in watch.procs.values() if p.get("cpu_s", 0) >= 0.5), key=lambda p: -p["cpu_s"])
@@ -479,10 +477,13 @@ def summarise(results: list[dict[str, Any]], args) -> dict[str, Any]:
             shared_measurements=len(by["llm-shared"]),
         )
     if s.get("generation"):
-        # Where each path's CPU went (medians over its measurements): in all, start-ups
-        # included, and inside the engine's busy window (what competed with the engine).
+        # Where each path's CPU went (medians over its measurements), every process of it: in
+        # all, start-ups included, and inside the engine's busy window (what competed with it).
         s["generation"]["cpu_s"] = {
-            part: {k: med([cpu_split(r)[k] for r in by[part]]) for k in ("engine_cpu_s", "other_cpu_s")}
+            part: {
+                k: med([r["all_cpu_s"][k] for r in by[part] if "all_cpu_s" in r])
+                for k in ("engine_cpu_s", "other_cpu_s")
+            }
             for part in ("llm-plain", "llm-pipeline", "llm-shared")
             if by[part]
         }
