@@ -256,6 +256,39 @@ def test_int8_scores_within_the_error_bound():
     assert (j != true.argmin(axis=1)).mean() < 0.2  # mostly the same center as float64
 
 
+def test_bf16_products_run_on_few_shapes():
+    """Every block size the lazy greedy makes (1..4096 rows, 1..2048 centers) maps to a
+    padded size at or above it and at most twice it, and to few sizes in all: oneDNN keeps a
+    compiled kernel per product shape (~1.4 GB for the ~5,500 shapes of a 1M-row run)."""
+    rows = {products._bucket(n, 1, step=256) for n in range(1, 4097)}
+    cols = {products._bucket(n, products._BF16_CENTERS_MIN) for n in range(1, 2049)}
+    assert len(rows) <= 24 and len(cols) <= 5
+    for n in range(1, 4097):
+        assert n <= products._bucket(n, 1, step=256) <= max(2 * n, 1)
+    for n in range(1, 2049):
+        assert n <= products._bucket(n, products._BF16_CENTERS_MIN) <= max(2 * n, products._BF16_CENTERS_MIN)
+
+
+def test_bf16_padded_blocks_rank_like_the_exact_block():
+    """A block padded past the chosen centers (their slots rank last) and rows padded with
+    copies give, for the real rows, the nearest center of the real block (float64 check, up
+    to bf16's ranking error)."""
+    torch = pytest.importorskip("torch")
+    x = varied_norms(500, 32, seed=3)
+    xn = np.einsum("ij,ij->i", x, x)
+    b = products._BF16(x, xn, 400)
+    centers = np.arange(300, 400)  # 100 centers: the block is read 256 wide
+    b.add(0, 100, centers)
+    g = np.arange(3)  # 3 rows: padded to 4
+    xr = b.rows(g)
+    assert xr.shape[0] == 4 and xr.dtype == torch.bfloat16
+    v, j = b.min_arg(xr, 0, 100)
+    assert (j < 100).all() and np.isfinite(v).all()
+    true = (x[centers].astype(np.float64) ** 2).sum(1)[None, :] - 2.0 * x[g].astype(np.float64) @ x[centers].T
+    E = 0.04 * xn.max()  # the documented bf16 bound
+    assert (true[np.arange(3), j[:3]] <= true.min(axis=1) + 2 * E).all()
+
+
 def test_int8_ranking_picks_farthest_up_to_2E(monkeypatch):
     """The int8 ``fast`` path, forced on whatever CPU this is and on every refresh: each
     pick is the farthest row up to 2E (squared distance), the radius is exact for the

@@ -98,6 +98,7 @@ class _Lazy:
         for c in range(a, upto, _CENTERS):
             e = min(upto, c + _CENTERS)
             v, j = self.approx.min_arg(xr, c, e)
+            v, j = v[: len(g)], j[: len(g)]  # a padded block's extra rows
             take = v < bv
             bv[take] = v[take]
             bi[take] = j[take] + c

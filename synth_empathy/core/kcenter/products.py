@@ -95,10 +95,32 @@ class _Torch:
         return (g.amin(dim=1) + an).clamp_(min=0.0)
 
 
+def _bucket(n: int, least: int, step: int = 512) -> int:
+    """The block size ``n`` is padded to: a power of two up to ``step`` (at least
+    ``least``), a multiple of ``step`` above it (at most step - 1 padded rows there)."""
+    if n > step:
+        return -(-int(n) // step) * step
+    return max(least, 1 << (int(n) - 1).bit_length())
+
+
+# oneDNN compiles and caches a kernel for every distinct product shape, and the lazy
+# greedy's ragged blocks (the rows that share a prefix of centers, from 1 to 4,096 of them;
+# the centers since that prefix) made ~5,500 shapes at 1M rows: ~1.4 GB of compiled kernels
+# in its primitive cache, kept after the selection (memray; benchmarks/README.md, "k-center
+# selection: the driver's memory"). Blocks are padded to a few sizes instead (_bucket): rows
+# to a power of two up to 256 then a multiple of 256 (most blocks have a few rows, so
+# padding them to more would cost time), centers to 256, 512 or a multiple of 512.
+_BF16_CENTERS_MIN = 256
+
+
 class _BF16:
     """bfloat16 products through torch on a CPU with native bf16 (AVX512-BF16 or AMX),
     faster than the float32 BLAS products (benchmarks/README.md, "k-center selection"). Used only to find each
-    row's nearest new center; the distance kept is recomputed in float32."""
+    row's nearest new center; the distance kept is recomputed in float32.
+
+    Products run on a few fixed shapes (:func:`_bucket`): rows padded by repeating the
+    first, centers read past ``e`` where the unfilled slots rank last (``|b|^2 = +inf``,
+    ``b = 0``; centers are added in order, so the slots past the chosen ones are unfilled)."""
 
     name = "bf16"
 
@@ -111,21 +133,32 @@ class _BF16:
             self.ax = t.from_numpy(np.ascontiguousarray(xs)).to(t.bfloat16)
         self.ax_bits = self.ax.view(t.int16).numpy()  # same memory, for numpy gathers
         self.xn = xn
-        self.ac2 = t.empty((cap, xs.shape[1]), dtype=t.bfloat16)
-        self.acn = t.empty(cap, dtype=t.bfloat16)
+        self.nc = 0  # centers added so far
+        slack = _bucket(2048, _BF16_CENTERS_MIN)  # a bucketed block never reads past the end
+        self.ac2 = t.zeros((cap + slack, xs.shape[1]), dtype=t.bfloat16)
+        self.acn = t.full((cap + slack,), float("inf"), dtype=t.bfloat16)
 
     def add(self, a: int, b: int, pos: np.ndarray):
         tp = self.t.from_numpy(pos)
         self.ac2[a:b] = -2.0 * self.ax[tp]  # exact in bf16: a power of two
         self.acn[a:b] = self.t.from_numpy(self.xn[pos])
+        self.nc = max(self.nc, b)
 
     def rows(self, g: np.ndarray):
+        """The rows ``g`` in bf16, padded to a bucket with copies of the first (their
+        results are past ``len(g)``: callers keep the first ``len(g)``)."""
+        m = _bucket(len(g), 1, step=256)
+        if m > len(g):
+            g = np.concatenate([g, np.full(m - len(g), g[0], dtype=g.dtype)])
         return self.t.from_numpy(self.ax_bits[g]).view(self.t.bfloat16)
 
     def min_arg(self, xr, c: int, e: int):
         """Per row: (smallest |b|^2 - 2ab over centers c:e, its column), |a|^2 left out;
-        all bf16, the |b|^2 added inside the product so the big matrix is written once."""
-        v, j = self.t.addmm(self.acn[c:e][None, :], xr, self.ac2[c:e].T).min(dim=1)
+        all bf16, the |b|^2 added inside the product so the big matrix is written once.
+        The block is widened to its bucket only where that reaches unfilled slots alone."""
+        w = _bucket(e - c, _BF16_CENTERS_MIN)
+        f = c + w if e >= self.nc else e  # e < nc: real centers lie past e, stay exact
+        v, j = self.t.addmm(self.acn[c:f][None, :], xr, self.ac2[c:f].T)[:, : e - c].min(dim=1)
         return v.float().numpy(), j.numpy()
 
     def error_bound(self) -> float | None:
