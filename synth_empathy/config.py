@@ -61,7 +61,11 @@ class EngineConfig:
         "which Ray never detects: only nodes that declare them as a resource have them (cluster/ does)",
     )
     batch_size: int = opt(16, "rows per batch sent to an engine")
-    helper_cpus: float = opt(0.25, "CPUs per chat-template / tokenizer / detokenizer actor around the engine")
+    helper_cpus: float = opt(
+        0.25,
+        "CPUs per helper around the engine: the chat-template / tokenizer / detokenizer actors and "
+        "the maps that build requests and read answers (at most two of those at once per replica)",
+    )
     max_model_len: int = opt(2048, "context length the engine reserves per sequence")
     dtype: str = opt(
         "auto",

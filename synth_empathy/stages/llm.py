@@ -96,6 +96,7 @@ class LLMStage:
             model_source=model_path or resolve_model(e.model),
             engine_kwargs=engine_kwargs(e),
             batch_size=e.batch_size,
+            max_concurrent_batches=batches_in_flight(e),
             concurrency=e.replicas,
             accelerator_type=e.accelerator_type if e.gpus_per_replica else None,
             placement_group_config=placement(e),
@@ -130,20 +131,26 @@ class LLMStage:
             from synth_empathy.stages.standin_engine import standin_processor
 
             return standin_processor(self, ds)  # it fails no request: no error rows to finish
-        from ray.data.llm import build_processor
-
         if served is not None:
             out, finish = self.served_processor(served)(ds), self.served_postprocess
         else:
-            processor = build_processor(
-                self.processor_config(model_path), preprocess=self.preprocess, postprocess=self.postprocess
-            )
-            out, finish = processor(ds), self.postprocess
+            out, finish = self.vllm_processor(model_path)(ds), self.postprocess
         # ray.data.llm hands a failed row (a prompt over max_model_len, a request that
         # timed out) past postprocess, in the shape the engine got it: its columns and
         # its error would be lost. It gets them here, as postprocess would have given them.
-        return out.map(
-            lambda row: finish(row) if row.get("__inference_error__") else row, num_cpus=self.engine.helper_cpus
+        return out.map(lambda row: finish(row) if row.get("__inference_error__") else row, **light_tasks(self.engine))
+
+    def vllm_processor(self, model_path: str | None = None):
+        """The stage's own ``ray.data.llm`` processor: requests built, sent to the engine
+        pool, answers read (:meth:`processor_config`)."""
+        from ray.data.llm import build_processor
+
+        return build_processor(
+            self.processor_config(model_path),
+            preprocess=self.preprocess,
+            postprocess=self.postprocess,
+            preprocess_map_kwargs=light_tasks(self.engine),
+            postprocess_map_kwargs=light_tasks(self.engine),
         )
 
     # -- the same stage against a shared engine (a Ray Serve deployment) ------------------
@@ -161,13 +168,12 @@ class LLMStage:
             batch_size=e.batch_size,
             should_continue_on_error=True,
         )
-        light = dict(num_cpus=e.helper_cpus)
         processor = build_processor(
             config,
             preprocess=lambda row: self.served_request(row, served.model_id),
             postprocess=self.served_postprocess,
-            preprocess_map_kwargs=light,
-            postprocess_map_kwargs=light,
+            preprocess_map_kwargs=light_tasks(e),
+            postprocess_map_kwargs=light_tasks(e),
         )
         for stage in processor.stages.values():
             stage.map_batches_kwargs.update(served_sender_kwargs(e))
@@ -227,23 +233,34 @@ def short_error(error: str, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def light_tasks(engine: Any) -> dict[str, Any]:
+    """Ray Data arguments of the row-by-row maps around an engine (building requests,
+    reading answers): ``helper_cpus`` each, and at most two tasks per replica at once.
+    Without the cap, fractional CPUs let Ray Data run a dozen such tasks together, each in
+    a worker process of its own that Ray starts for it (~1.5 CPU-seconds each) - on a
+    2-core machine the CPU the engine loses (benchmarks/README.md, "At 1,024 rows, both
+    engine modes"). Two per replica keep up with any engine: a row costs microseconds here."""
+    return {"num_cpus": engine.helper_cpus, "concurrency": 2 * engine.replicas}
+
+
 def served_sender_kwargs(engine: Any) -> dict[str, Any]:
     """Ray Data arguments of the actors that send a stage's rows to a shared engine.
 
     A sender awaits its batch's slowest answer before it yields the batch; one batch at
     a time per sender sent the default run's generations as two waves, the engine half
-    idle during the second. Several batches in flight per
-    sender (as the vLLM processor keeps ``max_concurrent_batches`` of them) put every row
+    idle during the second. Several batches in flight per sender (as the vLLM processor
+    keeps ``max_concurrent_batches`` of them, :func:`batches_in_flight`) put every row
     of a small stage into vLLM's scheduler at once, which batches them itself.
     """
     from ray.data import ActorPoolStrategy
 
+    n = batches_in_flight(engine)
     return {
         # The senders only await responses; at Ray Data's default of one CPU each they
         # would hold as many CPUs as the engine and starve a small machine's readers.
         "num_cpus": engine.helper_cpus,
-        "max_concurrency": SERVED_BATCHES_IN_FLIGHT,
-        "compute": ActorPoolStrategy(size=engine.replicas, max_tasks_in_flight_per_actor=SERVED_BATCHES_IN_FLIGHT),
+        "max_concurrency": n,
+        "compute": ActorPoolStrategy(size=engine.replicas, max_tasks_in_flight_per_actor=n),
     }
 
 
@@ -251,9 +268,21 @@ def served_sender_kwargs(engine: Any) -> dict[str, Any]:
 # (synth_empathy.engines.server.EngineServer.chat_dict).
 SERVED_METHOD = "chat_dict"
 
-# Batches each sender keeps in flight: with the default batch of 16, 128 rows per
-# replica, as many as vLLM's CPU server schedules at once (max_num_seqs 128).
-SERVED_BATCHES_IN_FLIGHT = 8
+# vLLM's own limit on the sequences an engine runs at once when max_num_seqs is unset and
+# the engine is not its offline ``LLM`` class (vllm SchedulerConfig.DEFAULT_MAX_NUM_SEQS):
+# what the processor's and the Serve deployment's engines get.
+VLLM_ENGINE_MAX_NUM_SEQS = 128
+# Ray Data LLM's default of batches in flight at an engine (max_concurrent_batches).
+RAY_BATCHES_IN_FLIGHT = 8
+
+
+def batches_in_flight(engine: Any) -> int:
+    """Batches kept at each engine replica at once: enough rows to fill every sequence slot
+    of its scheduler (``max_num_seqs``), at least Ray Data LLM's 8. With fewer the engine
+    decodes smaller batches than it can: a stage at 16-row batches kept 128 rows in flight,
+    so an engine told ``max_num_seqs=256`` ran half full."""
+    seqs = engine.max_num_seqs or VLLM_ENGINE_MAX_NUM_SEQS
+    return max(RAY_BATCHES_IN_FLIGHT, -(-seqs // engine.batch_size))
 
 
 def _serve_usable() -> bool:

@@ -77,16 +77,17 @@ def standin_processor(stage: Any, ds):
     :class:`StandinEngine` in place of its vLLM engine (see the module docstring)."""
     from ray.data import ActorPoolStrategy
 
+    from synth_empathy.stages.llm import light_tasks
+
     e = stage.engine
     log.info("[%s] engine: %s (%s)", stage.name, e.model, standin.NOTICE)
-    light = dict(num_cpus=e.helper_cpus)
-    requests = ds.map(stage.preprocess, **light)
+    requests = ds.map(stage.preprocess, **light_tasks(e))
     answered = requests.map_batches(
         StandinEngine,
         fn_constructor_kwargs=dict(stage=stage.name, spec=e.model),
         batch_size=e.batch_size,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=e.replicas),
-        **light,
+        num_cpus=e.helper_cpus,
     )
-    return answered.map(stage.postprocess, **light)
+    return answered.map(stage.postprocess, **light_tasks(e))

@@ -104,6 +104,40 @@ def test_cpu_engines_tokenize_in_vllm_and_gpu_engines_in_ray_data():
         assert (pc.tokenize_stage.enabled, pc.detokenize_stage.enabled) == (apart, apart)
 
 
+def test_enough_batches_in_flight_to_fill_the_engines_sequence_slots():
+    # Rows in flight per replica (batch x batches) reach the engine's max_num_seqs, or
+    # vLLM's own 128 when it is unset; never under Ray Data LLM's 8 batches.
+    cases = [(16, None, 8), (16, 256, 16), (64, None, 8), (64, 256, 8), (100, 1000, 10), (3, 128, 43)]
+    for batch, seqs, want in cases:
+        cfg = load_config("default", [f"generation.engine.batch_size={batch}"])
+        cfg.generation.engine.max_num_seqs = seqs
+        resolve_hardware(cfg, ZEN4)
+        e = cfg.generation.engine
+        assert llm.batches_in_flight(e) == want
+        assert llm.batches_in_flight(e) * batch >= (seqs or llm.VLLM_ENGINE_MAX_NUM_SEQS)
+        stage = llm.LLMStage(e, cfg.generation.sampling)
+        assert stage.processor_config("/m").max_concurrent_batches == want
+        kw = llm.served_sender_kwargs(e)
+        assert kw["max_concurrency"] == want and kw["compute"].max_tasks_in_flight_per_actor == want
+
+
+def test_the_maps_around_an_engine_run_few_tasks_at_once():
+    # Fractional CPUs alone let Ray Data run a dozen of these light maps at once, each in a
+    # worker process Ray starts for it: CPU a small machine's engine loses. Two per replica.
+    from types import SimpleNamespace
+
+    for replicas in (1, 3):
+        cfg = load_config("default", [f"generation.engine.replicas={replicas}"])
+        resolve_hardware(cfg, ZEN4)
+        stage = llm.LLMStage(cfg.generation.engine, cfg.generation.sampling)
+        want = {"num_cpus": cfg.generation.engine.helper_cpus, "concurrency": 2 * replicas}
+        for proc in (
+            stage.vllm_processor("/m"),
+            stage.served_processor(SimpleNamespace(deployment="d", app="a", model_id="m")),
+        ):
+            assert proc.preprocess_map_kwargs == want and proc.postprocess_map_kwargs == want
+
+
 def test_an_actors_traceback_becomes_one_line_saying_what_failed():
     error = (
         "RayTaskError(ValueError): \x1b[36mray::ServeReplica:app:engine.handle_request()\x1b[39m (pid=1, ip=x)\n"
