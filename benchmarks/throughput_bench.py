@@ -345,16 +345,22 @@ def engine_split(procs, used) -> dict[str, float]:
     return {k: round(v, 1) for k, v in out.items()}
 
 
-def window_cpu(procs, start: float, end: float) -> dict[str, float]:
-    """:func:`engine_split` inside ``[start, end]`` (epoch seconds: the engine's busy window),
-    from each process's samples nearest the two ends - the CPU that competed with the
-    engine, without the start-ups before it."""
+def in_window(p, start: float, end: float) -> float:
+    """CPU seconds of process ``p`` inside ``[start, end]`` (epoch seconds), from its samples
+    nearest the two ends."""
 
     def at(series, t):
         before = [c for ts, c in series if ts <= t]
         return before[-1] if before else 0.0
 
-    return engine_split(procs, lambda p: at(p.get("series") or [], end) - at(p.get("series") or [], start))
+    series = p.get("series") or []
+    return at(series, end) - at(series, start)
+
+
+def window_cpu(procs, start: float, end: float) -> dict[str, float]:
+    """:func:`engine_split` inside ``[start, end]`` (epoch seconds: the engine's busy window)
+    - the CPU that competed with the engine, without the start-ups before it."""
+    return engine_split(procs, lambda p: in_window(p, start, end))
 
 
 class Watch(threading.Thread):
@@ -407,6 +413,8 @@ def run_child(part: str, args) -> dict[str, Any]:
     window = result.get("window") or (result.get("runs") or [{}])[0].get("window")  # plain: the fresh engine's call
     if window:
         result["window_cpu_s"] = window_cpu(watch.procs.values(), *window)
+        for p in watch.procs.values():  # who competed with the engine, process by process
+            p["window_cpu_s"] = round(in_window(p, *window), 1)
     result["all_cpu_s"] = engine_split(watch.procs.values(), lambda p: p.get("cpu_s", 0.0))  # every process
     for p in watch.procs.values():
         p.pop("series", None)
