@@ -321,19 +321,41 @@ def free_port() -> int:
 
 
 class LoopbackCluster:
-    """A head and a worker node (2 CPUs each) on loopback, and moto's S3 server."""
+    """A head and a worker node (2 CPUs each) on loopback, and moto's S3 server.
+
+    The S3 server is a process of its own, untagged (its CPU is the store's, not the
+    pipeline's), with every object in a file under the cluster's temp folder: moto keeps an
+    object in memory up to ``MOTO_S3_DEFAULT_KEY_BUFFER_SIZE`` bytes (5 MiB by default, more
+    than any part here), which at 1M rows would hold every part of every stage in RAM."""
 
     def __init__(self, env: dict[str, str], tag: str):
         import boto3
-        from moto.server import ThreadedMotoServer
 
         self.tmp = tempfile.mkdtemp(prefix="se-mr-", dir="/tmp")
         self.s3_port = free_port()
-        self.s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=self.s3_port, verbose=False)
-        self.s3.start()
+        s3_dir = Path(self.tmp) / "s3"
+        s3_dir.mkdir()
+        s3_env = {**env, "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": "1", "TMPDIR": str(s3_dir)}
+        self.s3 = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.s3_port)],
+            env=s3_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.s3_dir = s3_dir
         self.endpoint = f"http://127.0.0.1:{self.s3_port}"
         creds = dict(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
-        boto3.client("s3", endpoint_url=self.endpoint, **creds).create_bucket(Bucket="rehearsal")
+        client = boto3.client("s3", endpoint_url=self.endpoint, **creds)
+        for _ in range(100):  # the server takes a few seconds to import
+            try:
+                client.create_bucket(Bucket="rehearsal")
+                break
+            except Exception:
+                if self.s3.poll() is not None:
+                    raise SystemExit(f"moto's S3 server exited (rc {self.s3.returncode})") from None
+                time.sleep(0.3)
+        else:
+            raise SystemExit(f"moto's S3 server did not answer on {self.endpoint}")
         self.port = free_port()
         ray = str(Path(sys.executable).parent / "ray")
         common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats"]
@@ -361,7 +383,20 @@ class LoopbackCluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        self.s3.stop()
+        self.s3.kill()
+        self.s3.wait()
+
+    def s3_figures(self) -> dict:
+        """The S3 server's resident memory now and the bytes of its object files."""
+        got = _cpu_rss(self.s3.pid)
+        on_disk = 0  # its temp files are unlinked at creation: read them through its open descriptors
+        for fd in Path(f"/proc/{self.s3.pid}/fd").iterdir():
+            try:
+                if os.readlink(fd).startswith(str(self.s3_dir)):
+                    on_disk += os.stat(fd).st_size
+            except OSError:
+                continue
+        return {"s3_server_rss_mib": round(got[1] / 2**20) if got else None, "s3_files_mib": round(on_disk / 2**20)}
 
 
 # -- main --------------------------------------------------------------------------------
@@ -424,6 +459,8 @@ def main(argv: list[str]) -> int:
             "stages": stage_rows(full, folder) if rc == 0 else [],
             "ids": check_ids(folder, a.seeds * a.samples) if rc == 0 else None,
         }
+        if cluster:
+            result["full"].update(cluster.s3_figures())
         record(a.results, {**common, "phase": "full", **result["full"]})
         if rc:
             print(f"the run failed (rc {rc}): see {out / 'full.log'}", file=sys.stderr)
