@@ -94,11 +94,14 @@ class EngineServer(LLMServer):
     _default_engine_cls = OneProcessCpuEngine
 
     async def _start_engine(self):
-        """:meth:`LLMServer._start_engine` with its telemetry report sent in the background:
-        the replica serves once the engine is up, not once Ray's usage telemetry actor has
-        started (module docstring)."""
-        await self.engine.start()
+        """:meth:`LLMServer._start_engine` with its telemetry report sent in the background,
+        while the engine starts: the replica serves once the engine is up, not once Ray's
+        usage telemetry actor has started (module docstring), and that actor's new worker
+        process (~2 CPU-s of imports) is not started while the engine serves, where a small
+        machine's engine would lose those seconds (benchmarks/README.md, "At 1,024 rows,
+        both engine modes")."""
         asyncio.get_running_loop().run_in_executor(None, push_telemetry_report_for_all_models, [self._llm_config])
+        await self.engine.start()
 
     @property
     def counters(self) -> EngineCounters:
