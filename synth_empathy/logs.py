@@ -33,6 +33,21 @@ QUIET_WARNINGS = (
 
 DRIVER_LOG = "synth-empathy-driver.log"
 
+# Python warnings Ray Data raises in the driver about the job's own, deliberate settings:
+# the maps around an engine run at most two tasks per replica
+# (synth_empathy.stages.llm.light_tasks), and a stage smaller than that many blocks gets
+# advice to cut it into more blocks, which it does not need.
+QUIET_PY_WARNINGS = (r"The maximum number of concurrent tasks for '.*' is set to",)
+
+
+def quiet_ray_warnings() -> None:
+    """Ignore :data:`QUIET_PY_WARNINGS` in this process (the driver)."""
+    import warnings
+
+    for message in QUIET_PY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
+
+
 # Ray Train's PlacementGroupCleaner (a detached actor of every Ray Train run) asks Ray's
 # state API once a second whether the run's controller is alive; a local Ray of this job
 # has no dashboard, so there is no state API, and the actor logs this warning every

@@ -85,3 +85,20 @@ print(shown(1, step.format(1, 1)), shown(2, step.format(2, 2)), shown(1, other.f
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["1", "1", "1", "0"]  # the second step line shown, the second other line dropped
+
+
+def test_ray_datas_advice_on_the_engine_maps_concurrency_stays_off_the_console():
+    # Ray Data warns when a capped map gets fewer blocks than its cap (every small stage:
+    # synth_empathy.stages.llm.light_tasks caps the maps around an engine); other warnings pass.
+    import warnings
+
+    from synth_empathy.logs import quiet_ray_warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        quiet_ray_warnings()
+        warnings.warn(
+            "The maximum number of concurrent tasks for 'Map(_preprocess)' is set to 2, but the", stacklevel=1
+        )
+        warnings.warn("something else", stacklevel=1)
+    assert [str(w.message) for w in seen] == ["something else"]

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from synth_empathy.cluster.image import check_image
 from synth_empathy.cluster.submit import check_cluster
 from synth_empathy.engines.shared import resident_engine_cpus
-from synth_empathy.logs import open_driver_log, quiet_ray_console
+from synth_empathy.logs import open_driver_log, quiet_ray_console, quiet_ray_warnings
 
 _started_here = False
 
@@ -62,6 +62,7 @@ def init_ray(cfg: DictConfig, sections: tuple | None = None, worker_output: bool
         _started_here = True
         open_driver_log()
     quiet_ray_data_progress(cfg)
+    quiet_ray_warnings()
     check_cluster(cfg, sections)  # a GPU preset on a cluster without GPUs fails here, not after hours
 
 

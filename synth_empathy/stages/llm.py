@@ -240,7 +240,9 @@ def light_tasks(engine: Any) -> dict[str, Any]:
     a worker process of its own that Ray starts for it (~1.5 CPU-seconds each) - on a
     2-core machine the CPU the engine loses (benchmarks/README.md, "At 1,024 rows, both
     engine modes"). Two per replica keep up with any engine: a row costs microseconds here."""
-    return {"num_cpus": engine.helper_cpus, "concurrency": 2 * engine.replicas}
+    from ray.data import TaskPoolStrategy
+
+    return {"num_cpus": engine.helper_cpus, "compute": TaskPoolStrategy(size=2 * engine.replicas)}
 
 
 def served_sender_kwargs(engine: Any) -> dict[str, Any]:

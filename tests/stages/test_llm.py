@@ -130,7 +130,9 @@ def test_the_maps_around_an_engine_run_few_tasks_at_once():
         cfg = load_config("default", [f"generation.engine.replicas={replicas}"])
         resolve_hardware(cfg, ZEN4)
         stage = llm.LLMStage(cfg.generation.engine, cfg.generation.sampling)
-        want = {"num_cpus": cfg.generation.engine.helper_cpus, "concurrency": 2 * replicas}
+        from ray.data import TaskPoolStrategy
+
+        want = {"num_cpus": cfg.generation.engine.helper_cpus, "compute": TaskPoolStrategy(size=2 * replicas)}
         for proc in (
             stage.vllm_processor("/m"),
             stage.served_processor(SimpleNamespace(deployment="d", app="a", model_id="m")),
