@@ -32,6 +32,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: each socket stays bound until all are chosen. Calling
+    :func:`free_port` n times can return one port twice (the kernel may hand a just-closed
+    port out again), which ``ray start`` refuses ("a port number ... that is used by other
+    components")."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def s3fs_client(endpoint: str):
     """An s3fs filesystem on the loopback S3 endpoint, with no cached instance."""
     import s3fs

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers import free_port
+from helpers import free_ports
 
 BIN = Path(sys.executable).parent
 
@@ -114,13 +114,15 @@ def start_head(
     ``token``, token auth on and that token the cluster's (``Head.env`` has it in
     ``RAY_AUTH_TOKEN``, where clients look first)."""
     tmp = tempfile.mkdtemp(prefix="se-ray-", dir="/tmp")  # Unix socket paths stay < 108 chars
-    port, dash = port or free_port(), free_port()
+    # distinct from each other and from a given GCS port (ray start refuses a repeat)
+    gcs, dash, autoscaler, client, agent, metrics, runtime_env = [p for p in free_ports(8) if p != port][:7]
+    port = port or gcs
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token} if token else {"RAY_AUTH_MODE": "disabled"}
     full_env = {
         **{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")},
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "RAY_USAGE_STATS_ENABLED": "0",
-        "AUTOSCALER_METRIC_PORT": str(free_port()),
+        "AUTOSCALER_METRIC_PORT": str(autoscaler),
         **auth,
         **(env or {}),
     }
@@ -134,10 +136,10 @@ def start_head(
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
         f"--temp-dir={tmp}",
-        f"--ray-client-server-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env}",
         f"--num-cpus={num_cpus}",
         "--object-store-memory=200000000",
         "--disable-usage-stats",

@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import MODEL_TEXT_DROPS, PIPELINE_STAGES, free_port
+from helpers import MODEL_TEXT_DROPS, PIPELINE_STAGES, free_ports
 from loopback_ray import stop_groups
 from synth_empathy.cli.submit import main
 from synth_empathy.cluster.submit import submit
@@ -39,7 +39,8 @@ def ray_cluster():
     if shutil.which("ray", path=str(BIN)) is None:
         pytest.skip("the ray CLI is not installed beside this Python")
     tmp = tempfile.mkdtemp(prefix="se-ray-", dir="/tmp")  # Unix socket paths stay < 108 chars
-    port, dash = free_port(), free_port()
+    # distinct ports: free_port() twice can return one port twice, which ray start refuses
+    port, dash, client, *agents = free_ports(9)
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -59,11 +60,12 @@ def ray_cluster():
         "--disable-usage-stats",
     ]
 
-    def node_ports() -> list:
+    def node_ports(node: int) -> list:
+        agent, metrics, runtime_env = agents[3 * node : 3 * node + 3]
         return [
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--metrics-export-port={metrics}",
+            f"--runtime-env-agent-port={runtime_env}",
         ]
 
     head = [
@@ -75,14 +77,14 @@ def ray_cluster():
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
         f"--temp-dir={tmp}",
-        f"--ray-client-server-port={free_port()}",
+        f"--ray-client-server-port={client}",
         *common,
-        *node_ports(),
+        *node_ports(0),
     ]
     # Each node its own temp dir: nodes on one machine would otherwise share the folder
     # where runtime envs unpack the job's working_dir, and one node's agent deletes it
     # under the other's processes when its own references end.
-    worker = [str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}", f"--temp-dir={tmp}/w", *common, *node_ports()]
+    worker = [str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}", f"--temp-dir={tmp}/w", *common, *node_ports(1)]
     groups: set = set()
     old = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE",)}
     os.environ["RAY_AUTH_MODE"] = "disabled"  # this process talks to the cluster too
