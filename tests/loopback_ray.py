@@ -109,10 +109,42 @@ def start_head(
     args: list | None = None,
     token: str | None = None,
     port: int | None = None,
+    tries: int = 3,
 ) -> Head:
     """``ray start --head`` on loopback (GCS on ``port``, a free one by default); with
     ``token``, token auth on and that token the cluster's (``Head.env`` has it in
-    ``RAY_AUTH_TOKEN``, where clients look first)."""
+    ``RAY_AUTH_TOKEN``, where clients look first).
+
+    The ports are free when chosen, not when Ray's processes bind them: another process
+    (one of Ray's own, binding port 0) can take one in between. Then ``ray start`` refuses,
+    or its runtime-env agent fails a moment later and the raylet exits with it (seen in CI:
+    "Address already in use"; the job then waited forever). Such a head is stopped and
+    started again on new ports, ``tries`` times in all."""
+    for attempt in range(tries):
+        try:
+            head = _start_head_once(num_cpus, env, args, token, port)
+        except AssertionError:
+            if attempt == tries - 1:
+                raise
+            continue
+        if _stays_up(head):
+            return head
+        head.stop()
+    raise AssertionError(f"ray start --head: the raylet did not stay up ({tries} tries, new ports each)")
+
+
+def _stays_up(head: Head, seconds: float = 5.0) -> bool:
+    """Whether the head's raylet is still running ``seconds`` after ``ray start`` returned
+    (it exits with an agent that could not bind its port)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not head.processes("raylet/raylet"):
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def _start_head_once(num_cpus, env, args, token, port) -> Head:
     tmp = tempfile.mkdtemp(prefix="se-ray-", dir="/tmp")  # Unix socket paths stay < 108 chars
     # distinct from each other and from a given GCS port (ray start refuses a repeat)
     gcs, dash, autoscaler, client, agent, metrics, runtime_env = [p for p in free_ports(8) if p != port][:7]
