@@ -487,22 +487,12 @@ def summarise(results: list[dict[str, Any]], args) -> dict[str, Any]:
     if s.get("generation"):
         # Where each path's CPU went (medians over its measurements), every process of it: in
         # all, start-ups included, and inside the engine's busy window (what competed with it).
-        s["generation"]["cpu_s"] = {
-            part: {
-                k: med([r["all_cpu_s"][k] for r in by[part] if "all_cpu_s" in r])
-                for k in ("engine_cpu_s", "other_cpu_s")
+        for name, key in (("cpu_s", "all_cpu_s"), ("cpu_s_in_window", "window_cpu_s")):
+            s["generation"][name] = {
+                part: {k: med([r[key][k] for r in by[part] if key in r]) for k in ("engine_cpu_s", "other_cpu_s")}
+                for part in ("llm-plain", "llm-pipeline", "llm-shared")
+                if by[part]
             }
-            for part in ("llm-plain", "llm-pipeline", "llm-shared")
-            if by[part]
-        }
-        s["generation"]["cpu_s_in_window"] = {
-            part: {
-                k: med([r["window_cpu_s"][k] for r in by[part] if "window_cpu_s" in r])
-                for k in ("engine_cpu_s", "other_cpu_s")
-            }
-            for part in ("llm-plain", "llm-pipeline", "llm-shared")
-            if by[part]
-        }
     if by["embed-plain"] and by["embed-pipeline"]:
         texts = 3 * args.embed_rows
         plain = med([texts / t for r in by["embed-plain"] for t in r["runs_s"]])
